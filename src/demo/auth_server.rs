@@ -1,0 +1,252 @@
+//! A development OAuth 2.0 authorization server: client credentials grant only
+//! (RFC 6749 §4.4), issuing ES256-signed JWT access tokens (RFC 9068 style).
+//!
+//! It is the counterpart the proxy fetches tokens from in the demo and in the
+//! integration tests, so it checks requests strictly, counts what it sees and can
+//! be told to misbehave (delays, error answers, garbage).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, Request, StatusCode};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::token_endpoint::token;
+use super::tokens::SigningKey;
+pub use super::tokens::{Claims, TokenVerifier};
+use super::{json_response, spawn_server, text_response, AbortOnDrop, BoxError, HttpResponse};
+
+const TOKEN_PATH: &str = "/token";
+const JWKS_PATH: &str = "/jwks";
+const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// A client registered with the development server.
+#[derive(Clone)]
+pub struct DevClient {
+    /// The `client_id`.
+    pub id: String,
+    /// The client secret (compared in constant time).
+    pub secret: String,
+    /// Scopes the client may request; `None` allows any scope.
+    pub allowed_scopes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for DevClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevClient")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("allowed_scopes", &self.allowed_scopes)
+            .finish()
+    }
+}
+
+/// A canned bad answer for `/token`, injected with [`AuthServer::fail_next`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// `500` with an HTML body, like a crashed gateway in front of the server.
+    Html500,
+    /// An RFC 6749 §5.2 error with this status, `error` and `error_description`.
+    OAuth {
+        /// HTTP status (invalid values fall back to 400).
+        status: u16,
+        /// The `error` code, e.g. `invalid_client`.
+        error: String,
+        /// The `error_description`.
+        description: String,
+    },
+    /// `200` labelled `application/json` whose body is not JSON.
+    Garbage200,
+}
+
+/// Knobs and records that tests change and read while the server runs.
+pub(super) struct Settings {
+    pub(super) lifetime_secs: u64,
+    pub(super) omit_expires_in: bool,
+    pub(super) delay: Duration,
+    pub(super) failure: Option<(usize, Failure)>,
+    pub(super) last_form: Vec<(String, String)>,
+    pub(super) last_auth_method: Option<String>,
+}
+
+/// State shared by the request handlers and the [`AuthServer`] handle.
+pub(super) struct Shared {
+    pub(super) issuer: String,
+    pub(super) clients: Vec<DevClient>,
+    pub(super) signing: SigningKey,
+    pub(super) token_requests: AtomicUsize,
+    pub(super) tokens_issued: AtomicUsize,
+    pub(super) connections: Arc<AtomicUsize>,
+    pub(super) settings: Mutex<Settings>,
+}
+
+impl Shared {
+    pub(super) fn settings(&self) -> MutexGuard<'_, Settings> {
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running development authorization server; stops when dropped.
+pub struct AuthServer {
+    /// The socket address it listens on.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _task: AbortOnDrop,
+}
+
+impl AuthServer {
+    /// Serves on `listener` (tests pass a `127.0.0.1:0` listener) over TLS with `tls`,
+    /// with a fresh P-256 signing key. `public_host` is the host name used in URLs
+    /// (e.g. `localhost`) and must be covered by the `tls` certificate.
+    pub async fn start(
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        public_host: &str,
+        clients: Vec<DevClient>,
+    ) -> Result<AuthServer, BoxError> {
+        let addr = listener.local_addr()?;
+        let host = if public_host.contains(':') && !public_host.starts_with('[') {
+            format!("[{public_host}]")
+        } else {
+            public_host.to_string()
+        };
+        let issuer = format!("https://{host}:{}", addr.port());
+
+        let signing = SigningKey::generate(&issuer)?;
+        let shared = Arc::new(Shared {
+            issuer,
+            clients,
+            signing,
+            token_requests: AtomicUsize::new(0),
+            tokens_issued: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
+            settings: Mutex::new(Settings {
+                lifetime_secs: 3600,
+                omit_expires_in: false,
+                delay: Duration::ZERO,
+                failure: None,
+                last_form: Vec::new(),
+                last_auth_method: None,
+            }),
+        });
+        let handler_shared = Arc::clone(&shared);
+        let task = spawn_server(
+            listener,
+            Some(tls),
+            Arc::clone(&shared.connections),
+            move |req| {
+                let shared = Arc::clone(&handler_shared);
+                async move { route(&shared, req).await }
+            },
+        );
+        tracing::info!(issuer = %shared.issuer, "development authorization server listening");
+        Ok(AuthServer {
+            addr,
+            shared,
+            _task: task,
+        })
+    }
+
+    /// The issuer URL, `https://{public_host}:{port}` (also the tokens' `iss`).
+    pub fn issuer(&self) -> String {
+        self.shared.issuer.clone()
+    }
+
+    /// The token endpoint URL, `{issuer}/token`.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}{TOKEN_PATH}", self.shared.issuer)
+    }
+
+    /// The JWKS URL, `{issuer}/jwks`.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}{JWKS_PATH}", self.shared.issuer)
+    }
+
+    /// How many `POST /token` requests arrived (any outcome).
+    pub fn token_requests(&self) -> usize {
+        self.shared.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// How many access tokens were issued.
+    pub fn tokens_issued(&self) -> usize {
+        self.shared.tokens_issued.load(Ordering::SeqCst)
+    }
+
+    /// How many TCP connections were accepted (shows connection reuse).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Sets `expires_in` (and the JWT lifetime) of new tokens; default 3600 seconds.
+    pub fn set_token_lifetime(&self, secs: u64) {
+        self.shared.settings().lifetime_secs = secs;
+    }
+
+    /// When on, token responses leave out `expires_in` (it is only RECOMMENDED).
+    pub fn set_omit_expires_in(&self, omit: bool) {
+        self.shared.settings().omit_expires_in = omit;
+    }
+
+    /// Sleeps this long before answering each `/token` request (widens races).
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.settings().delay = delay;
+    }
+
+    /// Answers the next `n` `/token` requests with `failure`, whatever they contain.
+    pub fn fail_next(&self, n: usize, failure: Failure) {
+        self.shared.settings().failure = (n > 0).then_some((n, failure));
+    }
+
+    /// Form fields of the last `/token` request; the `client_secret` value is `<redacted>`.
+    pub fn last_form(&self) -> Vec<(String, String)> {
+        self.shared.settings().last_form.clone()
+    }
+
+    /// How the last `/token` request authenticated: `client_secret_basic` or
+    /// `client_secret_post` (`None` if it carried neither).
+    pub fn last_auth_method(&self) -> Option<String> {
+        self.shared.settings().last_auth_method.clone()
+    }
+
+    /// A verifier for tokens issued by this server (hand it to [`super::EchoApi`]).
+    pub fn verifier(&self) -> TokenVerifier {
+        self.shared.signing.verifier.clone()
+    }
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::POST, TOKEN_PATH) => token(shared, req).await,
+        (&Method::GET, JWKS_PATH) => {
+            json_response(StatusCode::OK, &json!({ "keys": [shared.signing.jwk] }))
+        }
+        (&Method::GET, METADATA_PATH) => json_response(
+            StatusCode::OK,
+            &json!({
+                "issuer": shared.issuer,
+                "token_endpoint": format!("{}{TOKEN_PATH}", shared.issuer),
+                "jwks_uri": format!("{}{JWKS_PATH}", shared.issuer),
+                "grant_types_supported": ["client_credentials"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            }),
+        ),
+        (_, TOKEN_PATH | JWKS_PATH | METADATA_PATH) => {
+            let allow = if path == TOKEN_PATH { "POST" } else { "GET" };
+            let mut response =
+                text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+            response
+        }
+        _ => text_response(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}

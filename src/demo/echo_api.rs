@@ -1,0 +1,370 @@
+//! A protected API that verifies access tokens and echoes what it saw.
+//!
+//! It plays the upstream the proxy adds tokens for: in the demo its answers show
+//! which identity and scope arrived, and in tests its records show exactly what the
+//! proxy forwarded. Revocation and reject-all switches exercise the proxy's 401
+//! handling; the connection counter shows pooling.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, HOST, UPGRADE, WWW_AUTHENTICATE};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{
+    header_safe, json_response, spawn_server, text_response, AbortOnDrop, BoxError, Claims,
+    HttpResponse, TokenVerifier,
+};
+
+/// Largest request body the echo API buffers.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// One request as the echo API received it (recorded whatever the outcome).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Request method, e.g. `GET`.
+    pub method: String,
+    /// Path and query, e.g. `/v1/items?x=1`.
+    pub path: String,
+    /// The `Host` header, else the URI authority (h2 `:authority`).
+    pub host: Option<String>,
+    /// The raw `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// The full request body.
+    pub body: Bytes,
+    /// The `jti` of the presented token, when its signature and claims checked out.
+    pub jti: Option<String>,
+    /// The status the API answered with.
+    pub status: u16,
+    /// HTTP version, e.g. `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
+}
+
+struct Shared {
+    verifier: Option<TokenVerifier>,
+    audience: Option<String>,
+    required_scope: Option<String>,
+    requests: AtomicUsize,
+    connections: Arc<AtomicUsize>,
+    seen: Mutex<Vec<Seen>>,
+    revoked: Mutex<HashSet<String>>,
+    reject_all: AtomicBool,
+    /// Never sent on; resolves with an error once [`EchoApi`] is dropped, which
+    /// ends the echo loops of upgraded connections.
+    shutdown: watch::Receiver<()>,
+}
+
+/// Locks `mutex`, ignoring poisoning (the data stays usable for records).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running echo API; stops (including upgraded connections) when dropped.
+pub struct EchoApi {
+    /// The socket address it listens on.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _task: AbortOnDrop,
+    _shutdown: watch::Sender<()>,
+}
+
+impl EchoApi {
+    /// Serves on `listener`. `tls` `None` means plain HTTP/1.1; with TLS both
+    /// HTTP/1.1 and h2 are served. `verifier` `None` means no auth is required
+    /// (echo only); otherwise a Bearer token valid for `audience` (if set) and
+    /// carrying `required_scope` (if set) is required.
+    pub async fn start(
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        verifier: Option<TokenVerifier>,
+        audience: Option<String>,
+        required_scope: Option<String>,
+    ) -> Result<EchoApi, BoxError> {
+        let addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(());
+        let shared = Arc::new(Shared {
+            verifier,
+            audience,
+            required_scope,
+            requests: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
+            seen: Mutex::new(Vec::new()),
+            revoked: Mutex::new(HashSet::new()),
+            reject_all: AtomicBool::new(false),
+            shutdown: shutdown_rx,
+        });
+        let handler_shared = Arc::clone(&shared);
+        let task = spawn_server(listener, tls, Arc::clone(&shared.connections), move |req| {
+            let shared = Arc::clone(&handler_shared);
+            async move { handle(&shared, req).await }
+        });
+        tracing::info!(%addr, "echo API listening");
+        Ok(EchoApi {
+            addr,
+            shared,
+            _task: task,
+            _shutdown: shutdown_tx,
+        })
+    }
+
+    /// How many requests arrived (any outcome).
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        lock(&self.shared.seen).clone()
+    }
+
+    /// Revokes the token with this `jti`: it now gets 401 (tests the proxy's 401 retry).
+    pub fn revoke(&self, jti: &str) {
+        lock(&self.shared.revoked).insert(jti.to_string());
+    }
+
+    /// When on, every request gets 401 (a permanent 401 the proxy cannot fix).
+    pub fn set_reject_all(&self, on: bool) {
+        self.shared.reject_all.store(on, Ordering::SeqCst);
+    }
+
+    /// How many TCP connections were accepted (shows the proxy's pooling).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let host = header(HOST).or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let authorization = header(AUTHORIZATION);
+    let mut seen = Seen {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_string(), |pq| pq.to_string()),
+        host,
+        authorization,
+        body: Bytes::new(),
+        jti: None,
+        status: 0,
+        version: format!("{:?}", req.version()),
+    };
+    let upgrade = upgrade_protocol(&req);
+    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+
+    let response = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Err(_) => text_response(
+            StatusCode::BAD_REQUEST,
+            "request body unreadable or too large\n",
+        ),
+        Ok(collected) => {
+            seen.body = collected.to_bytes();
+            match authorize(shared, seen.authorization.as_deref()) {
+                Err((denial, jti)) => {
+                    seen.jti = jti;
+                    denial.response()
+                }
+                Ok(claims) => {
+                    seen.jti = claims.as_ref().map(|c| c.jti.clone());
+                    match (upgrade, on_upgrade) {
+                        (Some(protocol), Some(on_upgrade)) => {
+                            switch_protocols(shared, protocol, on_upgrade)
+                        }
+                        _ => echo(&seen, claims.as_ref()),
+                    }
+                }
+            }
+        }
+    };
+    seen.status = response.status().as_u16();
+    lock(&shared.seen).push(seen);
+    response
+}
+
+/// Decides whether the request may pass. On refusal also returns the token's
+/// `jti` when the token itself was genuine (revoked, reject-all, scope).
+fn authorize(
+    shared: &Shared,
+    authorization: Option<&str>,
+) -> Result<Option<Claims>, (Denial, Option<String>)> {
+    let reject_all = shared.reject_all.load(Ordering::SeqCst);
+    let Some(verifier) = &shared.verifier else {
+        if reject_all {
+            let why = "this API currently rejects every request";
+            return Err((Denial::Invalid(why.into()), None));
+        }
+        return Ok(None);
+    };
+    let Some(token) = authorization.and_then(bearer_token) else {
+        return Err((Denial::NoToken, None));
+    };
+    let claims = verifier
+        .verify(token, shared.audience.as_deref(), None)
+        .map_err(|why| (Denial::Invalid(why), None))?;
+    let jti = Some(claims.jti.clone());
+    if reject_all {
+        let why = "this API currently rejects every token";
+        return Err((Denial::Invalid(why.into()), jti));
+    }
+    if lock(&shared.revoked).contains(&claims.jti) {
+        return Err((Denial::Invalid("the token has been revoked".into()), jti));
+    }
+    if let Some(scope) = &shared.required_scope {
+        if !claims.has_scope(scope) {
+            return Err((Denial::Scope(scope.clone()), jti));
+        }
+    }
+    Ok(Some(claims))
+}
+
+/// Why a request was refused.
+enum Denial {
+    /// No Bearer token at all: 401 with a bare `Bearer` challenge.
+    NoToken,
+    /// Bad, expired, revoked or refused token: 401 `invalid_token` with this reason.
+    Invalid(String),
+    /// Genuine token without this scope: 403 `insufficient_scope`.
+    Scope(String),
+}
+
+impl Denial {
+    fn response(self) -> HttpResponse {
+        match self {
+            Denial::NoToken => bearer_challenge(),
+            Denial::Invalid(why) => invalid_token(&why),
+            Denial::Scope(scope) => insufficient_scope(&scope),
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// 401 without an error code: the request carried no Bearer token (RFC 6750 §3.1).
+fn bearer_challenge() -> HttpResponse {
+    let body =
+        json!({ "error": "unauthorized", "error_description": "a Bearer token is required" });
+    let mut response = json_response(StatusCode::UNAUTHORIZED, &body);
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// 401 `invalid_token` with the reason in the challenge and the JSON body.
+fn invalid_token(why: &str) -> HttpResponse {
+    let body = json!({ "error": "invalid_token", "error_description": why });
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        header_safe(why)
+    );
+    with_challenge(json_response(StatusCode::UNAUTHORIZED, &body), &challenge)
+}
+
+/// 403 `insufficient_scope` (RFC 6750 §3.1): a new token for the same scope won't help.
+fn insufficient_scope(scope: &str) -> HttpResponse {
+    let why = format!("the token lacks scope {scope}");
+    let body = json!({ "error": "insufficient_scope", "error_description": why, "scope": scope });
+    let challenge = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+        header_safe(scope)
+    );
+    with_challenge(json_response(StatusCode::FORBIDDEN, &body), &challenge)
+}
+
+fn with_challenge(mut response: HttpResponse, challenge: &str) -> HttpResponse {
+    let value = HeaderValue::from_str(challenge).unwrap_or(HeaderValue::from_static("Bearer"));
+    response.headers_mut().insert(WWW_AUTHENTICATE, value);
+    response
+}
+
+/// The 200 answer: what arrived and which token identity it carried.
+fn echo(seen: &Seen, claims: Option<&Claims>) -> HttpResponse {
+    let body = json!({
+        "method": seen.method,
+        "path": seen.path,
+        "host": seen.host,
+        "sub": claims.map(|c| &c.sub),
+        "client_id": claims.map(|c| &c.client_id),
+        "scope": claims.and_then(|c| c.scope.as_ref()),
+        "aud": claims.and_then(|c| c.aud.as_ref()),
+        "jti": claims.map(|c| &c.jti),
+        "body_bytes": seen.body.len(),
+        "version": seen.version,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+/// The `Upgrade` value of an HTTP/1.1 request with `Connection: upgrade`.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let wants_upgrade = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    wants_upgrade
+        .then(|| req.headers().get(UPGRADE).cloned())
+        .flatten()
+}
+
+/// Answers 101 and echoes raw bytes on the upgraded connection until EOF.
+fn switch_protocols(shared: &Shared, protocol: HeaderValue, on_upgrade: OnUpgrade) -> HttpResponse {
+    let mut shutdown = shared.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            () = echo_upgraded(on_upgrade) => {}
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, protocol);
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    response
+}
+
+async fn echo_upgraded(on_upgrade: OnUpgrade) {
+    match on_upgrade.await {
+        Ok(upgraded) => {
+            let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+            if let Err(err) = tokio::io::copy(&mut reader, &mut writer).await {
+                tracing::debug!(error = %err, "echo API: upgraded echo ended with an error");
+            }
+            let _ = writer.shutdown().await;
+        }
+        Err(err) => tracing::debug!(error = %err, "echo API: upgrade failed"),
+    }
+}

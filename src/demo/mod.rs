@@ -1,0 +1,166 @@
+//! Demo and test servers that make the proxy's OAuth flow visible and testable.
+//!
+//! * [`pki::TestPki`]: a throwaway certificate authority for the servers below.
+//! * [`auth_server::AuthServer`]: a development OAuth 2.0 authorization server
+//!   (client credentials grant only) that issues real ES256-signed JWTs.
+//! * [`echo_api::EchoApi`]: a protected API that verifies those tokens and echoes
+//!   what it received.
+//!
+//! `oauth-egress demo` runs them next to the proxy, and the integration tests use
+//! them over real loopback sockets. They are real (TLS, signatures, strict checks),
+//! observable (counters and records) and steerable (failure injection), and are
+//! never meant to face untrusted networks.
+
+pub mod auth_server;
+pub mod echo_api;
+pub mod pki;
+mod token_endpoint;
+mod tokens;
+
+pub use auth_server::{AuthServer, Claims, DevClient, Failure, TokenVerifier};
+pub use echo_api::{EchoApi, Seen};
+pub use pki::TestPki;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+/// The error type of the demo servers' fallible constructors.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response of the demo servers has a fully buffered body.
+pub(crate) type HttpResponse = Response<Full<Bytes>>;
+
+/// How long a client may take to complete the TLS handshake before we hang up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Aborts the server's accept loop (and with it every connection) when dropped.
+pub(crate) struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs an accept loop on `listener`, serving each connection with `handler`.
+///
+/// With `tls`, connections speak HTTP/1.1 or h2 (auto-detected); without, HTTP/1.1.
+/// Upgrades are enabled. Connection tasks live in a `JoinSet` owned by the loop, so
+/// aborting the returned task closes every connection too. `accepted` counts TCP
+/// connections.
+pub(crate) fn spawn_server<H, F>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    accepted: Arc<AtomicUsize>,
+    handler: H,
+) -> AbortOnDrop
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
+    let acceptor = tls.map(TlsAcceptor::from);
+    AbortOnDrop(tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            match listener.accept().await {
+                Ok((tcp, _peer)) => {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    // Best effort: small request/response exchanges dominate here.
+                    let _ = tcp.set_nodelay(true);
+                    connections.spawn(serve_connection(tcp, acceptor.clone(), handler.clone()));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "demo server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }))
+}
+
+/// Serves one accepted TCP connection until the peer goes away.
+async fn serve_connection<H, F>(tcp: TcpStream, acceptor: Option<TlsAcceptor>, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let response = handler(req);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let result = match acceptor {
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "demo server: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("demo server: TLS handshake timed out");
+                    return;
+                }
+            };
+            let builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+        }
+        None => hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades()
+            .await
+            .map_err(BoxError::from),
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "demo server: connection ended with an error");
+    }
+}
+
+/// A response with `status`, a JSON body and `Cache-Control: no-store`.
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A response with `status` and a plain-text body.
+pub(crate) fn text_response(status: StatusCode, body: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Makes `text` safe inside a quoted header parameter (visible ASCII, no `"` or `\`).
+pub(crate) fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c == ' ' || c.is_ascii_graphic() => c,
+            _ => '?',
+        })
+        .collect()
+}

@@ -1,0 +1,250 @@
+//! One request, from the proxy to the destination and back:
+//!
+//! ```text
+//! route? ──no──► strip hop-by-hop ──► upstream ──► response
+//!   │yes
+//!   ▼
+//! token (cache) ──► replace Authorization ──► upstream ──► 401? ──no──► response
+//!                                                           │yes, body replayable, first time
+//!                                                           ▼
+//!                        invalidate that token ──► fresh token ──► resend once ──► response
+//! ```
+//! The destination is fixed by the [`Target`] (the CONNECT authority or the absolute-form
+//! URI); nothing in the request can send it, or its token, elsewhere.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body, Outgoing};
+use crate::error::{self, ProxyError};
+use crate::proxy::Proxy;
+use crate::route::Route;
+use crate::token::Lookup;
+use crate::upstream::{is_upgrade, strip_hop_by_hop};
+
+/// Where a request is sent: decided before the request is read, never by it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `https` or `http`.
+    pub scheme: Scheme,
+    /// Normalized host (lowercase, no brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `host[:port]` as sent upstream (port omitted when it is the scheme's default).
+    pub authority: Authority,
+}
+
+impl Target {
+    /// A target from its parts.
+    pub fn new(scheme: Scheme, host: &str, port: u16) -> Result<Target, ProxyError> {
+        let host = crate::route::normalize_host(host).into_owned();
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let bracketed = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let text = if port == default_port {
+            bracketed
+        } else {
+            format!("{bracketed}:{port}")
+        };
+        let authority = Authority::try_from(text.as_str())
+            .map_err(|_| ProxyError::BadRequest(format!("invalid host {text:?}")))?;
+        Ok(Target {
+            scheme,
+            host,
+            port,
+            authority,
+        })
+    }
+
+    fn uri(&self, path: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))
+    }
+}
+
+/// What happened to a request, for the access log.
+struct Outcome {
+    lookup: Option<Lookup>,
+    retried: bool,
+}
+
+/// Forwards `req` to `target`, injecting `route`'s token when there is one. Always answers:
+/// failures become the proxy's own error responses.
+pub async fn forward(
+    proxy: &Proxy,
+    req: Request<Incoming>,
+    target: &Target,
+    route: Option<Arc<Route>>,
+    rewrite_host: bool,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut outcome = Outcome {
+        lookup: None,
+        retried: false,
+    };
+    let result = send(proxy, req, target, route.as_deref(), rewrite_host, &mut outcome).await;
+    let response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::warn!(host = %target.authority, %method, error = %err, "request failed");
+            error::response(&err)
+        }
+    };
+    tracing::info!(
+        target: "access",
+        route = route.as_ref().map(|r| r.spec.name.as_str()).unwrap_or("-"),
+        host = %target.authority,
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        token = match outcome.lookup { Some(Lookup::Hit) => "hit", Some(Lookup::Miss) => "miss", None => "-" },
+        retried = outcome.retried,
+    );
+    response
+}
+
+async fn send(
+    proxy: &Proxy,
+    mut req: Request<Incoming>,
+    target: &Target,
+    route: Option<&Route>,
+    rewrite_host: bool,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = is_upgrade(req.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.uri = target.uri(parts.uri.path_and_query())?;
+    parts.version = Version::HTTP_11;
+    if rewrite_host {
+        // Absolute-form: the URI's authority is the host (RFC 9112 §3.2.2).
+        let host = HeaderValue::from_str(target.authority.as_str())
+            .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
+        parts.headers.insert(header::HOST, host);
+    }
+    let client = proxy.upstream.client(upgrade);
+
+    let Some(route) = route else {
+        let body = body::boxed(incoming);
+        let response = client
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| upstream_error(proxy, target, &e))?;
+        return Ok(finish(response, downstream_upgrade));
+    };
+
+    // The proxy owns the credential on a route: the caller's own is never forwarded.
+    parts.headers.remove(header::AUTHORIZATION);
+    let token_error = |source| ProxyError::Token {
+        route: route.spec.name.clone(),
+        source,
+    };
+    let (token, lookup) = route.token.get().await.map_err(token_error)?;
+    outcome.lookup = Some(lookup);
+
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (body, replay) = body::prepare(incoming, content_length, proxy.config.proxy.retry_body_limit)
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+    let retry_head = (!matches!(replay, Outgoing::Streamed))
+        .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+
+    parts.headers.insert(header::AUTHORIZATION, token.authorization());
+    let response = client
+        .request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| upstream_error(proxy, target, &e))?;
+
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return Ok(finish(response, downstream_upgrade));
+    }
+    let (Some((method, uri, mut headers)), Some(body)) = (retry_head, replay.replay()) else {
+        tracing::debug!(route = %route.spec.name, "401 not retried: body not replayable");
+        return Ok(finish(response, downstream_upgrade));
+    };
+    // The one retry: forget this token (only if still cached), take a fresh one, resend.
+    drop(response);
+    route.token.invalidate(&token);
+    let (fresh, _) = route.token.get().await.map_err(token_error)?;
+    outcome.retried = true;
+    headers.insert(header::AUTHORIZATION, fresh.authorization());
+    let mut retry = Request::new(body);
+    *retry.method_mut() = method;
+    *retry.uri_mut() = uri;
+    *retry.headers_mut() = headers;
+    let response = client
+        .request(retry)
+        .await
+        .map_err(|e| upstream_error(proxy, target, &e))?;
+    Ok(finish(response, downstream_upgrade))
+}
+
+/// Prepares the upstream response for the caller; on `101 Switching Protocols`, splices the
+/// two upgraded connections.
+fn finish(
+    mut response: Response<Incoming>,
+    downstream: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream) = downstream {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((down, up)) => {
+                        let mut down = hyper_util::rt::TokioIo::new(down);
+                        let mut up = hyper_util::rt::TokioIo::new(up);
+                        if let Err(err) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                            tracing::debug!(error = %err, "upgraded connection ended");
+                        }
+                    }
+                    Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+                }
+            });
+        }
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, body::empty());
+    }
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, body::boxed(incoming))
+}
+
+fn upstream_error(
+    proxy: &Proxy,
+    target: &Target,
+    err: &hyper_util::client::legacy::Error,
+) -> ProxyError {
+    let detail = error::chain(err);
+    if err.is_connect() && detail.to_ascii_lowercase().contains("timed out") {
+        ProxyError::ConnectTimeout {
+            authority: target.authority.to_string(),
+            after_ms: proxy.config.proxy.connect_timeout.as_millis(),
+        }
+    } else {
+        ProxyError::Upstream {
+            authority: target.authority.to_string(),
+            detail,
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The interception CA: loaded from `ca_cert`/`ca_key` or generated on first start, and the
+//! leaf certificates it mints for intercepted hosts.
+//!
+//! Leaves follow what clients check: their own P-256 key (never the CA's), a SAN for the host
+//! (an IP SAN for IP literals), a random serial, `not_before` an hour in the past against
+//! clock skew, a short validity, renewed at half-life, cached per host.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::ServerConfig;
+
+/// How long a minted leaf is valid.
+const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// At most this many hosts' leaves are cached (wildcard routes can name many hosts).
+const MAX_CACHED_LEAVES: usize = 10_000;
+
+/// Why the CA could not be loaded, created or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Reading or writing a CA file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Parsing the PEM files or signing.
+    #[error("{context}: {source}")]
+    Cert {
+        /// What was being done.
+        context: String,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+    /// Building the TLS config.
+    #[error("TLS config for {host}: {source}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// rustls' error.
+        source: rustls::Error,
+    },
+}
+
+struct Leaf {
+    config: Arc<ServerConfig>,
+    renew_after: Instant,
+}
+
+/// The proxy's CA and its cache of minted leaves.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    leaves: Mutex<HashMap<String, Leaf>>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("key", &"...")
+            .finish()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from its two PEM files, or, when both are absent, generates one and writes
+    /// them (the key with mode 0600). Returns whether it was created.
+    pub fn load_or_create(cert: &Path, key: &Path) -> Result<(CertificateAuthority, bool), CaError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| CaError::Io { path, source }
+        };
+        if cert.exists() || key.exists() {
+            let cert_pem = std::fs::read_to_string(cert).map_err(io(cert))?;
+            let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(key).map_err(io(key))?);
+            let key_pair = KeyPair::from_pem(&key_pem).map_err(|source| CaError::Cert {
+                context: format!("CA key {}", key.display()),
+                source,
+            })?;
+            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|source| {
+                CaError::Cert {
+                    context: format!("CA certificate {}", cert.display()),
+                    source,
+                }
+            })?;
+            return Ok((CertificateAuthority::new(issuer, cert_pem), false));
+        }
+        let ca = CertificateAuthority::generate()?;
+        for dir in [cert.parent(), key.parent()].into_iter().flatten() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
+            }
+        }
+        let key_pem = zeroize::Zeroizing::new(ca.issuer.key().serialize_pem());
+        write_file(key, key_pem.as_bytes(), 0o600).map_err(io(key))?;
+        write_file(cert, ca.cert_pem.as_bytes(), 0o644).map_err(io(cert))?;
+        Ok((ca, true))
+    }
+
+    /// A new CA held only in memory.
+    pub fn generate() -> Result<CertificateAuthority, CaError> {
+        let err = |source| CaError::Cert {
+            context: "generating the CA".into(),
+            source,
+        };
+        let key = KeyPair::generate().map_err(err)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "oauth-egress interception CA");
+        dn.push(DnType::OrganizationName, "oauth-egress");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key).map_err(err)?;
+        let cert_pem = cert.pem();
+        Ok(CertificateAuthority::new(Issuer::new(params, key), cert_pem))
+    }
+
+    fn new(issuer: Issuer<'static, KeyPair>, cert_pem: String) -> CertificateAuthority {
+        CertificateAuthority {
+            issuer,
+            cert_pem,
+            leaves: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The CA certificate, PEM, for clients to trust.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The TLS server config presenting a leaf for `host` (normalized), minted on first use
+    /// and renewed at half its validity.
+    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
+        let now = Instant::now();
+        {
+            let leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(leaf) = leaves.get(host) {
+                if now < leaf.renew_after {
+                    return Ok(leaf.config.clone());
+                }
+            }
+        }
+        let config = self.mint(host)?;
+        let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
+        if leaves.len() >= MAX_CACHED_LEAVES {
+            leaves.clear();
+        }
+        leaves.insert(
+            host.to_string(),
+            Leaf {
+                config: config.clone(),
+                renew_after: now + LEAF_VALIDITY / 2,
+            },
+        );
+        Ok(config)
+    }
+
+    /// Mints a leaf certificate for `host`: (chain, key).
+    pub fn mint_leaf(
+        &self,
+        host: &str,
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), CaError> {
+        let err = |source| CaError::Cert {
+            context: format!("minting a certificate for {host}"),
+            source,
+        };
+        let key = KeyPair::generate().map_err(err)?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.to_string().try_into().map_err(err)?),
+        }];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::seconds(LEAF_VALIDITY.as_secs() as i64);
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((cert.der().clone(), key_der))
+    }
+
+    fn mint(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
+        let (cert, key) = self.mint_leaf(host)?;
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .map_err(|source| CaError::Tls {
+                host: host.to_string(),
+                source,
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // and no leading zero to strip
+    SerialNumber::from_slice(&bytes)
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_ca_reloads_and_key_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("ca/ca.pem"), dir.path().join("ca/ca.key"));
+        let (first, created) = CertificateAuthority::load_or_create(&cert, &key).unwrap();
+        assert!(created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let (second, created) = CertificateAuthority::load_or_create(&cert, &key).unwrap();
+        assert!(!created);
+        assert_eq!(first.cert_pem(), second.cert_pem());
+        assert!(!format!("{second:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn leaves_have_their_own_keys_and_are_cached() {
+        let ca = CertificateAuthority::generate().unwrap();
+        let (_, k1) = ca.mint_leaf("api.example").unwrap();
+        let (_, k2) = ca.mint_leaf("api.example").unwrap();
+        assert_ne!(k1.secret_der(), k2.secret_der());
+        assert_ne!(k1.secret_der(), ca.issuer.key().serialized_der());
+        let a = ca.server_config("api.example").unwrap();
+        let b = ca.server_config("api.example").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(ca.server_config("127.0.0.1").is_ok());
+    }
+}

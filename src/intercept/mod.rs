@@ -1,0 +1,116 @@
+//! Interception: after `CONNECT host:port` for a routed host, terminate the caller's TLS with
+//! a leaf minted for that host, and serve the decrypted HTTP/1.1 or HTTP/2 requests.
+//!
+//! Host binding: the tunnel was opened for one host. A TLS SNI or a `Host`/`:authority` that
+//! names another host gets `421 Misdirected Request`; such a request is never injected and
+//! never sent anywhere.
+
+pub mod ca;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::body::Body;
+use crate::error::{self, ProxyError};
+use crate::forward::{forward, Target};
+use crate::listener::Drain;
+use crate::proxy::Proxy;
+use crate::route::normalize_host;
+
+/// Serves an intercepted tunnel until the caller closes it.
+pub async fn serve(proxy: Arc<Proxy>, upgraded: Upgraded, target: Target, drain: Drain) {
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = match acceptor.await {
+        Ok(start) => start,
+        Err(err) => {
+            tracing::debug!(host = %target.authority, error = %err, "no TLS ClientHello in tunnel");
+            return;
+        }
+    };
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(|s| normalize_host(s).into_owned());
+    let sni_mismatch = sni.filter(|s| *s != target.host);
+    let config = match proxy.ca.server_config(&target.host) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!(host = %target.host, error = %err, "cannot mint a certificate");
+            return;
+        }
+    };
+    let tls = match start.into_stream(config).await {
+        Ok(tls) => tls,
+        Err(err) => {
+            tracing::debug!(host = %target.authority, error = %err, "TLS handshake with caller failed");
+            return;
+        }
+    };
+    let target = Arc::new(target);
+    let sni_mismatch = Arc::new(sni_mismatch);
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let target = target.clone();
+        let sni_mismatch = sni_mismatch.clone();
+        async move { Ok::<_, Infallible>(request(proxy, req, &target, sni_mismatch.as_deref()).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    if let Err(err) = drain.serve(conn).await {
+        tracing::debug!(error = %err, "intercepted connection ended");
+    }
+}
+
+async fn request(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    target: &Target,
+    sni_mismatch: Option<&str>,
+) -> Response<Body> {
+    if let Some(sni) = sni_mismatch {
+        return misdirected(target, "TLS SNI", sni);
+    }
+    // HTTP/2 carries the authority in the URI; HTTP/1.1 in Host.
+    let named = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+    });
+    if let Some(named) = named {
+        if !names_target(&named, target) {
+            return misdirected(target, "Host", &named);
+        }
+    }
+    let route = proxy
+        .routes
+        .find(&target.host, target.port, req.uri().path())
+        .cloned();
+    forward(&proxy, req, target, route, false).await
+}
+
+/// Whether a `Host` value names the tunnel's host (a missing port means the tunnel's).
+fn names_target(named: &str, target: &Target) -> bool {
+    let Ok(authority) = named.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    normalize_host(authority.host()) == target.host
+        && authority.port_u16().is_none_or(|p| p == target.port)
+}
+
+fn misdirected(target: &Target, what: &'static str, got: &str) -> Response<Body> {
+    let err = ProxyError::Misdirected {
+        expected: target.authority.to_string(),
+        what,
+        got: got.chars().filter(|c| !c.is_control()).take(256).collect(),
+    };
+    tracing::warn!(error = %err, "refused a misdirected request");
+    error::response(&err)
+}

@@ -1,0 +1,41 @@
+//! oauth-egress: an egress forward proxy that gives legacy services OAuth credentials
+//! without a line of their code changing.
+//!
+//! # Layout
+//! The life of a request, in file order:
+//!
+//! | step | file |
+//! |---|---|
+//! | accept a caller connection, drain on shutdown | `listener.rs` |
+//! | `CONNECT` → intercept / tunnel / deny; absolute-form `http://` | `connect.rs` |
+//! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept/mod.rs`, `intercept/ca.rs` |
+//! | pick the route for host, port and path | `route.rs` |
+//! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |
+//! | ask the authorization server | `token/endpoint.rs`, `token/client_auth.rs` |
+//! | inject `Authorization`, send, retry once on 401 | `forward.rs`, `body.rs` (replay copy) |
+//! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
+//! | turn any failure into the caller's response | `error.rs` |
+//!
+//! Around it: `config.rs` (figment → validate → [`config::Config`]), `secret.rs` (secret
+//! sources, never printable), `proxy.rs` (the assembled state), `admin.rs` (health), and
+//! `demo/` (a development authorization server and echo API used by `oauth-egress demo` and
+//! the tests).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod connect;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod intercept;
+pub mod listener;
+pub mod proxy;
+pub mod route;
+pub mod secret;
+pub mod tls;
+pub mod token;
+pub mod upstream;

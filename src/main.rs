@@ -1,0 +1,277 @@
+//! The `oauth-egress` command: `run`, `check`, `ca export`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use oauth_egress::config::{self, Config};
+use oauth_egress::intercept::ca::CertificateAuthority;
+
+/// sysexits' EX_USAGE: the configuration is wrong.
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "oauth-egress", version, about = "An egress forward proxy that injects OAuth tokens")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The route table.
+    #[arg(short, long, env = "OAUTH_EGRESS_CONFIG", default_value = "routes.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy.
+    Run(ConfigArg),
+    /// Validate the configuration and print the route table.
+    Check(ConfigArg),
+    /// The interception CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Run the proxy on the shipped routes.toml with a development authorization server and
+    /// an echo API, and show a curl command that goes through it.
+    Demo {
+        /// Use this file instead of the routes.toml compiled into the binary.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Make one request through the proxy, print it, and exit (a self-check).
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM), creating the CA if absent, for clients to trust.
+    Export(ConfigArg),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("oauth-egress: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(arg) => run(&arg.config).await,
+            Command::Check(arg) => check(&arg.config),
+            Command::Ca {
+                command: CaCommand::Export(arg),
+            } => ca_export(&arg.config),
+            Command::Demo { config, once } => demo(config, once).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => {
+            eprintln!("oauth-egress: {message}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(Failure::Other(err)) => {
+            eprintln!("oauth-egress: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A configuration problem (exit 64) or anything else (exit 1).
+enum Failure {
+    Config(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Failure::Other(err)
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, Failure> {
+    config::load(path).map_err(|e| Failure::Config(e.to_string()))
+}
+
+fn load_ca(config: &Config) -> Result<Arc<CertificateAuthority>, Failure> {
+    let (ca, created) =
+        CertificateAuthority::load_or_create(&config.proxy.ca_cert, &config.proxy.ca_key)
+            .map_err(|e| Failure::Config(format!("interception CA: {e}")))?;
+    if created {
+        tracing::info!(cert = %config.proxy.ca_cert.display(), "generated a new interception CA; clients must trust this certificate");
+    }
+    Ok(Arc::new(ca))
+}
+
+fn refuse_unreadable_secrets(config: &Config) -> Result<(), Failure> {
+    let problems = config.secret_problems();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Config(format!(
+            "{}: {} problem(s):\n  - {}",
+            config.origin,
+            problems.len(),
+            problems.join("\n  - ")
+        )))
+    }
+}
+
+async fn run(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    refuse_unreadable_secrets(&config)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let ca = load_ca(&config)?;
+    serve(config, ca, &[], shutdown_signal()).await
+}
+
+/// Binds the listeners and serves until `shutdown`.
+async fn serve(
+    config: Config,
+    ca: Arc<CertificateAuthority>,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Failure> {
+    let listen = config.proxy.listen;
+    let grace = config.proxy.shutdown_grace;
+    let admin = config.admin.as_ref().map(|a| a.listen);
+    let proxy = oauth_egress::proxy::Proxy::new(config, ca, extra_roots)
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (proxy.listen)"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(admin) = admin {
+        let admin_listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen on {admin} (admin.listen)"))?;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(oauth_egress::admin::run(admin_listener, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        tracing::info!(%admin, "admin endpoints: /healthz /readyz");
+    }
+    tracing::info!(%listen, routes = proxy.routes.routes().len(), "oauth-egress listening");
+    let proxy_shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    oauth_egress::listener::run(proxy, listener, proxy_shutdown, grace).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    let mut problems = config.secret_problems();
+    let (cert, key) = (&config.proxy.ca_cert, &config.proxy.ca_key);
+    let ca_state = if cert.exists() && key.exists() {
+        match CertificateAuthority::load_or_create(cert, key) {
+            Ok(_) => format!("{} (loaded)", cert.display()),
+            Err(err) => {
+                problems.push(format!("interception CA: {err}"));
+                String::new()
+            }
+        }
+    } else {
+        format!("{} (absent: generated on first start)", cert.display())
+    };
+    if let Err(err) = oauth_egress::tls::root_store(&config.proxy.upstream_roots, &[]) {
+        problems.push(format!("proxy.upstream_roots: {err}"));
+    }
+    if !problems.is_empty() {
+        return Err(Failure::Config(format!(
+            "{}: {} problem(s):\n  - {}",
+            config.origin,
+            problems.len(),
+            problems.join("\n  - ")
+        )));
+    }
+    println!("{}: OK", config.origin);
+    println!(
+        "proxy  {} (unmatched hosts: {:?}), CA {ca_state}",
+        config.proxy.listen, config.proxy.unmatched
+    );
+    println!("routes ({}):", config.routes.len());
+    for route in &config.routes {
+        let client = &config.clients[&route.client];
+        let port = route.port.map(|p| format!(":{p}")).unwrap_or_else(|| ":*".into());
+        let path = route.path_prefix.as_deref().unwrap_or("/");
+        let mut extra = String::new();
+        if !route.scopes.is_empty() {
+            extra.push_str(&format!(" scopes={}", route.scopes.join(",")));
+        }
+        if let Some(a) = &route.audience {
+            extra.push_str(&format!(" audience={a}"));
+        }
+        if let Some(r) = &route.resource {
+            extra.push_str(&format!(" resource={r}"));
+        }
+        if route.upgrade_tls {
+            extra.push_str(" upgrade_tls");
+        }
+        if route.allow_plaintext {
+            extra.push_str(" allow_plaintext");
+        }
+        println!(
+            "  {:<20} {}{port}{path} -> client {} ({} at {}){extra}",
+            route.name, route.host, client.name, client.auth, client.token_endpoint
+        );
+    }
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
+    Ok(())
+}
+
+fn ca_export(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    let ca = load_ca(&config)?;
+    print!("{}", ca.cert_pem());
+    Ok(())
+}
+
+async fn demo(path: Option<PathBuf>, once: bool) -> Result<(), Failure> {
+    let _ = (path, once);
+    Err(Failure::Other(anyhow::anyhow!("demo: not yet")))
+}

@@ -1,0 +1,66 @@
+//! Trust roots and TLS client configs shared by upstream connections and token requests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+
+/// A trust anchor file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {detail}")]
+pub struct RootsError {
+    /// The file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, RootsError> {
+    let err = |detail: String| RootsError {
+        path: path.to_owned(),
+        detail,
+    };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in file".into()));
+    }
+    Ok(certs)
+}
+
+/// The webpki roots plus the certificates in `files` and `extra`.
+pub fn root_store(
+    files: &[PathBuf],
+    extra: &[CertificateDer<'static>],
+) -> Result<Arc<RootCertStore>, RootsError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for file in files {
+        for cert in load_certs(file)? {
+            roots.add(cert).map_err(|e| RootsError {
+                path: file.clone(),
+                detail: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+    }
+    for cert in extra {
+        roots.add(cert.clone()).map_err(|e| RootsError {
+            path: "(in memory)".into(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A TLS client config verifying servers against `roots` (no ALPN set).
+pub fn client_config(roots: Arc<RootCertStore>) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}

@@ -1,0 +1,182 @@
+//! One token's life in the cache.
+//!
+//! ```text
+//!            get()                     get() after refresh_at         get() after usable_until
+//!  empty ──► fetch (single flight) ──► fresh ──► serve + renew in the ──► expired: wait for a
+//!                                                background (once)        fetch; never served
+//! ```
+//! - Single flight: while a fetch is under way every caller awaits the same future.
+//! - Refresh ahead: in the last part of its usable life the token keeps being served while one
+//!   background fetch replaces it; a failed renewal is retried after a short pause.
+//! - Invalidation (after a 401) clears the token only if it is still the cached one, and bumps
+//!   an epoch so that a fetch that started before it can never put its result back.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use tokio::time::Instant;
+
+use super::{AccessToken, Fetcher, TokenError, TokenKey};
+use crate::config::ClientConfig;
+
+type FetchResult = Result<Arc<AccessToken>, Arc<TokenError>>;
+
+/// How a token was obtained, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Served from the cache.
+    Hit,
+    /// Waited for a token request.
+    Miss,
+}
+
+/// The cached token for one [`TokenKey`].
+pub struct TokenSlot {
+    key: TokenKey,
+    client: Arc<ClientConfig>,
+    fetcher: Arc<Fetcher>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for TokenSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSlot").field("key", &self.key).finish()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    token: Option<Arc<AccessToken>>,
+    inflight: Option<Shared<BoxFuture<'static, FetchResult>>>,
+    epoch: u64,
+    /// After a failed background renewal, no new one before this instant.
+    renew_not_before: Option<Instant>,
+}
+
+/// A failed background renewal is retried after this pause (or a quarter of the remaining
+/// usable life, whichever is shorter), so a down server is not hammered by every request.
+const RENEW_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+impl TokenSlot {
+    pub(super) fn new(
+        key: TokenKey,
+        client: Arc<ClientConfig>,
+        fetcher: Arc<Fetcher>,
+    ) -> TokenSlot {
+        TokenSlot {
+            key,
+            client,
+            fetcher,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// What this slot holds tokens for.
+    pub fn key(&self) -> &TokenKey {
+        &self.key
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A token usable now: the cached one, or the result of the (single) fetch under way.
+    pub async fn get(self: &Arc<Self>) -> Result<(Arc<AccessToken>, Lookup), Arc<TokenError>> {
+        let pending = {
+            let mut st = self.lock();
+            let now = Instant::now();
+            if let Some(token) = st.token.clone() {
+                if token.is_usable_at(now) {
+                    if now >= token.refresh_at
+                        && st.inflight.is_none()
+                        && st.renew_not_before.is_none_or(|t| now >= t)
+                    {
+                        tracing::debug!(client = %self.key.client, "renewing token ahead of expiry");
+                        let _ = self.start_fetch(&mut st, true);
+                    }
+                    return Ok((token, Lookup::Hit));
+                }
+                st.token = None;
+            }
+            match &st.inflight {
+                Some(fetch) => fetch.clone(),
+                None => self.start_fetch(&mut st, false),
+            }
+        };
+        pending.await.map(|t| (t, Lookup::Miss))
+    }
+
+    /// Forgets `token` if it is still the cached one (after the resource server refused it).
+    /// Returns whether it was. A fetch started before this call will not store its result.
+    pub fn invalidate(&self, token: &Arc<AccessToken>) -> bool {
+        let mut st = self.lock();
+        if st.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
+            st.token = None;
+            st.inflight = None;
+            st.epoch += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn start_fetch(
+        self: &Arc<Self>,
+        st: &mut State,
+        background: bool,
+    ) -> Shared<BoxFuture<'static, FetchResult>> {
+        let epoch = st.epoch;
+        let slot = self.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = slot
+                .fetcher
+                .fetch(&slot.client, &slot.key, started)
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new);
+            slot.finish(epoch, &result, background);
+            result
+        });
+        let client = self.key.client.clone();
+        let fut: BoxFuture<'static, FetchResult> = async move {
+            task.await.unwrap_or_else(|join| {
+                Err(Arc::new(TokenError::Internal {
+                    client,
+                    detail: join.to_string(),
+                }))
+            })
+        }
+        .boxed();
+        let shared = fut.shared();
+        st.inflight = Some(shared.clone());
+        shared
+    }
+
+    fn finish(&self, epoch: u64, result: &FetchResult, background: bool) {
+        let mut st = self.lock();
+        if st.epoch != epoch {
+            // Invalidated while we were fetching: the answer may be the refused token.
+            return;
+        }
+        st.inflight = None;
+        match result {
+            Ok(token) => {
+                st.token = Some(token.clone());
+                st.renew_not_before = None;
+            }
+            Err(err) => {
+                if background {
+                    let now = Instant::now();
+                    let remaining = st
+                        .token
+                        .as_ref()
+                        .map_or(Duration::ZERO, |t| t.usable_until.saturating_duration_since(now));
+                    st.renew_not_before = Some(now + RENEW_RETRY_PAUSE.min(remaining / 4));
+                }
+                tracing::warn!(client = %self.key.client, error = %err, background, "token request failed");
+            }
+        }
+    }
+}

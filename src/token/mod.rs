@@ -1,0 +1,283 @@
+//! Tokens: one [`TokenSlot`] per distinct token (client + everything that changes the token),
+//! shared by every route that asks for it.
+//!
+//! - `cache.rs`: the slot's state machine: cached token, single flight, refresh ahead,
+//!   invalidation after a 401.
+//! - `endpoint.rs`: the token request itself (reqwest, no proxy, no redirects, timeouts) and
+//!   the checks on the answer.
+//! - `client_auth.rs`: how the client authenticates at the token endpoint.
+
+mod cache;
+mod client_auth;
+mod endpoint;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+pub use cache::{Lookup, TokenSlot};
+pub use endpoint::Fetcher;
+
+use crate::config::{ClientConfig, RouteSpec};
+use crate::secret::SecretError;
+
+/// Everything that changes which token the authorization server issues. Two routes with the
+/// same key share one cached token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    /// Client name in the config.
+    pub client: String,
+    /// Its token endpoint and client_id: a changed registration never reuses a token.
+    pub endpoint: String,
+    /// `client_id`.
+    pub client_id: String,
+    /// The grant (`client_credentials`).
+    pub grant: &'static str,
+    /// Sorted, deduplicated scopes.
+    pub scopes: Vec<String>,
+    /// `audience` parameter.
+    pub audience: Option<String>,
+    /// `resource` parameter.
+    pub resource: Option<String>,
+}
+
+impl TokenKey {
+    /// The key for a route of this client.
+    pub fn for_route(client: &ClientConfig, spec: &RouteSpec) -> TokenKey {
+        TokenKey {
+            client: client.name.clone(),
+            endpoint: client.token_endpoint.to_string(),
+            client_id: client.client_id.clone(),
+            grant: "client_credentials",
+            scopes: spec.scopes.clone(),
+            audience: spec.audience.clone(),
+            resource: spec.resource.clone(),
+        }
+    }
+}
+
+/// An access token in hand. Its value is zeroized on drop and never printed.
+pub struct AccessToken {
+    value: SecretString,
+    /// When this token must no longer be sent (expiry minus skew).
+    pub usable_until: Instant,
+    /// From when a background renewal starts.
+    pub refresh_at: Instant,
+    /// Scopes the server says it granted, if it said.
+    pub granted_scope: Option<String>,
+}
+
+impl AccessToken {
+    /// Builds a token after checking that its value can go in a header (RFC 6750 token68).
+    pub fn new(
+        value: SecretString,
+        usable_until: Instant,
+        refresh_at: Instant,
+        granted_scope: Option<String>,
+    ) -> Result<AccessToken, &'static str> {
+        if !is_token68(value.expose_secret()) {
+            return Err("access_token has characters that are not allowed in an Authorization header (RFC 6750 token68)");
+        }
+        Ok(AccessToken {
+            value,
+            usable_until,
+            refresh_at,
+            granted_scope,
+        })
+    }
+
+    /// The `Authorization` header value, marked sensitive so hyper never logs or indexes it.
+    pub fn authorization(&self) -> HeaderValue {
+        let secret = self.value.expose_secret();
+        let mut bytes = Vec::with_capacity(7 + secret.len());
+        bytes.extend_from_slice(b"Bearer ");
+        bytes.extend_from_slice(secret.as_bytes());
+        // Checked by `new`: token68 bytes are always valid header bytes.
+        let mut header = HeaderValue::from_bytes(&bytes).unwrap_or(HeaderValue::from_static(""));
+        header.set_sensitive(true);
+        header
+    }
+
+    /// Whether the token may still be sent at `now`.
+    pub fn is_usable_at(&self, now: Instant) -> bool {
+        now < self.usable_until
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("value", &"***")
+            .field("usable_until", &self.usable_until)
+            .finish()
+    }
+}
+
+/// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub fn is_token68(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// Why no token could be had. Names the client and the endpoint, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The server answered with an OAuth error (RFC 6749 §5.2).
+    #[error("token endpoint {endpoint} refused client {client}: {error}{}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    OAuth {
+        /// Client name.
+        client: String,
+        /// Token endpoint URL.
+        endpoint: String,
+        /// HTTP status.
+        status: u16,
+        /// The OAuth `error` code.
+        error: String,
+        /// `error_description`, cleaned and shortened.
+        description: Option<String>,
+    },
+    /// An error status without an OAuth error body (an HTML page, a proxy error...).
+    #[error("token endpoint {endpoint} answered HTTP {status} for client {client} without an OAuth error body ({detail})")]
+    BadStatus {
+        /// Client name.
+        client: String,
+        /// Token endpoint URL.
+        endpoint: String,
+        /// HTTP status.
+        status: u16,
+        /// What the body was.
+        detail: String,
+    },
+    /// A success status whose body is not a usable token response.
+    #[error("token endpoint {endpoint} gave client {client} an unusable token response: {detail}")]
+    BadResponse {
+        /// Client name.
+        client: String,
+        /// Token endpoint URL.
+        endpoint: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No answer in time.
+    #[error("token endpoint {endpoint} did not answer within {after_ms} ms (client {client})")]
+    Timeout {
+        /// Client name.
+        client: String,
+        /// Token endpoint URL.
+        endpoint: String,
+        /// The configured bound.
+        after_ms: u128,
+    },
+    /// Connection refused, DNS, TLS...
+    #[error("cannot reach token endpoint {endpoint} for client {client}: {detail}")]
+    Unreachable {
+        /// Client name.
+        client: String,
+        /// Token endpoint URL.
+        endpoint: String,
+        /// The transport error.
+        detail: String,
+    },
+    /// The client's secret could not be read.
+    #[error("client {client}: {source}")]
+    Secret {
+        /// Client name.
+        client: String,
+        /// Why.
+        source: SecretError,
+    },
+    /// A bug or a cancelled fetch.
+    #[error("token fetch for client {client} failed: {detail}")]
+    Internal {
+        /// Client name.
+        client: String,
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl TokenError {
+    /// The OAuth error code, when the server gave one.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match self {
+            TokenError::OAuth { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether the token endpoint timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, TokenError::Timeout { .. })
+    }
+}
+
+/// All token slots, by key, so routes asking for the same token share it.
+pub struct TokenCache {
+    fetcher: Arc<Fetcher>,
+    slots: Mutex<HashMap<TokenKey, Arc<TokenSlot>>>,
+}
+
+impl TokenCache {
+    /// An empty cache fetching through `fetcher`.
+    pub fn new(fetcher: Arc<Fetcher>) -> TokenCache {
+        TokenCache {
+            fetcher,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The slot for this route's token, created on first use.
+    pub fn slot(&self, client: &Arc<ClientConfig>, spec: &RouteSpec) -> Arc<TokenSlot> {
+        let key = TokenKey::for_route(client, spec);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(TokenSlot::new(
+                    key,
+                    client.clone(),
+                    self.fetcher.clone(),
+                ))
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token68_cases() {
+        let cases = [
+            ("abc.DEF-123_~+/", true),
+            ("abc==", true),
+            ("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", true),
+            ("", false),
+            ("==", false),
+            ("a=b", false),
+            ("abc\r\nX-Evil: 1", false),
+            ("has space", false),
+            ("quote\"", false),
+        ];
+        for (token, want) in cases {
+            assert_eq!(is_token68(token), want, "{token:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let now = Instant::now();
+        let t = AccessToken::new(SecretString::from("s3cr3t-token"), now, now, None).unwrap();
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+        assert!(t.authorization().is_sensitive());
+        assert_eq!(t.authorization().to_str().unwrap(), "Bearer s3cr3t-token");
+    }
+}

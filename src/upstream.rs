@@ -1,0 +1,145 @@
+//! Connections to the real destinations: a pooled hyper client over rustls that verifies
+//! every certificate against the configured roots for the host in the request URI, and the
+//! hop-by-hop header rules of RFC 9110 §7.6.1.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+
+use crate::body::Body;
+use crate::config::ProxySettings;
+
+/// The pooled client type.
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Pooled upstream clients.
+#[derive(Clone)]
+pub struct Upstream {
+    /// HTTP/1.1 and HTTP/2 (by ALPN), pooled per scheme and authority.
+    pooled: HttpsClient,
+    /// HTTP/1.1 only, for upgrade requests (WebSocket), which need an HTTP/1.1 connection.
+    http1: HttpsClient,
+}
+
+impl Upstream {
+    /// Builds the clients; `roots` decide which upstream certificates are trusted.
+    pub fn new(roots: Arc<RootCertStore>, settings: &ProxySettings) -> Upstream {
+        let build = |h2: bool| {
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(settings.connect_timeout));
+            let tls = crate::tls::client_config(roots.clone());
+            let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http();
+            let connector = if h2 {
+                builder.enable_http1().enable_http2().wrap_connector(http)
+            } else {
+                builder.enable_http1().wrap_connector(http)
+            };
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(settings.pool_idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector)
+        };
+        Upstream {
+            pooled: build(true),
+            http1: build(false),
+        }
+    }
+
+    /// The client for a request; `upgrade` requests need HTTP/1.1.
+    pub fn client(&self, upgrade: bool) -> &HttpsClient {
+        if upgrade {
+            &self.http1
+        } else {
+            &self.pooled
+        }
+    }
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), plus the proxy's own.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Whether a request asks for a protocol upgrade (WebSocket).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names. With `upgrade`, the
+/// `Connection: upgrade` and `Upgrade` headers are kept for the next hop.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-authorization", "Basic Zm9vOmJhcg==".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("host", "api.example".parse().unwrap());
+        h.insert("x-end-to-end", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["host", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn keeps_upgrade_for_websockets() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+}

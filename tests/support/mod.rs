@@ -1,0 +1,263 @@
+//! Test harness: a development authorization server, an HTTPS echo API that verifies its
+//! tokens, and the proxy in front, all on 127.0.0.1:0 over real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use oauth_egress::demo::auth_server::{AuthServer, DevClient};
+use oauth_egress::demo::echo_api::EchoApi;
+use oauth_egress::demo::pki::TestPki;
+use oauth_egress::intercept::ca::CertificateAuthority;
+use oauth_egress::proxy::Proxy;
+use oauth_egress::secret::{SecretSource, SecretString};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+pub const CLIENT_ID: &str = "test-client";
+pub const CLIENT_SECRET: &str = "s3cret-never-shown";
+pub const SCOPE: &str = "echo:read";
+
+/// What to vary between tests.
+pub struct Setup {
+    /// `unmatched` policy.
+    pub unmatched: &'static str,
+    /// `auth` of the client.
+    pub auth: &'static str,
+    /// The secret the proxy presents (the server knows CLIENT_SECRET).
+    pub secret: &'static str,
+    /// Extra lines in the `[[route]]` for the echo API.
+    pub route_extra: String,
+    /// Lines in `[tokens]`.
+    pub tokens: String,
+    /// `retry_body_limit`.
+    pub retry_body_limit: usize,
+    /// Overrides the token endpoint URL.
+    pub token_endpoint: Option<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            unmatched: "tunnel",
+            auth: "client_secret_basic",
+            secret: CLIENT_SECRET,
+            route_extra: format!("scopes = [\"{SCOPE}\"]"),
+            tokens: String::new(),
+            retry_body_limit: 1 << 20,
+            token_endpoint: None,
+        }
+    }
+}
+
+pub struct Harness {
+    pub pki: TestPki,
+    pub auth: AuthServer,
+    /// The routed API (verifies tokens).
+    pub api: EchoApi,
+    /// An API with no route (no auth), reachable only by tunnel.
+    pub open_api: EchoApi,
+    pub proxy_addr: SocketAddr,
+    pub ca: Arc<CertificateAuthority>,
+    pub ca_dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn audience(api: &EchoApi) -> String {
+    format!("https://localhost:{}", api.addr.port())
+}
+
+impl Harness {
+    pub async fn start(setup: Setup) -> Harness {
+        let pki = TestPki::new("test upstream CA").unwrap();
+        let tls = pki.server_config(&["localhost", "127.0.0.1"]).unwrap();
+        let auth = AuthServer::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tls.clone(),
+            "localhost",
+            vec![DevClient {
+                id: CLIENT_ID.into(),
+                secret: CLIENT_SECRET.into(),
+                allowed_scopes: Some(vec![SCOPE.into(), "echo:write".into()]),
+            }],
+        )
+        .await
+        .unwrap();
+        let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let aud = format!("https://localhost:{}", api_listener.local_addr().unwrap().port());
+        let api = EchoApi::start(
+            api_listener,
+            Some(tls.clone()),
+            Some(auth.verifier()),
+            Some(aud.clone()),
+            Some(SCOPE.into()),
+        )
+        .await
+        .unwrap();
+        let open_api = EchoApi::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            Some(tls),
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+
+        let toml = format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:0"
+unmatched = "{unmatched}"
+retry_body_limit = {limit}
+connect_timeout_ms = 2000
+
+[tokens]
+{tokens}
+
+[clients.test]
+token_endpoint = "{endpoint}"
+client_id = "{CLIENT_ID}"
+auth = "{auth}"
+client_secret = {{ env = "SET_IN_MEMORY" }}
+
+[[route]]
+name = "echo"
+host = "localhost"
+port = {port}
+client = "test"
+audience = "{aud}"
+{extra}
+"#,
+            unmatched = setup.unmatched,
+            limit = setup.retry_body_limit,
+            tokens = setup.tokens,
+            endpoint = setup
+                .token_endpoint
+                .clone()
+                .unwrap_or_else(|| auth.token_endpoint()),
+            auth = setup.auth,
+            port = api.addr.port(),
+            extra = setup.route_extra,
+        );
+        let ca_dir = tempfile::tempdir().unwrap();
+        let mut config = oauth_egress::config::from_toml(&toml, ca_dir.path(), "test config")
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        config.set_client_secret(
+            "test",
+            SecretSource::Inline(Arc::new(SecretString::from(setup.secret))),
+        );
+        let ca = Arc::new(CertificateAuthority::generate().unwrap());
+        let proxy = Proxy::new(config, ca.clone(), &[pki.ca_cert_der()]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(oauth_egress::listener::run(
+            proxy,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            std::time::Duration::from_secs(1),
+        ));
+        Harness {
+            pki,
+            auth,
+            api,
+            open_api,
+            proxy_addr,
+            ca,
+            ca_dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The routed API's base URL.
+    pub fn api_url(&self) -> String {
+        format!("https://localhost:{}", self.api.addr.port())
+    }
+
+    /// A reqwest client using the proxy and trusting only the proxy's CA.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_trusting(self.ca.cert_pem())
+    }
+
+    /// A reqwest client using the proxy and trusting only `ca_pem`.
+    pub fn client_trusting(&self, ca_pem: &str) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(client_tls(ca_pem))
+            .proxy(reqwest::Proxy::all(format!("http://{}", self.proxy_addr)).unwrap())
+            .build()
+            .unwrap()
+    }
+
+    /// Writes the proxy's CA to a file and returns its path.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        let path = self.ca_dir.path().join("proxy-ca.pem");
+        std::fs::write(&path, self.ca.cert_pem()).unwrap();
+        path
+    }
+
+    /// Stops the proxy and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A rustls client config trusting only the CA in `ca_pem`.
+pub fn client_tls(ca_pem: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Opens `CONNECT authority` on the proxy and returns the stream and the status line.
+pub async fn connect_tunnel(proxy: SocketAddr, authority: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    (stream, head)
+}
+
+/// Reads up to the end of an HTTP head (`\r\n\r\n`).
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Sends raw bytes to the proxy and reads the whole answer until it closes or 2 s pass.
+pub async fn raw_exchange(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
