@@ -38,7 +38,10 @@ fn answer(req: &Request<Incoming>) -> Response<Body> {
     let (status, text) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::NOT_FOUND, "not found: try /healthz or /readyz\n"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz or /readyz\n",
+        ),
     };
     let mut response = Response::new(full(text));
     *response.status_mut() = status;

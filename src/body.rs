@@ -228,7 +228,9 @@ mod tests {
         let again = out.replay().unwrap().collect().await.unwrap().to_bytes();
         assert_eq!(again, "abcd");
 
-        let (body, out) = prepare(chunked(&["abcdef", "ghijkl"]), None, 10).await.unwrap();
+        let (body, out) = prepare(chunked(&["abcdef", "ghijkl"]), None, 10)
+            .await
+            .unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdefghijkl");
         assert!(out.replay().is_none(), "over the limit");
     }

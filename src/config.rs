@@ -332,7 +332,8 @@ enum RawSecret {
 impl<'de> Deserialize<'de> for RawSecret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SecretVisitor;
-        const LITERAL: &str = "a secret must be a table { env = \"NAME\" } or { file = \"path\" }; \
+        const LITERAL: &str =
+            "a secret must be a table { env = \"NAME\" } or { file = \"path\" }; \
                                literal values are refused so secrets stay out of config files";
         impl<'de> Visitor<'de> for SecretVisitor {
             type Value = RawSecret;
@@ -566,7 +567,9 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         };
         if let Some(prefix) = &r.path_prefix {
             if !prefix.starts_with('/') {
-                problems.push(format!("{at}: path_prefix must start with '/', got {prefix:?}"));
+                problems.push(format!(
+                    "{at}: path_prefix must start with '/', got {prefix:?}"
+                ));
             }
         }
         if r.port == Some(0) {
@@ -605,10 +608,11 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         let mut scopes = r.scopes;
         scopes.sort();
         scopes.dedup();
-        if let Some(bad) = scopes
-            .iter()
-            .find(|s| s.is_empty() || s.chars().any(|c| c == ' ' || c == '"' || c == '\\' || c.is_control()))
-        {
+        if let Some(bad) = scopes.iter().find(|s| {
+            s.is_empty()
+                || s.chars()
+                    .any(|c| c == ' ' || c == '"' || c == '\\' || c.is_control())
+        }) {
             problems.push(format!(
                 "{at}: scope {bad:?} is not a valid scope token (RFC 6749 §3.3); give scopes as a list"
             ));

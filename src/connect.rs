@@ -42,9 +42,9 @@ async fn connect(
         .uri()
         .authority()
         .ok_or_else(|| ProxyError::BadRequest("CONNECT needs host:port".into()))?;
-    let port = authority
-        .port_u16()
-        .ok_or_else(|| ProxyError::BadRequest(format!("CONNECT {authority}: a port is required")))?;
+    let port = authority.port_u16().ok_or_else(|| {
+        ProxyError::BadRequest(format!("CONNECT {authority}: a port is required"))
+    })?;
     let target = Target::new(Scheme::HTTPS, authority.host(), port)?;
 
     if proxy.routes.intercepts(&target.host, port) {
@@ -64,24 +64,24 @@ async fn connect(
         }),
         Unmatched::Tunnel => {
             let addr = (target.host.as_str(), port);
-            let upstream = tokio::time::timeout(
-                proxy.config.proxy.connect_timeout,
-                TcpStream::connect(addr),
-            )
-            .await
-            .map_err(|_| ProxyError::ConnectTimeout {
-                authority: target.authority.to_string(),
-                after_ms: proxy.config.proxy.connect_timeout.as_millis(),
-            })?
-            .map_err(|e| ProxyError::Upstream {
-                authority: target.authority.to_string(),
-                detail: e.to_string(),
-            })?;
+            let upstream =
+                tokio::time::timeout(proxy.config.proxy.connect_timeout, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| ProxyError::ConnectTimeout {
+                        authority: target.authority.to_string(),
+                        after_ms: proxy.config.proxy.connect_timeout.as_millis(),
+                    })?
+                    .map_err(|e| ProxyError::Upstream {
+                        authority: target.authority.to_string(),
+                        detail: e.to_string(),
+                    })?;
             let _ = upstream.set_nodelay(true);
             let on_upgrade = hyper::upgrade::on(req);
             tokio::spawn(async move {
                 let _drain = drain;
-                let Ok(upgraded) = on_upgrade.await else { return };
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
                 let mut client = TokioIo::new(upgraded);
                 let mut upstream = upstream;
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -92,7 +92,10 @@ async fn connect(
     }
 }
 
-async fn absolute_form(proxy: &Proxy, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+async fn absolute_form(
+    proxy: &Proxy,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
     let uri = req.uri();
     let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
         return Err(ProxyError::BadRequest(
@@ -116,10 +119,16 @@ async fn absolute_form(proxy: &Proxy, req: Request<Incoming>) -> Result<Response
     let target = match (&route, secure) {
         (_, true) | (None, false) => Target::new(scheme.clone(), &host, port)?,
         (Some(route), false) if route.spec.upgrade_tls => {
-            let port = if explicit_port.is_none_or(|p| p == 80) { 443 } else { port };
+            let port = if explicit_port.is_none_or(|p| p == 80) {
+                443
+            } else {
+                port
+            };
             Target::new(Scheme::HTTPS, &host, port)?
         }
-        (Some(route), false) if route.spec.allow_plaintext => Target::new(Scheme::HTTP, &host, port)?,
+        (Some(route), false) if route.spec.allow_plaintext => {
+            Target::new(Scheme::HTTP, &host, port)?
+        }
         (Some(route), false) => {
             return Err(ProxyError::PlaintextRefused {
                 route: route.spec.name.clone(),

@@ -69,7 +69,10 @@ impl Target {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .path_and_query(
+                path.cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
             .build()
             .map_err(|e| ProxyError::BadRequest(e.to_string()))
     }
@@ -97,7 +100,15 @@ pub async fn forward(
         lookup: None,
         retried: false,
     };
-    let result = send(proxy, req, target, route.as_deref(), rewrite_host, &mut outcome).await;
+    let result = send(
+        proxy,
+        req,
+        target,
+        route.as_deref(),
+        rewrite_host,
+        &mut outcome,
+    )
+    .await;
     let response = match result {
         Ok(response) => response,
         Err(err) => {
@@ -164,13 +175,24 @@ async fn send(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (body, replay) = body::prepare(incoming, content_length, proxy.config.proxy.retry_body_limit)
-        .await
-        .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
-    let retry_head = (!matches!(replay, Outgoing::Streamed))
-        .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+    let (body, replay) = body::prepare(
+        incoming,
+        content_length,
+        proxy.config.proxy.retry_body_limit,
+    )
+    .await
+    .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+    let retry_head = (!matches!(replay, Outgoing::Streamed)).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
 
-    parts.headers.insert(header::AUTHORIZATION, token.authorization());
+    parts
+        .headers
+        .insert(header::AUTHORIZATION, token.authorization());
     let response = client
         .request(Request::from_parts(parts, body))
         .await

@@ -36,6 +36,7 @@ pub mod listener;
 pub mod proxy;
 pub mod route;
 pub mod secret;
+pub mod server;
 pub mod tls;
 pub mod token;
 pub mod upstream;

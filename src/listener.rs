@@ -131,6 +131,9 @@ pub async fn run(
     let _ = signal_tx.send(true);
     drop(drain);
     if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections");
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "grace period over; closing remaining connections"
+        );
     }
 }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use oauth_egress::config::{self, Config};
 use oauth_egress::intercept::ca::CertificateAuthority;
@@ -13,7 +12,11 @@ use oauth_egress::intercept::ca::CertificateAuthority;
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "oauth-egress", version, about = "An egress forward proxy that injects OAuth tokens")]
+#[command(
+    name = "oauth-egress",
+    version,
+    about = "An egress forward proxy that injects OAuth tokens"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +25,12 @@ struct Cli {
 #[derive(clap::Args)]
 struct ConfigArg {
     /// The route table.
-    #[arg(short, long, env = "OAUTH_EGRESS_CONFIG", default_value = "routes.toml")]
+    #[arg(
+        short,
+        long,
+        env = "OAUTH_EGRESS_CONFIG",
+        default_value = "routes.toml"
+    )]
     config: PathBuf,
 }
 
@@ -64,7 +72,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("oauth-egress: cannot start the runtime: {err}");
@@ -141,42 +152,24 @@ async fn run(path: &std::path::Path) -> Result<(), Failure> {
         tracing::warn!("{warning}");
     }
     let ca = load_ca(&config)?;
-    serve(config, ca, &[], shutdown_signal()).await
+    let running = start(config, ca, &[]).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
 }
 
-/// Binds the listeners and serves until `shutdown`.
-async fn serve(
+async fn start(
     config: Config,
     ca: Arc<CertificateAuthority>,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Failure> {
-    let listen = config.proxy.listen;
-    let grace = config.proxy.shutdown_grace;
-    let admin = config.admin.as_ref().map(|a| a.listen);
-    let proxy = oauth_egress::proxy::Proxy::new(config, ca, extra_roots)
-        .map_err(|e| Failure::Config(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind(listen)
+) -> Result<oauth_egress::server::Running, Failure> {
+    oauth_egress::server::start(config, ca, extra_roots)
         .await
-        .with_context(|| format!("cannot listen on {listen} (proxy.listen)"))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(admin) = admin {
-        let admin_listener = tokio::net::TcpListener::bind(admin)
-            .await
-            .with_context(|| format!("cannot listen on {admin} (admin.listen)"))?;
-        let mut stop = stop_rx.clone();
-        tokio::spawn(oauth_egress::admin::run(admin_listener, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }));
-        tracing::info!(%admin, "admin endpoints: /healthz /readyz");
-    }
-    tracing::info!(%listen, routes = proxy.routes.routes().len(), "oauth-egress listening");
-    let proxy_shutdown = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    oauth_egress::listener::run(proxy, listener, proxy_shutdown, grace).await;
-    Ok(())
+        .map_err(|err| match err {
+            oauth_egress::server::ServeError::Start(e) => Failure::Config(e.to_string()),
+            other => Failure::Other(other.into()),
+        })
 }
 
 async fn shutdown_signal() {
@@ -235,7 +228,10 @@ fn check(path: &std::path::Path) -> Result<(), Failure> {
     println!("routes ({}):", config.routes.len());
     for route in &config.routes {
         let client = &config.clients[&route.client];
-        let port = route.port.map(|p| format!(":{p}")).unwrap_or_else(|| ":*".into());
+        let port = route
+            .port
+            .map(|p| format!(":{p}"))
+            .unwrap_or_else(|| ":*".into());
         let path = route.path_prefix.as_deref().unwrap_or("/");
         let mut extra = String::new();
         if !route.scopes.is_empty() {
@@ -272,6 +268,14 @@ fn ca_export(path: &std::path::Path) -> Result<(), Failure> {
 }
 
 async fn demo(path: Option<PathBuf>, once: bool) -> Result<(), Failure> {
-    let _ = (path, once);
-    Err(Failure::Other(anyhow::anyhow!("demo: not yet")))
+    let config = match path {
+        Some(path) => load(&path)?,
+        None => config::load_example().map_err(|e| Failure::Config(e.to_string()))?,
+    };
+    oauth_egress::demo::run::run(config, once, shutdown_signal())
+        .await
+        .map_err(|err| match err {
+            oauth_egress::demo::run::DemoError::Config(m) => Failure::Config(m),
+            other => Failure::Other(other.into()),
+        })
 }

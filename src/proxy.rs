@@ -49,7 +49,10 @@ impl Proxy {
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Arc<Proxy>, StartError> {
         let roots = crate::tls::root_store(&config.proxy.upstream_roots, extra_roots)?;
-        let fetcher = Fetcher::new(config.tokens.clone(), crate::tls::client_config(roots.clone()))?;
+        let fetcher = Fetcher::new(
+            config.tokens.clone(),
+            crate::tls::client_config(roots.clone()),
+        )?;
         let tokens = Arc::new(TokenCache::new(Arc::new(fetcher)));
         let routes = config
             .routes

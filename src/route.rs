@@ -207,7 +207,10 @@ mod tests {
     fn host_patterns_parse() {
         let cases: &[(&str, Result<HostPattern, ()>)] = &[
             ("API.Example.", Ok(HostPattern::Exact("api.example".into()))),
-            ("*.pay.example", Ok(HostPattern::Wildcard(".pay.example".into()))),
+            (
+                "*.pay.example",
+                Ok(HostPattern::Wildcard(".pay.example".into())),
+            ),
             ("127.0.0.1", Ok(HostPattern::Exact("127.0.0.1".into()))),
             ("[::1]", Ok(HostPattern::Exact("::1".into()))),
             ("*", Err(())),

@@ -68,10 +68,11 @@ impl SecretSource {
                 std::env::var(name).map_err(|_| SecretError::EnvMissing(name.clone()))?
             }
             Self::File(path) => {
-                let mut text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+                let mut text =
+                    std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                        path: path.clone(),
+                        source,
+                    })?;
                 let trimmed = text.trim_end_matches(['\r', '\n']).len();
                 text.truncate(trimmed);
                 text

@@ -38,7 +38,10 @@ async fn token_is_injected_and_cached_for_50_calls() {
     assert!(form.contains(&("grant_type".into(), "client_credentials".into())));
     assert!(form.contains(&("scope".into(), support::SCOPE.into())));
     assert!(form.contains(&("audience".into(), support::audience(&h.api))));
-    assert_eq!(h.auth.last_auth_method().as_deref(), Some("client_secret_basic"));
+    assert_eq!(
+        h.auth.last_auth_method().as_deref(),
+        Some("client_secret_basic")
+    );
     h.stop().await;
 }
 
@@ -73,17 +76,41 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
     h.auth.set_token_lifetime(2);
     let client = h.client();
     let jti = |text: String| json(&text)["jti"].as_str().unwrap().to_string();
-    let first = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
+    let first = jti(client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap());
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // In the renewal window: served the current token at once while a renewal runs.
     h.auth.set_delay(Duration::from_millis(300));
     let started = std::time::Instant::now();
-    let second = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
-    assert!(started.elapsed() < Duration::from_millis(300), "did not wait for the renewal");
+    let second = jti(client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap());
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "did not wait for the renewal"
+    );
     assert_eq!(second, first, "current token served during renewal");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(h.auth.token_requests(), 2, "one background renewal");
-    let third = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
+    let third = jti(client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap());
     assert_ne!(third, first, "the renewed token is used");
     assert_eq!(h.auth.token_requests(), 2);
     h.stop().await;
@@ -113,7 +140,14 @@ async fn an_expired_token_is_never_used_even_if_the_server_is_down() {
 async fn a_401_is_retried_once_with_the_same_body_and_a_new_token() {
     let h = Harness::start(Setup::default()).await;
     let client = h.client();
-    let first = client.get(h.api_url()).send().await.unwrap().text().await.unwrap();
+    let first = client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let old_jti = json(&first)["jti"].as_str().unwrap().to_string();
     h.api.revoke(&old_jti);
 
@@ -142,13 +176,25 @@ async fn a_401_is_retried_once_with_the_same_body_and_a_new_token() {
 async fn a_chunked_body_is_replayed_when_it_fit_the_limit() {
     let h = Harness::start(Setup::default()).await;
     let client = h.client();
-    let first = client.get(h.api_url()).send().await.unwrap().text().await.unwrap();
+    let first = client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     h.api.revoke(json(&first)["jti"].as_str().unwrap());
     let chunks: Vec<Result<&'static str, std::io::Error>> = vec![Ok("part one, "), Ok("part two")];
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let res = client.put(h.api_url()).body(body).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    let puts: Vec<_> = h.api.seen().into_iter().filter(|s| s.method == "PUT").collect();
+    let puts: Vec<_> = h
+        .api
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PUT")
+        .collect();
     assert_eq!(puts.len(), 2);
     assert_eq!(&puts[1].body[..], b"part one, part two");
     h.stop().await;
@@ -162,7 +208,14 @@ async fn a_body_over_the_limit_streams_and_its_401_is_returned() {
     })
     .await;
     let client = h.client();
-    let first = client.get(h.api_url()).send().await.unwrap().text().await.unwrap();
+    let first = client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     h.api.revoke(json(&first)["jti"].as_str().unwrap());
     let res = client
         .post(h.api_url())
@@ -171,7 +224,12 @@ async fn a_body_over_the_limit_streams_and_its_401_is_returned() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    let posts = h.api.seen().into_iter().filter(|s| s.method == "POST").count();
+    let posts = h
+        .api
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST")
+        .count();
     assert_eq!(posts, 1, "no replay of a body over retry_body_limit");
     h.stop().await;
 }
@@ -192,7 +250,14 @@ async fn a_permanent_401_means_exactly_two_attempts() {
 async fn a_burst_of_401s_causes_one_new_token_request() {
     let h = Harness::start(Setup::default()).await;
     let client = h.client();
-    let first = client.get(h.api_url()).send().await.unwrap().text().await.unwrap();
+    let first = client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     h.api.revoke(json(&first)["jti"].as_str().unwrap());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -203,7 +268,11 @@ async fn a_burst_of_401s_causes_one_new_token_request() {
     while let Some(status) = tasks.join_next().await {
         assert_eq!(status.unwrap(), 200);
     }
-    assert_eq!(h.auth.token_requests(), 2, "one invalidation, one new token");
+    assert_eq!(
+        h.auth.token_requests(),
+        2,
+        "one invalidation, one new token"
+    );
     h.stop().await;
 }
 
@@ -252,7 +321,10 @@ async fn deny_policy_refuses_unmatched_connects() {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert_eq!(h.open_api.requests(), 0);
     // The routed host is still served.
-    assert_eq!(h.client().get(h.api_url()).send().await.unwrap().status(), 200);
+    assert_eq!(
+        h.client().get(h.api_url()).send().await.unwrap().status(),
+        200
+    );
     h.stop().await;
 }
 
@@ -295,9 +367,11 @@ async fn an_sni_naming_another_host_gets_421_and_no_token() {
     let h = Harness::start(Setup::default()).await;
     let port = h.api.addr.port();
     let mut tls = intercepted_tls(&h, "evil.example").await;
-    tls.write_all(format!("GET / HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut answer = String::new();
     let _ = tls.read_to_string(&mut answer).await;
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
@@ -312,7 +386,10 @@ async fn plain_http_on_a_route_is_refused_without_upgrade_tls_or_allow_plaintext
     let res = h.client().get(url).send().await.unwrap();
     assert_eq!(res.status(), 403);
     let body = res.text().await.unwrap();
-    assert!(body.contains("upgrade_tls") && body.contains("allow_plaintext"), "{body}");
+    assert!(
+        body.contains("upgrade_tls") && body.contains("allow_plaintext"),
+        "{body}"
+    );
     assert_eq!(h.api.requests(), 0);
     assert_eq!(h.auth.token_requests(), 0);
     h.stop().await;
@@ -343,12 +420,18 @@ async fn token_endpoint_errors_name_route_client_and_oauth_error_never_the_secre
     .await;
     let res = h.client().get(h.api_url()).send().await.unwrap();
     assert_eq!(res.status(), 502);
-    assert!(res.headers()["proxy-status"].to_str().unwrap().starts_with("oauth-egress"));
+    assert!(res.headers()["proxy-status"]
+        .to_str()
+        .unwrap()
+        .starts_with("oauth-egress"));
     let body = res.text().await.unwrap();
     assert!(body.contains("route echo"), "{body}");
     assert!(body.contains("client test"), "{body}");
     assert!(body.contains("invalid_client"), "{body}");
-    assert!(!body.contains("wrong-secret-value") && !body.contains(CLIENT_SECRET), "{body}");
+    assert!(
+        !body.contains("wrong-secret-value") && !body.contains(CLIENT_SECRET),
+        "{body}"
+    );
     assert_eq!(h.api.requests(), 0);
     h.stop().await;
 }
@@ -360,7 +443,15 @@ async fn invalid_scope_and_garbage_answers_are_reported() {
         ..Setup::default()
     })
     .await;
-    let body = h.client().get(h.api_url()).send().await.unwrap().text().await.unwrap();
+    let body = h
+        .client()
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.contains("invalid_scope"), "{body}");
     h.stop().await;
 
@@ -371,14 +462,20 @@ async fn invalid_scope_and_garbage_answers_are_reported() {
     let body = res.text().await.unwrap();
     assert!(body.contains("not a JSON token response"), "{body}");
     // The next request gets a token normally: failures are not cached.
-    assert_eq!(h.client().get(h.api_url()).send().await.unwrap().status(), 200);
+    assert_eq!(
+        h.client().get(h.api_url()).send().await.unwrap().status(),
+        200
+    );
     h.stop().await;
 }
 
 #[tokio::test]
 async fn an_unreachable_token_endpoint_is_a_502_naming_it() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("https://localhost:{}/token", closed.local_addr().unwrap().port());
+    let endpoint = format!(
+        "https://localhost:{}/token",
+        closed.local_addr().unwrap().port()
+    );
     drop(closed);
     let h = Harness::start(Setup {
         token_endpoint: Some(endpoint.clone()),
@@ -388,7 +485,10 @@ async fn an_unreachable_token_endpoint_is_a_502_naming_it() {
     let res = h.client().get(h.api_url()).send().await.unwrap();
     assert_eq!(res.status(), 502);
     let body = res.text().await.unwrap();
-    assert!(body.contains("cannot reach token endpoint") && body.contains(&endpoint), "{body}");
+    assert!(
+        body.contains("cannot reach token endpoint") && body.contains(&endpoint),
+        "{body}"
+    );
     h.stop().await;
 }
 
@@ -397,12 +497,23 @@ async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
     let h = Harness::start(Setup::default()).await;
     let garbage = raw_exchange(h.proxy_addr, b"THIS IS NOT HTTP\r\n\r\n").await;
     assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
-    let origin_form = raw_exchange(h.proxy_addr, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let origin_form = raw_exchange(
+        h.proxy_addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(origin_form.starts_with("HTTP/1.1 400"), "{origin_form}");
     assert!(origin_form.contains("forward proxy"), "{origin_form}");
-    let no_port = raw_exchange(h.proxy_addr, b"CONNECT localhost HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let no_port = raw_exchange(
+        h.proxy_addr,
+        b"CONNECT localhost HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
     assert!(no_port.starts_with("HTTP/1.1 400"), "{no_port}");
-    assert_eq!(h.client().get(h.api_url()).send().await.unwrap().status(), 200);
+    assert_eq!(
+        h.client().get(h.api_url()).send().await.unwrap().status(),
+        200
+    );
     h.stop().await;
 }
 
@@ -416,12 +527,17 @@ async fn upgrades_carry_the_token_then_splice_bytes() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let mut tls = connector
-        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), stream)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            stream,
+        )
         .await
         .unwrap();
     tls.write_all(
-        format!("GET /ws HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
@@ -434,7 +550,10 @@ async fn upgrades_carry_the_token_then_splice_bytes() {
         .unwrap()
         .unwrap();
     assert_eq!(&buf, b"ping through the tunnel");
-    assert!(h.api.seen()[0].jti.is_some(), "the upgrade request carried a valid token");
+    assert!(
+        h.api.seen()[0].jti.is_some(),
+        "the upgrade request carried a valid token"
+    );
     h.stop().await;
 }
 
@@ -453,7 +572,11 @@ async fn curl_through_the_proxy_gets_the_token_injected() {
         .output()
         .await
         .expect("curl must be installed (.ci/run installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let echo = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(echo["path"], "/from-curl");
     assert_eq!(echo["sub"], support::CLIENT_ID);
@@ -467,8 +590,14 @@ async fn client_secret_post_sends_the_secret_in_the_body() {
         ..Setup::default()
     })
     .await;
-    assert_eq!(h.client().get(h.api_url()).send().await.unwrap().status(), 200);
-    assert_eq!(h.auth.last_auth_method().as_deref(), Some("client_secret_post"));
+    assert_eq!(
+        h.client().get(h.api_url()).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        h.auth.last_auth_method().as_deref(),
+        Some("client_secret_post")
+    );
     h.stop().await;
 }
 

@@ -14,6 +14,7 @@
 pub mod auth_server;
 pub mod echo_api;
 pub mod pki;
+pub mod run;
 mod token_endpoint;
 mod tokens;
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
@@ -77,7 +77,10 @@ impl std::fmt::Debug for CertificateAuthority {
 impl CertificateAuthority {
     /// Loads the CA from its two PEM files, or, when both are absent, generates one and writes
     /// them (the key with mode 0600). Returns whether it was created.
-    pub fn load_or_create(cert: &Path, key: &Path) -> Result<(CertificateAuthority, bool), CaError> {
+    pub fn load_or_create(
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(CertificateAuthority, bool), CaError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| CaError::Io { path, source }
@@ -89,12 +92,11 @@ impl CertificateAuthority {
                 context: format!("CA key {}", key.display()),
                 source,
             })?;
-            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|source| {
-                CaError::Cert {
+            let issuer =
+                Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|source| CaError::Cert {
                     context: format!("CA certificate {}", cert.display()),
                     source,
-                }
-            })?;
+                })?;
             return Ok((CertificateAuthority::new(issuer, cert_pem), false));
         }
         let ca = CertificateAuthority::generate()?;
@@ -133,7 +135,10 @@ impl CertificateAuthority {
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key).map_err(err)?;
         let cert_pem = cert.pem();
-        Ok(CertificateAuthority::new(Issuer::new(params, key), cert_pem))
+        Ok(CertificateAuthority::new(
+            Issuer::new(params, key),
+            cert_pem,
+        ))
     }
 
     fn new(issuer: Issuer<'static, KeyPair>, cert_pem: String) -> CertificateAuthority {

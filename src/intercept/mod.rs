@@ -27,7 +27,8 @@ use crate::route::normalize_host;
 
 /// Serves an intercepted tunnel until the caller closes it.
 pub async fn serve(proxy: Arc<Proxy>, upgraded: Upgraded, target: Target, drain: Drain) {
-    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let acceptor =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
     let start = match acceptor.await {
         Ok(start) => start,
         Err(err) => {
@@ -79,11 +80,15 @@ async fn request(
         return misdirected(target, "TLS SNI", sni);
     }
     // HTTP/2 carries the authority in the URI; HTTP/1.1 in Host.
-    let named = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-    });
+    let named = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        });
     if let Some(named) = named {
         if !names_target(&named, target) {
             return misdirected(target, "Host", &named);

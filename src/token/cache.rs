@@ -93,7 +93,8 @@ impl TokenSlot {
                         && st.renew_not_before.is_none_or(|t| now >= t)
                     {
                         tracing::debug!(client = %self.key.client, "renewing token ahead of expiry");
-                        let _ = self.start_fetch(&mut st, true);
+                        // The task runs on its own; the shared handle stays in `inflight`.
+                        drop(self.start_fetch(&mut st, true));
                     }
                     return Ok((token, Lookup::Hit));
                 }
@@ -169,10 +170,9 @@ impl TokenSlot {
             Err(err) => {
                 if background {
                     let now = Instant::now();
-                    let remaining = st
-                        .token
-                        .as_ref()
-                        .map_or(Duration::ZERO, |t| t.usable_until.saturating_duration_since(now));
+                    let remaining = st.token.as_ref().map_or(Duration::ZERO, |t| {
+                        t.usable_until.saturating_duration_since(now)
+                    });
                     st.renew_not_before = Some(now + RENEW_RETRY_PAUSE.min(remaining / 4));
                 }
                 tracing::warn!(client = %self.key.client, error = %err, background, "token request failed");

@@ -41,7 +41,10 @@ struct ErrorResponse {
 
 impl Fetcher {
     /// A fetcher trusting the roots in `tls`.
-    pub fn new(settings: TokenSettings, tls: rustls::ClientConfig) -> Result<Fetcher, reqwest::Error> {
+    pub fn new(
+        settings: TokenSettings,
+        tls: rustls::ClientConfig,
+    ) -> Result<Fetcher, reqwest::Error> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .no_proxy()
@@ -71,21 +74,21 @@ impl Fetcher {
         let auth = client_auth::apply(client, &secret);
 
         let body = {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", key.grant);
-        if !key.scopes.is_empty() {
-            form.append_pair("scope", &key.scopes.join(" "));
-        }
-        if let Some(audience) = &key.audience {
-            form.append_pair("audience", audience);
-        }
-        if let Some(resource) = &key.resource {
-            form.append_pair("resource", resource);
-        }
-        for (name, value) in &auth.form {
-            form.append_pair(name, value.expose_secret());
-        }
-        form.finish()
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", key.grant);
+            if !key.scopes.is_empty() {
+                form.append_pair("scope", &key.scopes.join(" "));
+            }
+            if let Some(audience) = &key.audience {
+                form.append_pair("audience", audience);
+            }
+            if let Some(resource) = &key.resource {
+                form.append_pair("resource", resource);
+            }
+            for (name, value) in &auth.form {
+                form.append_pair(name, value.expose_secret());
+            }
+            form.finish()
         };
 
         let mut request = self
@@ -191,8 +194,11 @@ impl Fetcher {
         }
         let expires_in = match parsed.expires_in {
             None => self.settings.default_expires_in,
-            Some(v) => parse_expires_in(&v)
-                .ok_or_else(|| bad(format!("expires_in {v} is not a positive number of seconds")))?,
+            Some(v) => parse_expires_in(&v).ok_or_else(|| {
+                bad(format!(
+                    "expires_in {v} is not a positive number of seconds"
+                ))
+            })?,
         };
         let (usable_until, refresh_at) = lifetimes(sent_at, expires_in, &self.settings);
         AccessToken::new(value, usable_until, refresh_at, parsed.scope)
@@ -221,10 +227,7 @@ pub fn lifetimes(sent_at: Instant, expires_in: Duration, s: &TokenSettings) -> (
 
 /// Strips control characters and shortens text that came from a server.
 fn clean(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(max)
-        .collect()
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 #[cfg(test)]
@@ -260,7 +263,10 @@ mod tests {
         for (expires_in, usable, renew) in cases {
             let (u, r) = lifetimes(t0, Duration::from_secs(expires_in), &s);
             assert_eq!((u - t0).as_secs_f64(), usable, "usable for {expires_in}");
-            assert!(((r - t0).as_secs_f64() - renew).abs() < 1e-6, "renew for {expires_in}");
+            assert!(
+                ((r - t0).as_secs_f64() - renew).abs() < 1e-6,
+                "renew for {expires_in}"
+            );
         }
     }
 }

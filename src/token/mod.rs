@@ -121,9 +121,9 @@ impl fmt::Debug for AccessToken {
 pub fn is_token68(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 /// Why no token could be had. Names the client and the endpoint, never a secret.
@@ -239,13 +239,7 @@ impl TokenCache {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots
             .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(TokenSlot::new(
-                    key,
-                    client.clone(),
-                    self.fetcher.clone(),
-                ))
-            })
+            .or_insert_with(|| Arc::new(TokenSlot::new(key, client.clone(), self.fetcher.clone())))
             .clone()
     }
 }

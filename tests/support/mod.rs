@@ -87,7 +87,10 @@ impl Harness {
         .await
         .unwrap();
         let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let aud = format!("https://localhost:{}", api_listener.local_addr().unwrap().port());
+        let aud = format!(
+            "https://localhost:{}",
+            api_listener.local_addr().unwrap().port()
+        );
         let api = EchoApi::start(
             api_listener,
             Some(tls.clone()),
@@ -254,7 +257,11 @@ pub async fn raw_exchange(proxy: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(proxy).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_to_end(&mut out),
+    )
+    .await;
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -1,0 +1,196 @@
+//! `oauth-egress demo`: the proxy on the shipped routes.toml, with the development
+//! authorization server and echo API the file points at, a self-check request through the
+//! proxy, and the curl command that shows the same thing by hand.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::RngCore;
+use tokio::net::TcpListener;
+
+use super::{AuthServer, DevClient, EchoApi, TestPki};
+use crate::config::Config;
+use crate::intercept::ca::CertificateAuthority;
+use crate::secret::{SecretSource, SecretString};
+
+/// The client and route names the demo looks for in the config.
+pub const DEMO_CLIENT: &str = "demo";
+
+/// Why the demo could not run. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The config has no demo client or route, or they do not point at loopback.
+    #[error("{0}")]
+    Config(String),
+    /// A demo server or the proxy could not start.
+    #[error("{0}")]
+    Start(String),
+    /// The self-check request through the proxy failed.
+    #[error("self-check through the proxy failed: {0}")]
+    SelfCheck(String),
+}
+
+/// Runs the demo; with `once`, makes the self-check request and returns, else serves until
+/// `shutdown` resolves.
+pub async fn run(
+    mut config: Config,
+    once: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DemoError> {
+    let client = config.clients.get(DEMO_CLIENT).cloned().ok_or_else(|| {
+        DemoError::Config(format!(
+            "{}: the demo needs a [clients.{DEMO_CLIENT}] table",
+            config.origin
+        ))
+    })?;
+    let route = config
+        .routes
+        .iter()
+        .find(|r| r.client == DEMO_CLIENT)
+        .cloned()
+        .ok_or_else(|| {
+            DemoError::Config(format!(
+                "{}: the demo needs a [[route]] with client = \"{DEMO_CLIENT}\"",
+                config.origin
+            ))
+        })?;
+    let as_port = client
+        .token_endpoint
+        .port_or_known_default()
+        .ok_or_else(|| DemoError::Config("clients.demo.token_endpoint has no port".into()))?;
+    let api_port = route.port.ok_or_else(|| {
+        DemoError::Config(format!("route {}: the demo route needs a port", route.name))
+    })?;
+    let api_host = route.host.to_string();
+    for host in [
+        client.token_endpoint.host_str().unwrap_or(""),
+        api_host.as_str(),
+    ] {
+        if host != "localhost" && host != "127.0.0.1" {
+            return Err(DemoError::Config(format!(
+                "the demo serves its authorization server and API on loopback; {host:?} must be localhost or 127.0.0.1"
+            )));
+        }
+    }
+
+    let secret = std::env::var("DEMO_CLIENT_SECRET").unwrap_or_else(|_| {
+        let mut bytes = [0u8; 18];
+        rand::rng().fill_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    config.set_client_secret(
+        DEMO_CLIENT,
+        SecretSource::Inline(Arc::new(SecretString::from(secret.clone()))),
+    );
+
+    let start = |e: Box<dyn std::error::Error + Send + Sync>| DemoError::Start(e.to_string());
+    let pki = TestPki::new("oauth-egress demo upstream CA").map_err(|e| start(e.into()))?;
+    let tls = pki
+        .server_config(&["localhost", "127.0.0.1"])
+        .map_err(start)?;
+    let bind = |port: u16, what: &'static str| async move {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        TcpListener::bind(addr).await.map_err(|e| {
+            DemoError::Start(format!(
+                "cannot listen on {addr} for the demo {what}: {e} (change the port in routes.toml)"
+            ))
+        })
+    };
+    let auth = AuthServer::start(
+        bind(as_port, "authorization server").await?,
+        tls.clone(),
+        "localhost",
+        vec![DevClient {
+            id: client.client_id.clone(),
+            secret,
+            allowed_scopes: None,
+        }],
+    )
+    .await
+    .map_err(start)?;
+    let audience = route.audience.clone().or_else(|| route.resource.clone());
+    let api = EchoApi::start(
+        bind(api_port, "echo API").await?,
+        Some(tls),
+        Some(auth.verifier()),
+        audience,
+        route.scopes.first().cloned(),
+    )
+    .await
+    .map_err(start)?;
+
+    let (ca, _) = CertificateAuthority::load_or_create(&config.proxy.ca_cert, &config.proxy.ca_key)
+        .map_err(|e| DemoError::Start(format!("interception CA: {e}")))?;
+    let ca_path = config.proxy.ca_cert.clone();
+    let ca = Arc::new(ca);
+    let running = crate::server::start(config, ca.clone(), &[pki.ca_cert_der()])
+        .await
+        .map_err(|e| DemoError::Start(e.to_string()))?;
+
+    let url = format!("https://{api_host}:{api_port}/hello");
+    let proxy_url = format!("http://{}", running.proxy_addr);
+    println!("oauth-egress demo");
+    println!("  authorization server  {}", auth.token_endpoint());
+    println!(
+        "  echo API (verifies)   https://{api_host}:{}",
+        api.addr.port()
+    );
+    println!(
+        "  proxy                 {proxy_url}   (CA: {})",
+        ca_path.display()
+    );
+    println!();
+    let check = self_check(&proxy_url, ca.cert_pem(), &url).await;
+    match &check {
+        Ok(body) => {
+            println!("Self-check: GET {url} through the proxy, no token sent by the caller:");
+            println!("  {body}");
+        }
+        Err(err) => println!("Self-check failed: {err}"),
+    }
+    println!();
+    println!(
+        "Try it yourself (the caller sends no token; the API answers with the claims it verified):"
+    );
+    println!("  curl -x {proxy_url} --cacert {} {url}", ca_path.display());
+    if once {
+        running.stop().await;
+        return check.map(|_| ()).map_err(DemoError::SelfCheck);
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
+    shutdown.await;
+    running.stop().await;
+    drop((auth, api));
+    Ok(())
+}
+
+async fn self_check(proxy_url: &str, ca_pem: &str, url: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .proxy(reqwest::Proxy::all(proxy_url).map_err(|e| e.to_string())?)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| crate::error::chain(&e))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("HTTP {status}: {body}"))
+    }
+}

@@ -1,0 +1,102 @@
+//! Binding the listeners and running the proxy until told to stop: shared by `run`, `demo`
+//! and the tests, so all three serve exactly the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::intercept::ca::CertificateAuthority;
+use crate::proxy::{Proxy, StartError};
+
+/// A proxy that is serving.
+pub struct Running {
+    /// Where the proxy listens (useful with port 0).
+    pub proxy_addr: SocketAddr,
+    /// Where the admin endpoints listen, if configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// The assembled proxy.
+    pub proxy: Arc<Proxy>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The config or its files do not make a proxy.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The config key.
+        key: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Assembles the proxy and starts serving `proxy.listen` (and `admin.listen`).
+pub async fn start(
+    config: Config,
+    ca: Arc<CertificateAuthority>,
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Running, ServeError> {
+    let listen = config.proxy.listen;
+    let grace = config.proxy.shutdown_grace;
+    let admin = config.admin.as_ref().map(|a| a.listen);
+    let proxy = Proxy::new(config, ca, extra_roots)?;
+    let bind = |addr, key| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, key, source })
+    };
+    let listener = bind(listen, "proxy.listen").await?;
+    let proxy_addr = listener.local_addr().unwrap_or(listen);
+    let (stop, stopped) = watch::channel(false);
+    let admin_addr = match admin {
+        Some(addr) => {
+            let admin_listener = bind(addr, "admin.listen").await?;
+            let admin_addr = admin_listener.local_addr().unwrap_or(addr);
+            let mut stopped = stopped.clone();
+            tokio::spawn(crate::admin::run(admin_listener, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }));
+            Some(admin_addr)
+        }
+        None => None,
+    };
+    let mut stopped = stopped;
+    let task = tokio::spawn(crate::listener::run(
+        proxy.clone(),
+        listener,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+        grace,
+    ));
+    tracing::info!(listen = %proxy_addr, admin = ?admin_addr, routes = proxy.routes.routes().len(), "oauth-egress listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        proxy,
+        stop,
+        task,
+    })
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests (up to `proxy.shutdown_grace_secs`), and
+    /// returns when done.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}

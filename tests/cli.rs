@@ -1,0 +1,185 @@
+//! The `oauth-egress` binary: `demo --once`, `check`, `ca export`, and how bad configs fail.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_oauth-egress");
+const EXAMPLE: &str = include_str!("../routes.toml");
+
+fn oauth_egress(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("OAUTH_EGRESS_CONFIG")
+        .env_remove("DEMO_CLIENT_SECRET")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn demo_once_shows_the_injected_token_working() {
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped file, on free ports so tests never collide.
+    let routes = EXAMPLE
+        .replace("127.0.0.1:3128", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:9901", &format!("127.0.0.1:{}", free_port()))
+        .replace("9444", &free_port().to_string())
+        .replace("9443", &free_port().to_string());
+    std::fs::write(dir.path().join("routes.toml"), routes).unwrap();
+    let out = oauth_egress(dir.path(), &["demo", "--once", "-c", "routes.toml"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("\"sub\":\"demo-client\""), "{all}");
+    assert!(all.contains("curl -x http://127.0.0.1:"), "{all}");
+    assert!(all.contains("--cacert"), "{all}");
+    assert!(dir.path().join("ca/ca.pem").exists());
+}
+
+#[test]
+fn check_prints_the_route_table() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), EXAMPLE).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c", "routes.toml"])
+        .current_dir(dir.path())
+        .env("DEMO_CLIENT_SECRET", "x")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("demo-echo"), "{all}");
+    assert!(all.contains("localhost:9443/ -> client demo"), "{all}");
+}
+
+#[test]
+fn check_exits_64_naming_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = r#"
+[clients.a]
+token_endpoint = "http://idp.example/token"
+client_id = "a"
+auth = "client_secret_basic"
+client_secret = { env = "OAUTH_EGRESS_TEST_UNSET_SECRET" }
+
+[[route]]
+host = "api.example"
+client = "nope"
+
+[[route]]
+host = "*"
+client = "a"
+
+[[route]]
+host = "api.example"
+client = "a"
+"#;
+    std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
+    let out = oauth_egress(dir.path(), &["check", "-c", "bad.toml"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{all}");
+    for expected in [
+        "clients.a.token_endpoint must be an https URL",
+        "client \"nope\" is not defined in [clients] (defined: a)",
+        "route #2 (*): host",
+        "route #3 (api.example) matches exactly the same requests as route \"api.example\"",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_location() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nunmatchd = \"deny\"\n",
+    )
+    .unwrap();
+    let out = oauth_egress(dir.path(), &["check", "-c", "r.toml"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{all}");
+    assert!(all.contains("unmatchd") && all.contains("r.toml"), "{all}");
+}
+
+#[test]
+fn a_literal_secret_is_refused_without_echoing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"
+[clients.a]
+token_endpoint = "https://idp.example/token"
+client_id = "a"
+auth = "client_secret_post"
+client_secret = "hunter2-literal"
+"#;
+    std::fs::write(dir.path().join("r.toml"), cfg).unwrap();
+    let out = oauth_egress(dir.path(), &["check", "-c", "r.toml"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{all}");
+    assert!(all.contains("literal values are refused"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
+#[test]
+fn unreadable_secrets_stop_run_with_64() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        EXAMPLE.replace("127.0.0.1:3128", "127.0.0.1:0"),
+    )
+    .unwrap();
+    let out = oauth_egress(dir.path(), &["run", "-c", "routes.toml"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{all}");
+    assert!(all.contains("DEMO_CLIENT_SECRET is not set"), "{all}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), EXAMPLE).unwrap();
+    let out = Command::new(BIN)
+        .args(["check"])
+        .current_dir(dir.path())
+        .env("OAUTH_EGRESS_CONFIG", "routes.toml")
+        .env("OAUTH_EGRESS_PROXY__UNMATCHED", "deny")
+        .env("DEMO_CLIENT_SECRET", "x")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("unmatched hosts: Deny"), "{all}");
+}
+
+#[test]
+fn ca_export_creates_the_ca_once_and_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), EXAMPLE).unwrap();
+    let first = oauth_egress(dir.path(), &["ca", "export"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let pem = String::from_utf8(first.stdout).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert!(dir.path().join("ca/ca.key").exists());
+    let second = oauth_egress(dir.path(), &["ca", "export"]);
+    assert_eq!(
+        String::from_utf8(second.stdout).unwrap(),
+        pem,
+        "the same CA, not a new one"
+    );
+}
