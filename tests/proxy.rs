@@ -639,3 +639,55 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn http2_callers_are_served_and_upstream_connections_are_pooled() {
+    let h = Harness::start(Setup::default()).await;
+    let mut tls = support::client_tls(h.ca.cert_pem());
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .proxy(reqwest::Proxy::all(format!("http://{}", h.proxy_addr)).unwrap())
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let res = client.get(h.api_url()).send().await.unwrap();
+        assert_eq!(res.version(), reqwest::Version::HTTP_2, "caller side is HTTP/2");
+        assert_eq!(res.status(), 200);
+    }
+    // Five requests from a second, HTTP/1.1 caller reuse the same upstream connection.
+    let h1 = h.client();
+    for _ in 0..5 {
+        assert_eq!(h1.get(h.api_url()).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(h.api.connections(), 1, "one pooled upstream connection for 10 requests");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_fetch_started_before_an_invalidation_never_stores_its_token() {
+    let h = Harness::start(Setup {
+        tokens: "expiry_skew_secs = 0\nrefresh_ahead_percent = 50".into(),
+        ..Setup::default()
+    })
+    .await;
+    h.auth.set_token_lifetime(4);
+    let client = h.client();
+    let jti = |text: String| json(&text)["jti"].as_str().unwrap().to_string();
+    let first = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // In the renewal window: this request starts a slow background renewal.
+    h.auth.set_delay(Duration::from_millis(900));
+    assert_eq!(jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap()), first);
+    // The current token is refused: the 401 invalidates it and fetches a fresh one at once.
+    h.api.revoke(&first);
+    h.auth.set_delay(Duration::ZERO);
+    let fresh = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
+    assert_ne!(fresh, first);
+    // The slow renewal finishes now; its token must not replace the fresh one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(h.auth.token_requests(), 3, "first, background renewal, after the 401");
+    let later = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
+    assert_eq!(later, fresh, "the pre-invalidation fetch did not store its result");
+    h.stop().await;
+}
