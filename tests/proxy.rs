@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oauth_egress::demo::auth_server::Failure;
-use support::{connect_tunnel, raw_exchange, read_head, Harness, Setup, CLIENT_SECRET};
+use support::{connect_tunnel, raw_exchange, read_head, ApiTls, Harness, Setup, CLIENT_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn json(text: &str) -> serde_json::Value {
@@ -652,7 +652,11 @@ async fn http2_callers_are_served_and_upstream_connections_are_pooled() {
         .unwrap();
     for _ in 0..5 {
         let res = client.get(h.api_url()).send().await.unwrap();
-        assert_eq!(res.version(), reqwest::Version::HTTP_2, "caller side is HTTP/2");
+        assert_eq!(
+            res.version(),
+            reqwest::Version::HTTP_2,
+            "caller side is HTTP/2"
+        );
         assert_eq!(res.status(), 200);
     }
     // Five requests from a second, HTTP/1.1 caller reuse the same upstream connection.
@@ -660,7 +664,11 @@ async fn http2_callers_are_served_and_upstream_connections_are_pooled() {
     for _ in 0..5 {
         assert_eq!(h1.get(h.api_url()).send().await.unwrap().status(), 200);
     }
-    assert_eq!(h.api.connections(), 1, "one pooled upstream connection for 10 requests");
+    assert_eq!(
+        h.api.connections(),
+        1,
+        "one pooled upstream connection for 10 requests"
+    );
     h.stop().await;
 }
 
@@ -674,20 +682,122 @@ async fn a_fetch_started_before_an_invalidation_never_stores_its_token() {
     h.auth.set_token_lifetime(4);
     let client = h.client();
     let jti = |text: String| json(&text)["jti"].as_str().unwrap().to_string();
-    let first = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
+    let first = jti(client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // In the renewal window: this request starts a slow background renewal.
     h.auth.set_delay(Duration::from_millis(900));
-    assert_eq!(jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap()), first);
+    assert_eq!(
+        jti(client
+            .get(h.api_url())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()),
+        first
+    );
     // The current token is refused: the 401 invalidates it and fetches a fresh one at once.
     h.api.revoke(&first);
     h.auth.set_delay(Duration::ZERO);
-    let fresh = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
+    let fresh = jti(client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap());
     assert_ne!(fresh, first);
     // The slow renewal finishes now; its token must not replace the fresh one.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(h.auth.token_requests(), 3, "first, background renewal, after the 401");
-    let later = jti(client.get(h.api_url()).send().await.unwrap().text().await.unwrap());
-    assert_eq!(later, fresh, "the pre-invalidation fetch did not store its result");
+    assert_eq!(
+        h.auth.token_requests(),
+        3,
+        "first, background renewal, after the 401"
+    );
+    let later = jti(client
+        .get(h.api_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap());
+    assert_eq!(
+        later, fresh,
+        "the pre-invalidation fetch did not store its result"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn allow_plaintext_sends_the_token_over_http() {
+    let h = Harness::start(Setup {
+        api_tls: ApiTls::Plain,
+        route_extra: format!("scopes = [\"{}\"]\nallow_plaintext = true", support::SCOPE),
+        ..Setup::default()
+    })
+    .await;
+    let url = format!("http://localhost:{}/clear", h.api.addr.port());
+    let res = h.client().get(url).send().await.unwrap();
+    let status = res.status();
+    let body = res.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(h.api.seen()[0].jti.is_some());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_the_proxy_does_not_trust_gets_no_token() {
+    let h = Harness::start(Setup {
+        api_tls: ApiTls::Untrusted,
+        ..Setup::default()
+    })
+    .await;
+    let res = h.client().get(h.api_url()).send().await.unwrap();
+    let status = res.status();
+    let body = res.text().await.unwrap();
+    assert_eq!(status, 502, "{body} {:?}", h.api.seen());
+    assert!(body.to_lowercase().contains("certificate"), "{body}");
+    assert_eq!(h.api.requests(), 0, "no request (and no token) reached it");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn ip_literal_hosts_are_intercepted_with_an_ip_san() {
+    let h = Harness::start(Setup {
+        route_host: "127.0.0.1",
+        ..Setup::default()
+    })
+    .await;
+    assert!(h.api_url().starts_with("https://127.0.0.1:"));
+    let res = h.client().get(h.api_url()).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(h.api.seen()[0].jti.is_some());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_token_endpoint_is_a_504_within_the_configured_bound() {
+    let h = Harness::start(Setup {
+        tokens: "request_timeout_ms = 300".into(),
+        ..Setup::default()
+    })
+    .await;
+    h.auth.set_delay(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let res = h.client().get(h.api_url()).send().await.unwrap();
+    assert_eq!(res.status(), 504);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let body = res.text().await.unwrap();
+    assert!(body.contains("did not answer within 300 ms"), "{body}");
     h.stop().await;
 }

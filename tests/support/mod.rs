@@ -36,6 +36,21 @@ pub struct Setup {
     pub retry_body_limit: usize,
     /// Overrides the token endpoint URL.
     pub token_endpoint: Option<String>,
+    /// How the routed API serves.
+    pub api_tls: ApiTls,
+    /// The routed host as written in the route (and used in `api_url`).
+    pub route_host: &'static str,
+}
+
+/// How the routed API serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ApiTls {
+    /// HTTPS with a certificate the proxy trusts.
+    Trusted,
+    /// HTTPS with a certificate from a CA the proxy does not trust.
+    Untrusted,
+    /// Plain HTTP.
+    Plain,
 }
 
 impl Default for Setup {
@@ -48,11 +63,14 @@ impl Default for Setup {
             tokens: String::new(),
             retry_body_limit: 1 << 20,
             token_endpoint: None,
+            api_tls: ApiTls::Trusted,
+            route_host: "localhost",
         }
     }
 }
 
 pub struct Harness {
+    pub route_host: &'static str,
     pub pki: TestPki,
     pub auth: AuthServer,
     /// The routed API (verifies tokens).
@@ -88,12 +106,23 @@ impl Harness {
         .unwrap();
         let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let aud = format!(
-            "https://localhost:{}",
+            "https://{}:{}",
+            setup.route_host,
             api_listener.local_addr().unwrap().port()
         );
+        let api_tls = match setup.api_tls {
+            ApiTls::Trusted => Some(tls.clone()),
+            ApiTls::Untrusted => Some(
+                TestPki::new("a CA the proxy does not trust")
+                    .unwrap()
+                    .server_config(&["localhost", "127.0.0.1"])
+                    .unwrap(),
+            ),
+            ApiTls::Plain => None,
+        };
         let api = EchoApi::start(
             api_listener,
-            Some(tls.clone()),
+            api_tls,
             Some(auth.verifier()),
             Some(aud.clone()),
             Some(SCOPE.into()),
@@ -129,7 +158,7 @@ client_secret = {{ env = "SET_IN_MEMORY" }}
 
 [[route]]
 name = "echo"
-host = "localhost"
+host = "{route_host}"
 port = {port}
 client = "test"
 audience = "{aud}"
@@ -145,6 +174,7 @@ audience = "{aud}"
             auth = setup.auth,
             port = api.addr.port(),
             extra = setup.route_extra,
+            route_host = setup.route_host,
         );
         let ca_dir = tempfile::tempdir().unwrap();
         let mut config = oauth_egress::config::from_toml(&toml, ca_dir.path(), "test config")
@@ -167,6 +197,7 @@ audience = "{aud}"
             std::time::Duration::from_secs(1),
         ));
         Harness {
+            route_host: setup.route_host,
             pki,
             auth,
             api,
@@ -181,7 +212,7 @@ audience = "{aud}"
 
     /// The routed API's base URL.
     pub fn api_url(&self) -> String {
-        format!("https://localhost:{}", self.api.addr.port())
+        format!("https://{}:{}", self.route_host, self.api.addr.port())
     }
 
     /// A reqwest client using the proxy and trusting only the proxy's CA.
