@@ -48,6 +48,14 @@ pub enum ProxyError {
         /// The token error (names client, endpoint and OAuth error).
         source: Arc<TokenError>,
     },
+    /// No subject token for a token-exchange route.
+    #[error("route {route}: {source}")]
+    Subject {
+        /// Route name.
+        route: String,
+        /// What is missing.
+        source: crate::token::SubjectError,
+    },
     /// The upstream did not accept a connection in time.
     #[error("upstream {authority} did not accept a connection within {after_ms} ms")]
     ConnectTimeout {
@@ -79,6 +87,10 @@ impl ProxyError {
                 (StatusCode::GATEWAY_TIMEOUT, "proxy_internal_error")
             }
             ProxyError::Token { .. } => (StatusCode::BAD_GATEWAY, "proxy_internal_error"),
+            ProxyError::Subject { source, .. } if source.is_callers() => {
+                (StatusCode::UNAUTHORIZED, "http_request_denied")
+            }
+            ProxyError::Subject { .. } => (StatusCode::BAD_GATEWAY, "proxy_internal_error"),
             ProxyError::ConnectTimeout { .. } => {
                 (StatusCode::GATEWAY_TIMEOUT, "connection_timeout")
             }
@@ -102,6 +114,12 @@ pub fn response(err: &ProxyError) -> Response<Body> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&proxy_status) {
         headers.insert("proxy-status", v);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"oauth-egress\""),
+        );
     }
     response
 }

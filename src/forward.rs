@@ -161,13 +161,21 @@ async fn send(
         return Ok(finish(response, downstream_upgrade));
     };
 
-    // The proxy owns the credential on a route: the caller's own is never forwarded.
+    // The proxy owns the credential on a route: the caller's own is never forwarded (a
+    // token-exchange route reads it first, as the subject).
+    let slot = route
+        .token
+        .slot(&parts.headers)
+        .map_err(|source| ProxyError::Subject {
+            route: route.spec.name.clone(),
+            source,
+        })?;
     parts.headers.remove(header::AUTHORIZATION);
     let token_error = |source| ProxyError::Token {
         route: route.spec.name.clone(),
         source,
     };
-    let (token, lookup) = route.token.get().await.map_err(token_error)?;
+    let (token, lookup) = slot.get().await.map_err(token_error)?;
     outcome.lookup = Some(lookup);
 
     let content_length = parts
@@ -207,8 +215,8 @@ async fn send(
     };
     // The one retry: forget this token (only if still cached), take a fresh one, resend.
     drop(response);
-    route.token.invalidate(&token);
-    let (fresh, _) = route.token.get().await.map_err(token_error)?;
+    slot.invalidate(&token);
+    let (fresh, _) = slot.get().await.map_err(token_error)?;
     outcome.retried = true;
     headers.insert(header::AUTHORIZATION, fresh.authorization());
     let mut retry = Request::new(body);

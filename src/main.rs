@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(arg) => run(&arg.config).await,
-            Command::Check(arg) => check(&arg.config),
+            Command::Check(arg) => check(&arg.config).await,
             Command::Ca {
                 command: CaCommand::Export(arg),
             } => ca_export(&arg.config),
@@ -168,6 +168,7 @@ async fn start(
         .await
         .map_err(|err| match err {
             oauth_egress::server::ServeError::Start(e) => Failure::Config(e.to_string()),
+            e @ oauth_egress::server::ServeError::Discovery(_) => Failure::Config(e.to_string()),
             other => Failure::Other(other.into()),
         })
 }
@@ -194,7 +195,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn check(path: &std::path::Path) -> Result<(), Failure> {
+async fn check(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
     let mut problems = config.secret_problems();
     let (cert, key) = (&config.proxy.ca_cert, &config.proxy.ca_key);
@@ -209,8 +210,18 @@ fn check(path: &std::path::Path) -> Result<(), Failure> {
     } else {
         format!("{} (absent: generated on first start)", cert.display())
     };
-    if let Err(err) = oauth_egress::tls::root_store(&config.proxy.upstream_roots, &[]) {
-        problems.push(format!("proxy.upstream_roots: {err}"));
+    match CertificateAuthority::generate() {
+        Ok(scratch_ca) => {
+            match oauth_egress::proxy::Proxy::new(config.clone(), Arc::new(scratch_ca), &[]) {
+                Ok(proxy) => {
+                    let (wrong, unreachable) = proxy.discover().await;
+                    problems.extend(wrong);
+                    problems.extend(unreachable);
+                }
+                Err(err) => problems.push(err.to_string()),
+            }
+        }
+        Err(err) => problems.push(err.to_string()),
     }
     if !problems.is_empty() {
         return Err(Failure::Config(format!(
@@ -250,8 +261,13 @@ fn check(path: &std::path::Path) -> Result<(), Failure> {
             extra.push_str(" allow_plaintext");
         }
         println!(
-            "  {:<20} {}{port}{path} -> client {} ({} at {}){extra}",
-            route.name, route.host, client.name, client.auth, client.token_endpoint
+            "  {:<20} {}{port}{path} -> client {} ({}, {} at {}){extra}",
+            route.name,
+            route.host,
+            client.name,
+            route.grant.name(),
+            client.auth,
+            client.endpoint_label()
         );
     }
     for warning in &config.warnings {

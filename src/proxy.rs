@@ -35,9 +35,9 @@ pub enum StartError {
     /// A trust root could not be loaded.
     #[error("proxy.upstream_roots: {0}")]
     Roots(#[from] RootsError),
-    /// The token HTTP client could not be built.
-    #[error("token client: {0}")]
-    TokenClient(#[from] reqwest::Error),
+    /// The token HTTP clients could not be built.
+    #[error("{0}")]
+    TokenClient(#[from] crate::token::FetcherError),
 }
 
 impl Proxy {
@@ -49,10 +49,7 @@ impl Proxy {
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Arc<Proxy>, StartError> {
         let roots = crate::tls::root_store(&config.proxy.upstream_roots, extra_roots)?;
-        let fetcher = Fetcher::new(
-            config.tokens.clone(),
-            crate::tls::client_config(roots.clone()),
-        )?;
+        let fetcher = Fetcher::new(config.tokens.clone(), roots.clone(), &config.clients)?;
         let tokens = Arc::new(TokenCache::new(Arc::new(fetcher)));
         let routes = config
             .routes
@@ -61,7 +58,7 @@ impl Proxy {
                 let client = config.clients.get(&spec.client)?.clone();
                 Some(Arc::new(Route {
                     spec: spec.clone(),
-                    token: tokens.slot(&client, spec),
+                    token: tokens.route_token(&client, spec),
                     client,
                 }))
             })
@@ -73,5 +70,28 @@ impl Proxy {
             tokens,
             config,
         }))
+    }
+}
+
+impl Proxy {
+    /// Fetches the metadata of every client configured with an `issuer` and checks it. The
+    /// result per client: problems that make the config wrong (a mismatched issuer, an `auth`
+    /// the server does not support) and failures to reach the server, kept apart so `run`
+    /// can start anyway (discovery is retried on first use) while `check` reports both.
+    pub async fn discover(&self) -> (Vec<String>, Vec<String>) {
+        let (mut wrong, mut unreachable) = (Vec::new(), Vec::new());
+        for client in self.config.clients.values() {
+            match self.tokens.fetcher().discover(client).await {
+                Ok(Some(endpoint)) => {
+                    tracing::info!(client = %client.name, %endpoint, "discovered token endpoint")
+                }
+                Ok(None) => {}
+                Err(err) if err.is_misconfiguration() => {
+                    wrong.push(format!("clients.{}: {err}", client.name))
+                }
+                Err(err) => unreachable.push(format!("clients.{}: {err}", client.name)),
+            }
+        }
+        (wrong, unreachable)
     }
 }

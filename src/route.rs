@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::config::{ClientConfig, RouteSpec};
-use crate::token::TokenSlot;
+use crate::token::RouteToken;
 
 /// A host pattern from `host = "..."`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +109,8 @@ pub struct Route {
     pub spec: RouteSpec,
     /// The client registration.
     pub client: Arc<ClientConfig>,
-    /// The cached token this route injects (shared by routes asking for the same token).
-    pub token: Arc<TokenSlot>,
+    /// Where this route's token comes from (shared by routes asking for the same token).
+    pub token: RouteToken,
 }
 
 impl Route {

@@ -31,6 +31,9 @@ pub enum ServeError {
     /// The config or its files do not make a proxy.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// Discovery showed that a client's configuration cannot work.
+    #[error("{} problem(s):\n  - {}", .0.len(), .0.join("\n  - "))]
+    Discovery(Vec<String>),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
@@ -53,6 +56,13 @@ pub async fn start(
     let grace = config.proxy.shutdown_grace;
     let admin = config.admin.as_ref().map(|a| a.listen);
     let proxy = Proxy::new(config, ca, extra_roots)?;
+    let (wrong, unreachable) = proxy.discover().await;
+    if !wrong.is_empty() {
+        return Err(ServeError::Discovery(wrong));
+    }
+    for problem in unreachable {
+        tracing::warn!("{problem}; discovery will be retried on first use");
+    }
     let bind = |addr, key| async move {
         TcpListener::bind(addr)
             .await

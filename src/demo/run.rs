@@ -54,18 +54,19 @@ pub async fn run(
                 config.origin
             ))
         })?;
-    let as_port = client
-        .token_endpoint
+    let crate::config::Endpoint::Fixed(token_endpoint) = &client.endpoint else {
+        return Err(DemoError::Config(
+            "clients.demo needs a token_endpoint (not an issuer)".into(),
+        ));
+    };
+    let as_port = token_endpoint
         .port_or_known_default()
         .ok_or_else(|| DemoError::Config("clients.demo.token_endpoint has no port".into()))?;
     let api_port = route.port.ok_or_else(|| {
         DemoError::Config(format!("route {}: the demo route needs a port", route.name))
     })?;
     let api_host = route.host.to_string();
-    for host in [
-        client.token_endpoint.host_str().unwrap_or(""),
-        api_host.as_str(),
-    ] {
+    for host in [token_endpoint.host_str().unwrap_or(""), api_host.as_str()] {
         if host != "localhost" && host != "127.0.0.1" {
             return Err(DemoError::Config(format!(
                 "the demo serves its authorization server and API on loopback; {host:?} must be localhost or 127.0.0.1"

@@ -17,8 +17,7 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::time::Instant;
 
-use super::{AccessToken, Fetcher, TokenError, TokenKey};
-use crate::config::ClientConfig;
+use super::{AccessToken, Fetcher, TokenError, TokenKey, TokenRequest};
 
 type FetchResult = Result<Arc<AccessToken>, Arc<TokenError>>;
 
@@ -34,7 +33,7 @@ pub enum Lookup {
 /// The cached token for one [`TokenKey`].
 pub struct TokenSlot {
     key: TokenKey,
-    client: Arc<ClientConfig>,
+    request: Arc<TokenRequest>,
     fetcher: Arc<Fetcher>,
     state: Mutex<State>,
 }
@@ -61,12 +60,12 @@ const RENEW_RETRY_PAUSE: Duration = Duration::from_secs(5);
 impl TokenSlot {
     pub(super) fn new(
         key: TokenKey,
-        client: Arc<ClientConfig>,
+        request: Arc<TokenRequest>,
         fetcher: Arc<Fetcher>,
     ) -> TokenSlot {
         TokenSlot {
             key,
-            client,
+            request,
             fetcher,
             state: Mutex::new(State::default()),
         }
@@ -75,6 +74,11 @@ impl TokenSlot {
     /// What this slot holds tokens for.
     pub fn key(&self) -> &TokenKey {
         &self.key
+    }
+
+    /// What its token requests ask for.
+    pub fn request(&self) -> &TokenRequest {
+        &self.request
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -133,7 +137,7 @@ impl TokenSlot {
             let started = Instant::now();
             let result = slot
                 .fetcher
-                .fetch(&slot.client, &slot.key, started)
+                .fetch(&slot.request, started)
                 .await
                 .map(Arc::new)
                 .map_err(Arc::new);

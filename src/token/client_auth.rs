@@ -1,49 +1,106 @@
-//! Client authentication at the token endpoint (RFC 6749 §2.3.1).
+//! Client authentication at the token endpoint: RFC 6749 §2.3.1 (secret in Basic or body),
+//! RFC 7523 (JWT assertions signed with the secret or a private key), RFC 8705 (mutual TLS:
+//! the certificate is on the connection, `client_id` in the body), and public clients.
 
 use base64::Engine;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
-use crate::config::{ClientAuth, ClientConfig};
+use super::assertion::{client_assertion, SigningKey};
+use crate::config::{AssertionAudience, ClientAuth, ClientConfig};
 
-/// What client authentication adds to a token request: form fields and/or a header.
+/// What client authentication adds to a token request.
 pub(super) struct Applied {
-    /// Extra form fields (`client_id`, and `client_secret` for `client_secret_post`).
-    pub form: Vec<(&'static str, SecretString)>,
+    /// Extra form fields.
+    pub form: Vec<(&'static str, Zeroizing<String>)>,
     /// An `Authorization` header (sensitive), for `client_secret_basic`.
     pub authorization: Option<HeaderValue>,
 }
 
-/// Applies the client's method with `secret`.
-pub(super) fn apply(client: &ClientConfig, secret: &SecretString) -> Applied {
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+fn secret(client: &ClientConfig) -> Result<SecretString, String> {
+    client
+        .client_secret
+        .as_ref()
+        .ok_or("no client_secret configured")?
+        .load()
+        .map_err(|e| e.to_string())
+}
+
+/// The signing key of a client's `private_key`.
+pub(super) fn private_key(client: &ClientConfig) -> Result<SigningKey, String> {
+    let source = client
+        .private_key
+        .as_ref()
+        .ok_or("no private_key configured")?;
+    let pem = source.load().map_err(|e| e.to_string())?;
+    SigningKey::from_pem(&pem, client.signing_alg, client.key_id.clone())
+        .map_err(|e| format!("private_key ({source}): {e}"))
+}
+
+/// Authenticates `client` for a request to `endpoint`; assertions are minted fresh each call.
+pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, String> {
+    let id = || Zeroizing::new(client.client_id.clone());
+    let audience = match (client.assertion_audience, client.issuer()) {
+        (AssertionAudience::Issuer, Some(issuer)) => {
+            issuer.as_str().trim_end_matches('/').to_string()
+        }
+        _ => endpoint.to_string(),
+    };
+    let assertion = |key: &SigningKey| -> Result<Applied, String> {
+        let jwt = client_assertion(&client.client_id, &audience, key)?;
+        Ok(Applied {
+            form: vec![
+                ("client_id", id()),
+                (
+                    "client_assertion_type",
+                    Zeroizing::new(ASSERTION_TYPE.into()),
+                ),
+                ("client_assertion", Zeroizing::new(jwt)),
+            ],
+            authorization: None,
+        })
+    };
     match client.auth {
         ClientAuth::ClientSecretBasic => {
+            let secret = secret(client)?;
             // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-            let id: String = form_urlencoded::byte_serialize(client.client_id.as_bytes()).collect();
-            let pw = zeroize::Zeroizing::new(
+            let user: String =
+                form_urlencoded::byte_serialize(client.client_id.as_bytes()).collect();
+            let pass = Zeroizing::new(
                 form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
                     .collect::<String>(),
             );
-            let pair = zeroize::Zeroizing::new(format!("{id}:{}", pw.as_str()));
-            let encoded = zeroize::Zeroizing::new(format!(
+            let pair = Zeroizing::new(format!("{user}:{}", pass.as_str()));
+            let value = Zeroizing::new(format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
             ));
-            let mut header = HeaderValue::from_str(&encoded).ok();
-            if let Some(h) = header.as_mut() {
-                h.set_sensitive(true);
-            }
-            Applied {
+            let mut header = HeaderValue::from_str(&value)
+                .map_err(|_| "client id or secret cannot go in a header")?;
+            header.set_sensitive(true);
+            Ok(Applied {
                 form: Vec::new(),
-                authorization: header,
-            }
+                authorization: Some(header),
+            })
         }
-        ClientAuth::ClientSecretPost => Applied {
+        ClientAuth::ClientSecretPost => Ok(Applied {
             form: vec![
-                ("client_id", SecretString::from(client.client_id.clone())),
-                ("client_secret", secret.clone()),
+                ("client_id", id()),
+                (
+                    "client_secret",
+                    Zeroizing::new(secret(client)?.expose_secret().to_string()),
+                ),
             ],
             authorization: None,
-        },
+        }),
+        ClientAuth::ClientSecretJwt => assertion(&SigningKey::hmac(&secret(client)?)),
+        ClientAuth::PrivateKeyJwt => assertion(&private_key(client)?),
+        ClientAuth::TlsClientAuth | ClientAuth::None => Ok(Applied {
+            form: vec![("client_id", id())],
+            authorization: None,
+        }),
     }
 }

@@ -1,27 +1,47 @@
-//! The token request (RFC 6749 §4.4 client credentials, RFC 8707 `resource`, `audience`)
-//! and the checks on the answer.
+//! The token request: where it goes (fixed or discovered endpoint), over which client (plain,
+//! or mutual TLS), with which retries, and the checks on the answer.
 //!
-//! Token requests use their own reqwest client: `.no_proxy()` (the environment's
+//! Token requests use their own reqwest clients: `.no_proxy()` (the environment's
 //! `HTTPS_PROXY` may point at this very proxy), no redirects (a redirect could carry the
 //! client secret elsewhere), bounded timeouts, and the same trust roots as upstream TLS.
+//!
+//! Retries: network errors, 5xx and 429 are retried with exponential backoff and jitter,
+//! honouring `Retry-After`, until `tokens.retry_max_elapsed_ms` has passed since the first
+//! attempt. A refresh-token request is retried only when the server cannot have acted on it
+//! (the connection was never made, or it answered 503/429): after a timeout or a 500 the
+//! server may already have rotated the token, and resending the old one would look like
+//! token theft to a server that revokes on reuse.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use rand::Rng;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;
 use zeroize::Zeroize;
 
-use super::{client_auth, AccessToken, TokenError, TokenKey};
-use crate::config::{ClientConfig, TokenSettings};
+use super::discovery::{Discovery, DiscoveryError};
+use super::refresh_store::{self, RefreshStore};
+use super::{client_auth, grant, AccessToken, TokenError, TokenRequest};
+use crate::config::{ClientConfig, Endpoint, Grant, TokenSettings};
 
 /// Largest token-endpoint answer read; anything bigger is not a token response.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Sends token requests.
 pub struct Fetcher {
     http: reqwest::Client,
+    mtls: HashMap<String, reqwest::Client>,
+    discovery: HashMap<String, Arc<Discovery>>,
+    refresh: RefreshStore,
     settings: TokenSettings,
 }
 
@@ -31,6 +51,7 @@ struct TokenResponse {
     token_type: Option<String>,
     expires_in: Option<serde_json::Value>,
     scope: Option<String>,
+    refresh_token: Option<SecretString>,
 }
 
 #[derive(Deserialize)]
@@ -39,70 +60,264 @@ struct ErrorResponse {
     error_description: Option<String>,
 }
 
+/// One answer from the token endpoint.
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.body.zeroize();
+    }
+}
+
+/// A failed attempt: whether the request can have reached the server.
+enum Failed {
+    /// No connection was made: safe to resend anything.
+    NotSent(TokenError),
+    /// Sent, but no complete answer: the server may have acted on it.
+    Unknown(TokenError),
+}
+
+/// Why the token clients could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FetcherError {
+    /// A reqwest client could not be built.
+    #[error("token client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A client certificate or key could not be loaded.
+    #[error("clients.{client}: {detail}")]
+    ClientCert {
+        /// The client.
+        client: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+fn builder(settings: &TokenSettings) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(settings.request_timeout.min(Duration::from_secs(5)))
+        .timeout(settings.request_timeout)
+        .user_agent(concat!("oauth-egress/", env!("CARGO_PKG_VERSION")))
+}
+
 impl Fetcher {
-    /// A fetcher trusting the roots in `tls`.
+    /// Token clients trusting `roots`; one with a client certificate per mutual-TLS client.
     pub fn new(
         settings: TokenSettings,
-        tls: rustls::ClientConfig,
-    ) -> Result<Fetcher, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(settings.request_timeout.min(Duration::from_secs(5)))
-            .timeout(settings.request_timeout)
-            .user_agent(concat!("oauth-egress/", env!("CARGO_PKG_VERSION")))
+        roots: Arc<rustls::RootCertStore>,
+        clients: &BTreeMap<String, Arc<ClientConfig>>,
+    ) -> Result<Fetcher, FetcherError> {
+        let http = builder(&settings)
+            .use_preconfigured_tls(crate::tls::client_config(roots.clone()))
             .build()?;
-        Ok(Fetcher { http, settings })
+        let mut mtls = HashMap::new();
+        let mut discovery = HashMap::new();
+        for client in clients.values() {
+            if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
+                let err = |detail: String| FetcherError::ClientCert {
+                    client: client.name.clone(),
+                    detail,
+                };
+                let chain = crate::tls::load_certs(cert).map_err(|e| err(e.to_string()))?;
+                let pem = key.load().map_err(|e| err(format!("client_key: {e}")))?;
+                let key = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
+                    .map_err(|e| err(format!("client_key: not a PEM private key ({e})")))?;
+                let tls = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots.clone())
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| err(format!("client_cert/client_key: {e}")))?;
+                mtls.insert(
+                    client.name.clone(),
+                    builder(&settings).use_preconfigured_tls(tls).build()?,
+                );
+            }
+            if let Endpoint::Discovered(issuer) = &client.endpoint {
+                discovery.insert(
+                    client.name.clone(),
+                    Arc::new(Discovery::new(issuer.clone())),
+                );
+            }
+        }
+        Ok(Fetcher {
+            http,
+            mtls,
+            discovery,
+            refresh: RefreshStore::default(),
+            settings,
+        })
     }
 
-    /// Requests a token for `key` as `client`. `sent_at` anchors the token's lifetime.
+    fn http_for(&self, client: &ClientConfig) -> &reqwest::Client {
+        self.mtls.get(&client.name).unwrap_or(&self.http)
+    }
+
+    /// Fetches (or re-uses) the metadata of a discovered client and checks it fits the
+    /// client's `auth`. `Ok(None)` for clients with a fixed endpoint.
+    pub async fn discover(&self, client: &ClientConfig) -> Result<Option<String>, DiscoveryCheck> {
+        let Some(discovery) = self.discovery.get(&client.name) else {
+            return Ok(None);
+        };
+        let metadata = discovery
+            .metadata(&self.http)
+            .await
+            .map_err(DiscoveryCheck::Fetch)?;
+        metadata
+            .check_auth(client.auth)
+            .map_err(DiscoveryCheck::Unsupported)?;
+        Ok(Some(metadata.token_endpoint_for(client.auth).to_string()))
+    }
+
+    async fn endpoint(&self, client: &ClientConfig) -> Result<String, TokenError> {
+        match &client.endpoint {
+            Endpoint::Fixed(url) => Ok(url.to_string()),
+            Endpoint::Discovered(_) => match self.discover(client).await {
+                Ok(Some(endpoint)) => Ok(endpoint),
+                Ok(None) => Err(TokenError::Internal {
+                    client: client.name.clone(),
+                    detail: "no discovery state".into(),
+                }),
+                Err(err) => Err(TokenError::Discovery {
+                    client: client.name.clone(),
+                    detail: err.to_string(),
+                }),
+            },
+        }
+    }
+
+    fn forget_discovery(&self, client: &ClientConfig) {
+        if let Some(d) = self.discovery.get(&client.name) {
+            d.forget();
+        }
+    }
+
+    /// Requests a token. `sent_at` anchors the token's lifetime.
     pub(super) async fn fetch(
         &self,
-        client: &ClientConfig,
-        key: &TokenKey,
+        request: &TokenRequest,
         sent_at: Instant,
     ) -> Result<AccessToken, TokenError> {
-        let endpoint = client.token_endpoint.as_str();
-        let secret = match &client.client_secret {
-            Some(source) => source.load().map_err(|source| TokenError::Secret {
-                client: client.name.clone(),
-                source,
-            })?,
-            None => SecretString::from(String::new()),
+        let client = &request.client;
+        let endpoint = self.endpoint(client).await?;
+        // One refresh per refresh-token file at a time, read → request → write back.
+        let (refresh_lock, refresh_file) = match &request.grant {
+            Grant::RefreshToken { file } => (Some(self.refresh.lock_for(file)), Some(file.clone())),
+            _ => (None, None),
         };
-        let auth = client_auth::apply(client, &secret);
+        let _held = match &refresh_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let stored = match &refresh_file {
+            Some(file) => {
+                Some(
+                    refresh_store::read(file).map_err(|detail| TokenError::Refresh {
+                        client: client.name.clone(),
+                        detail,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let is_refresh = stored.is_some();
 
+        let deadline = Instant::now() + self.settings.retry_max_elapsed;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0u32;
+        let answer = loop {
+            attempts += 1;
+            let (error, retryable, retry_after) = match self
+                .attempt(client, request, &endpoint, stored.as_ref())
+                .await
+            {
+                Ok(answer)
+                    if answer.status.is_server_error()
+                        || answer.status == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    let safe = answer.status == StatusCode::SERVICE_UNAVAILABLE
+                        || answer.status == StatusCode::TOO_MANY_REQUESTS;
+                    let retry_after = answer.retry_after;
+                    let error = self
+                        .interpret(client, &endpoint, &answer, sent_at, request)
+                        .err();
+                    (error, !is_refresh || safe, retry_after)
+                }
+                Ok(answer) => break answer,
+                Err(Failed::NotSent(error)) => {
+                    self.forget_discovery(client);
+                    (Some(error), true, None)
+                }
+                Err(Failed::Unknown(error)) => (Some(error), !is_refresh, None),
+            };
+            let error = error.unwrap_or_else(|| TokenError::Internal {
+                client: client.name.clone(),
+                detail: "retryable answer without an error".into(),
+            });
+            let wait = retry_after.unwrap_or_else(|| jitter(backoff));
+            if !retryable || Instant::now() + wait > deadline {
+                if attempts > 1 {
+                    tracing::warn!(client = %client.name, attempts, "token request failed; giving up");
+                }
+                return Err(error);
+            }
+            tracing::info!(client = %client.name, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %error, "token request failed; retrying");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        };
+        let (token, rotated) = self.interpret(client, &endpoint, &answer, sent_at, request)?;
+        if let (Some(file), Some(new_refresh)) = (&refresh_file, rotated) {
+            refresh_store::write_atomic(file, &new_refresh).map_err(|e| TokenError::Refresh {
+                client: client.name.clone(),
+                detail: format!(
+                    "the server rotated the refresh token but it could not be saved to {}: {e}",
+                    file.display()
+                ),
+            })?;
+            tracing::info!(client = %client.name, file = %file.display(), "refresh token rotated and saved");
+        }
+        Ok(token)
+    }
+
+    async fn attempt(
+        &self,
+        client: &ClientConfig,
+        request: &TokenRequest,
+        endpoint: &str,
+        refresh_token: Option<&SecretString>,
+    ) -> Result<Answer, Failed> {
+        let config_error = |detail: String| {
+            Failed::NotSent(TokenError::Config {
+                client: client.name.clone(),
+                detail,
+            })
+        };
+        let auth = client_auth::apply(client, endpoint).map_err(config_error)?;
+        let mut fields = grant::form(request, endpoint, refresh_token).map_err(config_error)?;
+        fields.extend(auth.form);
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", key.grant);
-            if !key.scopes.is_empty() {
-                form.append_pair("scope", &key.scopes.join(" "));
-            }
-            if let Some(audience) = &key.audience {
-                form.append_pair("audience", audience);
-            }
-            if let Some(resource) = &key.resource {
-                form.append_pair("resource", resource);
-            }
-            for (name, value) in &auth.form {
-                form.append_pair(name, value.expose_secret());
+            for (name, value) in &fields {
+                form.append_pair(name, value);
             }
             form.finish()
         };
-
-        let mut request = self
-            .http
-            .post(client.token_endpoint.clone())
+        let mut builder = self
+            .http_for(client)
+            .post(endpoint)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(body);
         if let Some(header) = auth.authorization {
-            request = request.header(AUTHORIZATION, header);
+            builder = builder.header(AUTHORIZATION, header);
         }
-
         let transport = |err: reqwest::Error| {
-            if err.is_timeout() {
+            let token_error = if err.is_timeout() {
                 TokenError::Timeout {
                     client: client.name.clone(),
                     endpoint: endpoint.to_string(),
@@ -114,68 +329,79 @@ impl Fetcher {
                     endpoint: endpoint.to_string(),
                     detail: crate::error::chain(&err),
                 }
+            };
+            if err.is_connect() {
+                Failed::NotSent(token_error)
+            } else {
+                Failed::Unknown(token_error)
             }
         };
-        let mut response = request.send().await.map_err(transport)?;
+        let mut response = builder.send().await.map_err(transport)?;
         let status = response.status();
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("no content type")
-            .to_string();
-        let mut body = Vec::new();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header(CONTENT_TYPE).unwrap_or_else(|| "no content type".into());
+        let retry_after = header(RETRY_AFTER).and_then(|v| parse_retry_after(&v));
+        let mut answer = Answer {
+            status,
+            content_type,
+            retry_after,
+            body: Vec::new(),
+        };
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                body.zeroize();
-                return Err(TokenError::BadResponse {
+            if answer.body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(Failed::Unknown(TokenError::BadResponse {
                     client: client.name.clone(),
                     endpoint: endpoint.to_string(),
                     detail: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
-                });
+                }));
             }
-            body.extend_from_slice(&chunk);
+            answer.body.extend_from_slice(&chunk);
         }
-        let result = self.interpret(client, status, &content_type, &body, sent_at);
-        body.zeroize();
-        result
+        Ok(answer)
     }
 
     fn interpret(
         &self,
         client: &ClientConfig,
-        status: reqwest::StatusCode,
-        content_type: &str,
-        body: &[u8],
+        endpoint: &str,
+        answer: &Answer,
         sent_at: Instant,
-    ) -> Result<AccessToken, TokenError> {
-        let endpoint = client.token_endpoint.to_string();
+        request: &TokenRequest,
+    ) -> Result<(AccessToken, Option<SecretString>), TokenError> {
         let bad = |detail: String| TokenError::BadResponse {
             client: client.name.clone(),
-            endpoint: endpoint.clone(),
+            endpoint: endpoint.to_string(),
             detail,
         };
+        let (status, body) = (answer.status, &answer.body);
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorResponse>(body) {
                 Ok(e) => TokenError::OAuth {
                     client: client.name.clone(),
-                    endpoint: endpoint.clone(),
+                    endpoint: endpoint.to_string(),
                     status: status.as_u16(),
                     error: clean(&e.error, 64),
                     description: e.error_description.map(|d| clean(&d, 300)),
                 },
                 Err(_) => TokenError::BadStatus {
                     client: client.name.clone(),
-                    endpoint: endpoint.clone(),
+                    endpoint: endpoint.to_string(),
                     status: status.as_u16(),
-                    detail: format!("{content_type}, {} bytes", body.len()),
+                    detail: format!("{}, {} bytes", answer.content_type, body.len()),
                 },
             });
         }
         let parsed: TokenResponse = serde_json::from_slice(body).map_err(|_| {
             bad(format!(
-                "HTTP {} with a body that is not a JSON token response ({content_type}, {} bytes)",
+                "HTTP {} with a body that is not a JSON token response ({}, {} bytes)",
                 status.as_u16(),
+                answer.content_type,
                 body.len()
             ))
         })?;
@@ -184,6 +410,11 @@ impl Fetcher {
             .ok_or_else(|| bad("no access_token in the answer".into()))?;
         match parsed.token_type.as_deref() {
             Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+            Some(t) if t.eq_ignore_ascii_case("n_a") => {
+                return Err(bad(
+                    "token_type N_A: the issued token is not an access token (RFC 8693 §2.2.1); set requested_token_type = \"access_token\"".into(),
+                ))
+            }
             Some(t) => {
                 return Err(bad(format!(
                     "token_type {:?} cannot be sent as a Bearer token",
@@ -200,10 +431,59 @@ impl Fetcher {
                 ))
             })?,
         };
-        let (usable_until, refresh_at) = lifetimes(sent_at, expires_in, &self.settings);
-        AccessToken::new(value, usable_until, refresh_at, parsed.scope)
-            .map_err(|why| bad(why.to_string()))
+        let (mut usable_until, mut refresh_at) = lifetimes(sent_at, expires_in, &self.settings);
+        if let Some(exp) = request.subject_exp {
+            // Never outlive the token this one was exchanged for.
+            let now_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let cap = Instant::now() + Duration::from_secs(exp.saturating_sub(now_unix));
+            usable_until = usable_until.min(cap);
+            refresh_at = refresh_at.min(cap);
+        }
+        let token = AccessToken::new(value, usable_until, refresh_at, parsed.scope)
+            .map_err(|why| bad(why.to_string()))?;
+        Ok((token, parsed.refresh_token))
     }
+}
+
+/// Why a discovered client cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryCheck {
+    /// No (acceptable) metadata.
+    #[error(transparent)]
+    Fetch(DiscoveryError),
+    /// The server does not accept the client's `auth`.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl DiscoveryCheck {
+    /// Whether this is a configuration error (as opposed to the server not answering).
+    pub fn is_misconfiguration(&self) -> bool {
+        match self {
+            DiscoveryCheck::Fetch(e) => e.is_misconfiguration(),
+            DiscoveryCheck::Unsupported(_) => true,
+        }
+    }
+}
+
+/// Full jitter between half and all of `backoff`.
+fn jitter(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value.trim()).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// `expires_in` as a JSON number or a numeric string (some servers send `"3600"`).
@@ -247,6 +527,23 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(parse_expires_in(&v).map(|d| d.as_secs_f64()), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let parsed = parse_retry_after(&later).unwrap();
+        assert!(parsed > Duration::from_secs(25) && parsed <= Duration::from_secs(30));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_whole() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(400));
+            assert!(j >= Duration::from_millis(200) && j <= Duration::from_millis(400));
         }
     }
 

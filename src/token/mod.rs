@@ -7,9 +7,14 @@
 //!   the checks on the answer.
 //! - `client_auth.rs`: how the client authenticates at the token endpoint.
 
+pub mod assertion;
 mod cache;
 mod client_auth;
+pub mod discovery;
 mod endpoint;
+mod grant;
+pub mod refresh_store;
+mod subject;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,9 +25,10 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 pub use cache::{Lookup, TokenSlot};
-pub use endpoint::Fetcher;
+pub use endpoint::{DiscoveryCheck, Fetcher, FetcherError};
+pub use subject::{RouteToken, SubjectError, SubjectSlots};
 
-use crate::config::{ClientConfig, RouteSpec};
+use crate::config::{ClientConfig, Grant, RouteSpec};
 use crate::secret::SecretError;
 
 /// Everything that changes which token the authorization server issues. Two routes with the
@@ -31,18 +37,21 @@ use crate::secret::SecretError;
 pub struct TokenKey {
     /// Client name in the config.
     pub client: String,
-    /// Its token endpoint and client_id: a changed registration never reuses a token.
+    /// Its token endpoint (or issuer) and client_id: a changed registration never reuses a
+    /// token.
     pub endpoint: String,
     /// `client_id`.
     pub client_id: String,
-    /// The grant (`client_credentials`).
-    pub grant: &'static str,
+    /// The grant and its parameters (never a secret: sources are named, not read).
+    pub grant: String,
     /// Sorted, deduplicated scopes.
     pub scopes: Vec<String>,
     /// `audience` parameter.
     pub audience: Option<String>,
     /// `resource` parameter.
     pub resource: Option<String>,
+    /// SHA-256 of the subject token, for token exchange.
+    pub subject: Option<[u8; 32]>,
 }
 
 impl TokenKey {
@@ -50,12 +59,46 @@ impl TokenKey {
     pub fn for_route(client: &ClientConfig, spec: &RouteSpec) -> TokenKey {
         TokenKey {
             client: client.name.clone(),
-            endpoint: client.token_endpoint.to_string(),
+            endpoint: client.endpoint_label(),
             client_id: client.client_id.clone(),
-            grant: "client_credentials",
+            grant: format!("{:?}", spec.grant),
             scopes: spec.scopes.clone(),
             audience: spec.audience.clone(),
             resource: spec.resource.clone(),
+            subject: None,
+        }
+    }
+}
+
+/// What a token request asks for.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// The client.
+    pub client: Arc<ClientConfig>,
+    /// The grant.
+    pub grant: Grant,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// `audience`.
+    pub audience: Option<String>,
+    /// `resource`.
+    pub resource: Option<String>,
+    /// The subject token of a token exchange.
+    pub subject: Option<Arc<SecretString>>,
+    /// Its `exp` (unix seconds), when it is a JWT: the issued token never outlives it.
+    pub subject_exp: Option<u64>,
+}
+
+impl TokenRequest {
+    fn for_route(client: &Arc<ClientConfig>, spec: &RouteSpec) -> TokenRequest {
+        TokenRequest {
+            client: client.clone(),
+            grant: spec.grant.clone(),
+            scopes: spec.scopes.clone(),
+            audience: spec.audience.clone(),
+            resource: spec.resource.clone(),
+            subject: None,
+            subject_exp: None,
         }
     }
 }
@@ -193,6 +236,30 @@ pub enum TokenError {
         /// Why.
         source: SecretError,
     },
+    /// The token endpoint could not be discovered or does not fit the client.
+    #[error("client {client}: {detail}")]
+    Discovery {
+        /// Client name.
+        client: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The request could not be built (a key or token file is unreadable or unusable).
+    #[error("client {client}: {detail}")]
+    Config {
+        /// Client name.
+        client: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The stored refresh token could not be read or the rotated one saved.
+    #[error("client {client}: refresh token: {detail}")]
+    Refresh {
+        /// Client name.
+        client: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// A bug or a cancelled fetch.
     #[error("token fetch for client {client} failed: {detail}")]
     Internal {
@@ -222,6 +289,7 @@ impl TokenError {
 pub struct TokenCache {
     fetcher: Arc<Fetcher>,
     slots: Mutex<HashMap<TokenKey, Arc<TokenSlot>>>,
+    subjects: Mutex<HashMap<TokenKey, Arc<SubjectSlots>>>,
 }
 
 impl TokenCache {
@@ -230,17 +298,43 @@ impl TokenCache {
         TokenCache {
             fetcher,
             slots: Mutex::new(HashMap::new()),
+            subjects: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The slot for this route's token, created on first use.
-    pub fn slot(&self, client: &Arc<ClientConfig>, spec: &RouteSpec) -> Arc<TokenSlot> {
+    /// The fetcher (for discovery at start).
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
+    /// Where this route's tokens come from, created on first use.
+    pub fn route_token(&self, client: &Arc<ClientConfig>, spec: &RouteSpec) -> RouteToken {
         let key = TokenKey::for_route(client, spec);
+        let request = TokenRequest::for_route(client, spec);
+        if let Grant::TokenExchange(exchange) = &spec.grant {
+            let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+            let slots = subjects
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    Arc::new(SubjectSlots::new(
+                        request,
+                        key,
+                        &exchange.subject,
+                        self.fetcher.clone(),
+                    ))
+                })
+                .clone();
+            return RouteToken::PerSubject(slots);
+        }
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(TokenSlot::new(key, client.clone(), self.fetcher.clone())))
-            .clone()
+        RouteToken::Fixed(
+            slots
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    Arc::new(TokenSlot::new(key, Arc::new(request), self.fetcher.clone()))
+                })
+                .clone(),
+        )
     }
 }
 

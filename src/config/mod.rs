@@ -16,11 +16,16 @@ use figment::Figment;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::route::HostPattern;
 use crate::secret::SecretSource;
 
+mod client;
+mod route;
+
+pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
+pub use route::{Grant, JwtBearer, RouteSpec, SubjectSource, TokenExchange};
+
 /// The example configuration shipped in the repository; `demo` runs on it.
-pub const EXAMPLE: &str = include_str!("../routes.toml");
+pub const EXAMPLE: &str = include_str!("../../routes.toml");
 
 /// The validated configuration the proxy runs on.
 #[derive(Debug, Clone)]
@@ -92,6 +97,9 @@ pub struct TokenSettings {
     pub default_expires_in: Duration,
     /// Renew in the background during this last fraction (0..1) of a token's usable life.
     pub refresh_ahead: f64,
+    /// Retries of a failed token request (network errors, 5xx, 429) stop once this much time
+    /// has passed since the first attempt; zero disables retries.
+    pub retry_max_elapsed: Duration,
 }
 
 impl Default for TokenSettings {
@@ -101,67 +109,9 @@ impl Default for TokenSettings {
             expiry_skew: Duration::from_secs(60),
             default_expires_in: Duration::from_secs(300),
             refresh_ahead: 0.2,
+            retry_max_elapsed: Duration::from_secs(5),
         }
     }
-}
-
-/// How a client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1).
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the request body.
-    ClientSecretPost,
-}
-
-impl fmt::Display for ClientAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::ClientSecretBasic => "client_secret_basic",
-            Self::ClientSecretPost => "client_secret_post",
-        })
-    }
-}
-
-/// One OAuth client registration, `[clients.NAME]`.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// The table name, used in messages.
-    pub name: String,
-    /// Token endpoint URL (https, or http on a loopback host).
-    pub token_endpoint: reqwest::Url,
-    /// `client_id`.
-    pub client_id: String,
-    /// Authentication method.
-    pub auth: ClientAuth,
-    /// Where the client secret lives.
-    pub client_secret: Option<SecretSource>,
-}
-
-/// One `[[route]]`, validated.
-#[derive(Debug, Clone)]
-pub struct RouteSpec {
-    /// A name for messages: `name` if given, else `host[:port][path_prefix]`.
-    pub name: String,
-    /// Exact host or `*.suffix`.
-    pub host: HostPattern,
-    /// Only this port, or any.
-    pub port: Option<u16>,
-    /// Only paths under this prefix (segment-aware), or all.
-    pub path_prefix: Option<String>,
-    /// Name of the client in `[clients]`.
-    pub client: String,
-    /// Scopes requested, sorted and deduplicated.
-    pub scopes: Vec<String>,
-    /// `audience` token request parameter.
-    pub audience: Option<String>,
-    /// RFC 8707 `resource` parameter.
-    pub resource: Option<String>,
-    /// Send `http://` requests upstream as `https://`.
-    pub upgrade_tls: bool,
-    /// Allow sending the token over plain http.
-    pub allow_plaintext: bool,
 }
 
 /// A configuration that could not be loaded: every problem, one per line.
@@ -234,9 +184,9 @@ struct RawConfig {
     #[serde(default)]
     tokens: RawTokens,
     #[serde(default)]
-    clients: BTreeMap<String, RawClient>,
+    clients: BTreeMap<String, client::RawClient>,
     #[serde(default)]
-    route: Vec<RawRoute>,
+    route: Vec<route::RawRoute>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +232,7 @@ struct RawTokens {
     expiry_skew_secs: u64,
     default_expires_in_secs: u64,
     refresh_ahead_percent: u8,
+    retry_max_elapsed_ms: u64,
 }
 
 impl Default for RawTokens {
@@ -291,42 +242,25 @@ impl Default for RawTokens {
             expiry_skew_secs: 60,
             default_expires_in_secs: 300,
             refresh_ahead_percent: 20,
+            retry_max_elapsed_ms: 5_000,
         }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClient {
-    token_endpoint: String,
-    client_id: String,
-    auth: ClientAuth,
-    client_secret: Option<RawSecret>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: Option<String>,
-    host: String,
-    port: Option<u16>,
-    path_prefix: Option<String>,
-    client: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-    audience: Option<String>,
-    resource: Option<String>,
-    #[serde(default)]
-    upgrade_tls: bool,
-    #[serde(default)]
-    allow_plaintext: bool,
-}
-
 /// `{ env = "NAME" }` or `{ file = "path" }`. Deserialized by hand so that a literal secret
 /// written by mistake is refused without its value appearing in the error message.
-enum RawSecret {
+pub(crate) enum RawSecret {
     Env(String),
     File(PathBuf),
+}
+
+impl RawSecret {
+    fn into_source(self, base: &Path) -> SecretSource {
+        match self {
+            RawSecret::Env(name) => SecretSource::Env(name),
+            RawSecret::File(path) => SecretSource::File(resolve(base, path)),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RawSecret {
@@ -487,160 +421,34 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         expiry_skew: Duration::from_secs(t.expiry_skew_secs),
         default_expires_in: Duration::from_secs(t.default_expires_in_secs),
         refresh_ahead: f64::from(t.refresh_ahead_percent) / 100.0,
+        retry_max_elapsed: Duration::from_millis(t.retry_max_elapsed_ms),
     };
 
     let mut clients = BTreeMap::new();
-    for (name, c) in raw.clients {
-        let at = format!("clients.{name}");
-        let token_endpoint = match reqwest::Url::parse(&c.token_endpoint) {
-            Ok(url) => {
-                let loopback = url.host_str().is_some_and(|h| {
-                    h.eq_ignore_ascii_case("localhost")
-                        || h.trim_matches(['[', ']'])
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback())
-                });
-                match url.scheme() {
-                    "https" => {}
-                    "http" if loopback => warnings.push(format!(
-                        "{at}.token_endpoint uses plain http (allowed only because the host is loopback)"
-                    )),
-                    _ => problems.push(format!(
-                        "{at}.token_endpoint must be an https URL (plain http only on loopback), got {}",
-                        c.token_endpoint
-                    )),
-                }
-                Some(url)
-            }
-            Err(err) => {
-                problems.push(format!(
-                    "{at}.token_endpoint is not a URL ({err}): {}",
-                    c.token_endpoint
-                ));
-                None
-            }
-        };
-        if c.client_id.is_empty() {
-            problems.push(format!("{at}.client_id is empty"));
-        }
-        let client_secret = c.client_secret.map(|s| match s {
-            RawSecret::Env(n) => SecretSource::Env(n),
-            RawSecret::File(f) => SecretSource::File(resolve(base, f)),
-        });
-        if client_secret.is_none() {
-            problems.push(format!(
-                "{at}.client_secret is required for auth = \"{}\"",
-                c.auth
-            ));
-        }
-        if let Some(token_endpoint) = token_endpoint {
-            clients.insert(
-                name.clone(),
-                Arc::new(ClientConfig {
-                    name,
-                    token_endpoint,
-                    client_id: c.client_id,
-                    auth: c.auth,
-                    client_secret,
-                }),
-            );
+    for (name, raw) in raw.clients {
+        if let Some(client) =
+            client::validate(name.clone(), raw, base, &mut problems, &mut warnings)
+        {
+            clients.insert(name, Arc::new(client));
         }
     }
 
+    let known: Vec<&str> = clients.keys().map(String::as_str).collect();
     let mut routes: Vec<RouteSpec> = Vec::new();
-    for (i, r) in raw.route.into_iter().enumerate() {
-        let label = r.name.clone().unwrap_or_else(|| {
-            format!(
-                "{}{}{}",
-                r.host,
-                r.port.map(|p| format!(":{p}")).unwrap_or_default(),
-                r.path_prefix.as_deref().unwrap_or("")
-            )
-        });
-        let at = format!("route #{} ({label})", i + 1);
-        let host = match HostPattern::parse(&r.host) {
-            Ok(h) => Some(h),
-            Err(why) => {
-                problems.push(format!("{at}: host: {why}"));
-                None
-            }
-        };
-        if let Some(prefix) = &r.path_prefix {
-            if !prefix.starts_with('/') {
-                problems.push(format!(
-                    "{at}: path_prefix must start with '/', got {prefix:?}"
-                ));
-            }
-        }
-        if r.port == Some(0) {
-            problems.push(format!("{at}: port 0 is not a port"));
-        }
-        if !clients.contains_key(&r.client) {
-            let known: Vec<&str> = clients.keys().map(String::as_str).collect();
-            problems.push(format!(
-                "{at}: client {:?} is not defined in [clients] (defined: {})",
-                r.client,
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ));
-        }
-        if r.upgrade_tls && r.allow_plaintext {
-            problems.push(format!(
-                "{at}: upgrade_tls and allow_plaintext contradict each other; choose one"
-            ));
-        }
-        if r.allow_plaintext {
-            warnings.push(format!(
-                "{at}: allow_plaintext = true sends its token over plain http when a caller uses http://"
-            ));
-        }
-        if let Some(resource) = &r.resource {
-            match reqwest::Url::parse(resource) {
-                Ok(u) if u.fragment().is_none() => {}
-                _ => problems.push(format!(
-                    "{at}: resource must be an absolute URI without a fragment (RFC 8707), got {resource:?}"
-                )),
-            }
-        }
-        let mut scopes = r.scopes;
-        scopes.sort();
-        scopes.dedup();
-        if let Some(bad) = scopes.iter().find(|s| {
-            s.is_empty()
-                || s.chars()
-                    .any(|c| c == ' ' || c == '"' || c == '\\' || c.is_control())
-        }) {
-            problems.push(format!(
-                "{at}: scope {bad:?} is not a valid scope token (RFC 6749 §3.3); give scopes as a list"
-            ));
-        }
-        let Some(host) = host else { continue };
-        let spec = RouteSpec {
-            name: label,
-            host,
-            port: r.port,
-            path_prefix: r.path_prefix.map(|p| {
-                if p.len() > 1 {
-                    p.trim_end_matches('/').to_string()
-                } else {
-                    p
-                }
-            }),
-            client: r.client,
-            scopes,
-            audience: r.audience,
-            resource: r.resource,
-            upgrade_tls: r.upgrade_tls,
-            allow_plaintext: r.allow_plaintext,
+    for (i, raw) in raw.route.into_iter().enumerate() {
+        let client = clients.get(raw.client_name()).map(|c| c.as_ref());
+        let Some(spec) =
+            route::validate(i, raw, base, client, &known, &mut problems, &mut warnings)
+        else {
+            continue;
         };
         if let Some(other) = routes.iter().find(|o| {
             o.host == spec.host && o.port == spec.port && o.path_prefix == spec.path_prefix
         }) {
             problems.push(format!(
-                "{at} matches exactly the same requests as route {:?}; one would shadow the other",
+                "route #{} ({}) matches exactly the same requests as route {:?}; one would shadow the other",
+                i + 1,
+                spec.name,
                 other.name
             ));
         }

@@ -1,0 +1,249 @@
+//! `[clients.NAME]`: one OAuth client registration, how it finds its token endpoint (fixed or
+//! by discovery) and how it authenticates there.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{resolve, RawSecret};
+use crate::secret::SecretSource;
+
+/// How a client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the request body.
+    ClientSecretPost,
+    /// A JWT assertion signed HS256 with the client secret (RFC 7523).
+    ClientSecretJwt,
+    /// A JWT assertion signed with the client's private key (RFC 7523).
+    PrivateKeyJwt,
+    /// Mutual TLS with the client's certificate (RFC 8705 §2.1).
+    TlsClientAuth,
+    /// A public client: `client_id` in the body, no credential.
+    None,
+}
+
+impl ClientAuth {
+    /// The name servers use in `token_endpoint_auth_methods_supported`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::ClientSecretJwt => "client_secret_jwt",
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::TlsClientAuth => "tls_client_auth",
+            Self::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Signature algorithms for JWT assertions signed with a private key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+}
+
+/// What a client assertion's `aud` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AssertionAudience {
+    /// The token endpoint URL (RFC 7523's suggestion; most servers).
+    #[default]
+    TokenEndpoint,
+    /// The issuer identifier (servers that want that, e.g. some OIDC providers).
+    Issuer,
+}
+
+/// Where a client's token endpoint comes from.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// Configured as `token_endpoint`.
+    Fixed(reqwest::Url),
+    /// Discovered from `issuer` (RFC 8414 / OpenID Connect Discovery).
+    Discovered(reqwest::Url),
+}
+
+/// One OAuth client registration, `[clients.NAME]`, validated.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The table name, used in messages.
+    pub name: String,
+    /// The token endpoint, or the issuer to discover it from.
+    pub endpoint: Endpoint,
+    /// `client_id`.
+    pub client_id: String,
+    /// Authentication method.
+    pub auth: ClientAuth,
+    /// The client secret (secret_basic, secret_post, secret_jwt).
+    pub client_secret: Option<SecretSource>,
+    /// PEM private key (private_key_jwt and jwt_bearer assertions).
+    pub private_key: Option<SecretSource>,
+    /// Algorithm for private-key assertions; `None`: ES256 for EC keys, RS256 for RSA keys.
+    pub signing_alg: Option<SigningAlg>,
+    /// `kid` header of private-key assertions.
+    pub key_id: Option<String>,
+    /// What client assertions name as `aud`.
+    pub assertion_audience: AssertionAudience,
+    /// Client certificate chain, PEM (tls_client_auth).
+    pub client_cert: Option<PathBuf>,
+    /// Client certificate key, PEM (tls_client_auth).
+    pub client_key: Option<SecretSource>,
+}
+
+impl ClientConfig {
+    /// The configured token endpoint or issuer, for messages.
+    pub fn endpoint_label(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Fixed(url) => url.to_string(),
+            Endpoint::Discovered(issuer) => format!("{issuer} (discovered)"),
+        }
+    }
+
+    /// The issuer, when configured.
+    pub fn issuer(&self) -> Option<&reqwest::Url> {
+        match &self.endpoint {
+            Endpoint::Discovered(issuer) => Some(issuer),
+            Endpoint::Fixed(_) => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    token_endpoint: Option<String>,
+    issuer: Option<String>,
+    client_id: String,
+    auth: ClientAuth,
+    client_secret: Option<RawSecret>,
+    private_key: Option<RawSecret>,
+    signing_alg: Option<SigningAlg>,
+    key_id: Option<String>,
+    #[serde(default)]
+    assertion_audience: AssertionAudience,
+    client_cert: Option<PathBuf>,
+    client_key: Option<RawSecret>,
+}
+
+/// An https URL (plain http only for loopback hosts, with a warning).
+pub(super) fn https_url(
+    at: &str,
+    raw: &str,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<reqwest::Url> {
+    let url = match reqwest::Url::parse(raw) {
+        Ok(url) => url,
+        Err(err) => {
+            problems.push(format!("{at} is not a URL ({err}): {raw}"));
+            return None;
+        }
+    };
+    let loopback = url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => warnings.push(format!(
+            "{at} uses plain http (allowed only because the host is loopback)"
+        )),
+        _ => problems.push(format!(
+            "{at} must be an https URL (plain http only on loopback), got {raw}"
+        )),
+    }
+    Some(url)
+}
+
+pub(super) fn validate(
+    name: String,
+    c: RawClient,
+    base: &Path,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<ClientConfig> {
+    let at = format!("clients.{name}");
+    let endpoint = match (&c.token_endpoint, &c.issuer) {
+        (Some(e), None) => Endpoint::Fixed(https_url(
+            &format!("{at}.token_endpoint"),
+            e,
+            problems,
+            warnings,
+        )?),
+        (None, Some(i)) => {
+            Endpoint::Discovered(https_url(&format!("{at}.issuer"), i, problems, warnings)?)
+        }
+        (Some(_), Some(_)) => {
+            problems.push(format!(
+                "{at}: give either token_endpoint or issuer (to discover it), not both"
+            ));
+            return None;
+        }
+        (None, None) => {
+            problems.push(format!("{at}: token_endpoint or issuer is required"));
+            return None;
+        }
+    };
+    if c.client_id.is_empty() {
+        problems.push(format!("{at}.client_id is empty"));
+    }
+    let source = |s: Option<RawSecret>| s.map(|s| s.into_source(base));
+    let client_secret = source(c.client_secret);
+    let private_key = source(c.private_key);
+    let client_key = source(c.client_key);
+    let client_cert = c.client_cert.map(|p| resolve(base, p));
+    let mut require = |present: bool, key: &str| {
+        if !present {
+            problems.push(format!("{at}.{key} is required for auth = \"{}\"", c.auth));
+        }
+    };
+    match c.auth {
+        ClientAuth::ClientSecretBasic
+        | ClientAuth::ClientSecretPost
+        | ClientAuth::ClientSecretJwt => require(client_secret.is_some(), "client_secret"),
+        ClientAuth::PrivateKeyJwt => require(private_key.is_some(), "private_key"),
+        ClientAuth::TlsClientAuth => {
+            require(client_cert.is_some(), "client_cert");
+            require(client_key.is_some(), "client_key");
+        }
+        ClientAuth::None => {}
+    }
+    if client_cert.is_some() != client_key.is_some() {
+        problems.push(format!("{at}: client_cert and client_key go together"));
+    }
+    if c.assertion_audience == AssertionAudience::Issuer && c.issuer.is_none() {
+        problems.push(format!(
+            "{at}: assertion_audience = \"issuer\" needs `issuer` to be set"
+        ));
+    }
+    Some(ClientConfig {
+        name,
+        endpoint,
+        client_id: c.client_id,
+        auth: c.auth,
+        client_secret,
+        private_key,
+        signing_alg: c.signing_alg,
+        key_id: c.key_id,
+        assertion_audience: c.assertion_audience,
+        client_cert,
+        client_key,
+    })
+}
