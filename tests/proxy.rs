@@ -119,7 +119,7 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
 #[tokio::test]
 async fn an_expired_token_is_never_used_even_if_the_server_is_down() {
     let h = Harness::start(Setup {
-        tokens: "expiry_skew_secs = 0\nrefresh_ahead_percent = 0".into(),
+        tokens: "expiry_skew_secs = 0\nrefresh_ahead_percent = 0\nretry_max_elapsed_ms = 300".into(),
         ..Setup::default()
     })
     .await;
@@ -479,6 +479,7 @@ async fn an_unreachable_token_endpoint_is_a_502_naming_it() {
     drop(closed);
     let h = Harness::start(Setup {
         token_endpoint: Some(endpoint.clone()),
+        tokens: "retry_max_elapsed_ms = 300".into(),
         ..Setup::default()
     })
     .await;
