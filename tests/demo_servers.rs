@@ -1,5 +1,14 @@
 //! Real-socket tests of the demo servers: TLS, token issuance, verification,
-//! failure injection, counters and upgrades.
+//! failure injection, counters and upgrades. The client authentication methods,
+//! the other grants, discovery and connection-level failures are tested in the
+//! submodules under `tests/demo_servers/`.
+
+#[path = "demo_servers/client_auth.rs"]
+mod client_auth;
+#[path = "demo_servers/discovery.rs"]
+mod discovery;
+#[path = "demo_servers/grants.rs"]
+mod grants;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,6 +138,39 @@ impl Env {
 
 fn error_code(body: &Value) -> &str {
     body["error"].as_str().unwrap_or("<none>")
+}
+
+/// Seconds since the Unix epoch.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// A random `jti`.
+fn fresh_jti() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Signs `claims` with `key` as a JWT with `alg`.
+fn sign(alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey, claims: &Value) -> String {
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, key).expect("sign")
+}
+
+/// Client assertion claims: `iss` = `sub` = `id`, expiring in `exp_in` seconds.
+fn assertion_claims(id: &str, aud: &str, exp_in: i64) -> Value {
+    serde_json::json!({
+        "iss": id, "sub": id, "aud": aud,
+        "iat": now(), "exp": now() + exp_in, "jti": fresh_jti(),
+    })
+}
+
+/// A `(status, body)` pair of a finished response.
+async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.json().await.expect("json body");
+    (status, body)
 }
 
 #[tokio::test]
@@ -490,7 +532,12 @@ async fn metadata_and_jwks_describe_the_server() {
     assert_eq!(meta["token_endpoint"], env.auth.token_endpoint());
     assert_eq!(
         meta["grant_types_supported"],
-        serde_json::json!(["client_credentials"])
+        serde_json::json!([
+            "client_credentials",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        ])
     );
     let jwks_uri = meta["jwks_uri"].as_str().expect("jwks_uri").to_string();
     assert_eq!(jwks_uri, env.auth.jwks_uri());

@@ -119,7 +119,8 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
 #[tokio::test]
 async fn an_expired_token_is_never_used_even_if_the_server_is_down() {
     let h = Harness::start(Setup {
-        tokens: "expiry_skew_secs = 0\nrefresh_ahead_percent = 0\nretry_max_elapsed_ms = 300".into(),
+        tokens: "expiry_skew_secs = 0\nrefresh_ahead_percent = 0\nretry_max_elapsed_ms = 300"
+            .into(),
         ..Setup::default()
     })
     .await;

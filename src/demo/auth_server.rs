@@ -1,10 +1,14 @@
-//! A development OAuth 2.0 authorization server: client credentials grant only
-//! (RFC 6749 §4.4), issuing ES256-signed JWT access tokens (RFC 9068 style).
+//! A development OAuth 2.0 authorization server issuing ES256-signed JWT access
+//! tokens (RFC 9068 style) for the client credentials, refresh token, token
+//! exchange (RFC 8693) and JWT bearer (RFC 7523) grants; clients authenticate with
+//! secrets, JWT assertions, mTLS certificates (RFC 8705) or not at all (public).
 //!
 //! It is the counterpart the proxy fetches tokens from in the demo and in the
 //! integration tests, so it checks requests strictly, counts what it sees and can
-//! be told to misbehave (delays, error answers, garbage).
+//! be told to misbehave (delays, error answers, garbage, dropped connections).
+//! The test knobs and records beyond the basics live in `auth_knobs.rs`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,19 +17,27 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Request, StatusCode};
+use jsonwebtoken::Algorithm;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use super::assertion::ReplayCache;
+use super::clients::{ClientRegistration, JwtPublicKey};
+use super::discovery::{metadata, DiscoveryMode, OAUTH_METADATA_PATH, OIDC_METADATA_PATH};
+use super::refresh::RefreshStore;
 use super::token_endpoint::token;
 use super::tokens::SigningKey;
 pub use super::tokens::{Claims, TokenVerifier};
 use super::{json_response, spawn_server, text_response, AbortOnDrop, BoxError, HttpResponse};
 
-const TOKEN_PATH: &str = "/token";
-const JWKS_PATH: &str = "/jwks";
-const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// Path of the token endpoint (on the main listener and the mTLS alias).
+pub(super) const TOKEN_PATH: &str = "/token";
+/// Path of the JWKS.
+pub(super) const JWKS_PATH: &str = "/jwks";
 
-/// A client registered with the development server.
+/// A client registered with the development server that authenticates with its
+/// secret via `client_secret_basic` or `client_secret_post`. For the other methods
+/// use [`ClientRegistration`] (every `DevClient` converts into one).
 #[derive(Clone)]
 pub struct DevClient {
     /// The `client_id`.
@@ -62,6 +74,13 @@ pub enum Failure {
     },
     /// `200` labelled `application/json` whose body is not JSON.
     Garbage200,
+    /// `503 temporarily_unavailable`, with `Retry-After: <secs>` when given.
+    Unavailable503 {
+        /// The `Retry-After` value in seconds; `None` sends no header.
+        retry_after_secs: Option<u64>,
+    },
+    /// The connection is dropped without any answer.
+    CloseConnection,
 }
 
 /// Knobs and records that tests change and read while the server runs.
@@ -72,16 +91,35 @@ pub(super) struct Settings {
     pub(super) failure: Option<(usize, Failure)>,
     pub(super) last_form: Vec<(String, String)>,
     pub(super) last_auth_method: Option<String>,
+    pub(super) last_assertion: Option<serde_json::Value>,
+    pub(super) last_subject_sub: Option<String>,
+    pub(super) rotate_refresh_tokens: bool,
+    pub(super) grants: HashMap<String, usize>,
+    pub(super) discovery: DiscoveryMode,
+    pub(super) advertised_issuer: Option<String>,
+    pub(super) advertised_auth_methods: Option<Vec<String>>,
 }
 
 /// State shared by the request handlers and the [`AuthServer`] handle.
 pub(super) struct Shared {
     pub(super) issuer: String,
-    pub(super) clients: Vec<DevClient>,
+    /// The host part of URLs (bracketed if IPv6).
+    pub(super) host: String,
+    pub(super) clients: Mutex<Vec<ClientRegistration>>,
     pub(super) signing: SigningKey,
     pub(super) token_requests: AtomicUsize,
     pub(super) tokens_issued: AtomicUsize,
+    pub(super) refresh_grants: AtomicUsize,
+    pub(super) discovery_requests: AtomicUsize,
     pub(super) connections: Arc<AtomicUsize>,
+    /// The token endpoint of the mTLS alias, once enabled.
+    pub(super) mtls_endpoint: Mutex<Option<String>>,
+    pub(super) replay: Mutex<ReplayCache>,
+    pub(super) refresh: Mutex<RefreshStore>,
+    /// Token exchange: subject/actor token issuers we trust, by `iss`.
+    pub(super) trusted_issuers: Mutex<HashMap<String, JwtPublicKey>>,
+    /// JWT bearer grant: assertion keys and their algorithm, by `iss`.
+    pub(super) assertion_keys: Mutex<HashMap<String, Vec<(JwtPublicKey, Algorithm)>>>,
     pub(super) settings: Mutex<Settings>,
 }
 
@@ -97,19 +135,36 @@ impl Shared {
 pub struct AuthServer {
     /// The socket address it listens on.
     pub addr: SocketAddr,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     _task: AbortOnDrop,
+    /// Further listeners (the mTLS alias); they stop with the server.
+    pub(super) extra_tasks: Mutex<Vec<AbortOnDrop>>,
 }
 
 impl AuthServer {
     /// Serves on `listener` (tests pass a `127.0.0.1:0` listener) over TLS with `tls`,
     /// with a fresh P-256 signing key. `public_host` is the host name used in URLs
     /// (e.g. `localhost`) and must be covered by the `tls` certificate.
+    ///
+    /// Each [`DevClient`] may authenticate with `client_secret_basic` or
+    /// `client_secret_post`; see [`AuthServer::start_with_registrations`] and
+    /// [`AuthServer::register_client`] for the other methods.
     pub async fn start(
         listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
         public_host: &str,
         clients: Vec<DevClient>,
+    ) -> Result<AuthServer, BoxError> {
+        let clients = clients.into_iter().map(ClientRegistration::from).collect();
+        Self::start_with_registrations(listener, tls, public_host, clients).await
+    }
+
+    /// Like [`AuthServer::start`], with clients of any authentication method.
+    pub async fn start_with_registrations(
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        public_host: &str,
+        clients: Vec<ClientRegistration>,
     ) -> Result<AuthServer, BoxError> {
         let addr = listener.local_addr()?;
         let host = if public_host.contains(':') && !public_host.starts_with('[') {
@@ -122,11 +177,19 @@ impl AuthServer {
         let signing = SigningKey::generate(&issuer)?;
         let shared = Arc::new(Shared {
             issuer,
-            clients,
+            host,
+            clients: Mutex::new(clients),
             signing,
             token_requests: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
+            refresh_grants: AtomicUsize::new(0),
+            discovery_requests: AtomicUsize::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
+            mtls_endpoint: Mutex::new(None),
+            replay: Mutex::new(ReplayCache::default()),
+            refresh: Mutex::new(RefreshStore::default()),
+            trusted_issuers: Mutex::new(HashMap::new()),
+            assertion_keys: Mutex::new(HashMap::new()),
             settings: Mutex::new(Settings {
                 lifetime_secs: 3600,
                 omit_expires_in: false,
@@ -134,23 +197,23 @@ impl AuthServer {
                 failure: None,
                 last_form: Vec::new(),
                 last_auth_method: None,
+                last_assertion: None,
+                last_subject_sub: None,
+                rotate_refresh_tokens: true,
+                grants: HashMap::new(),
+                discovery: DiscoveryMode::Both,
+                advertised_issuer: None,
+                advertised_auth_methods: None,
             }),
         });
-        let handler_shared = Arc::clone(&shared);
-        let task = spawn_server(
-            listener,
-            Some(tls),
-            Arc::clone(&shared.connections),
-            move |req| {
-                let shared = Arc::clone(&handler_shared);
-                async move { route(&shared, req).await }
-            },
-        );
+        let endpoint = format!("{}{TOKEN_PATH}", shared.issuer);
+        let task = serve(listener, tls, &shared, endpoint);
         tracing::info!(issuer = %shared.issuer, "development authorization server listening");
         Ok(AuthServer {
             addr,
             shared,
             _task: task,
+            extra_tasks: Mutex::new(Vec::new()),
         })
     }
 
@@ -209,8 +272,11 @@ impl AuthServer {
         self.shared.settings().last_form.clone()
     }
 
-    /// How the last `/token` request authenticated: `client_secret_basic` or
-    /// `client_secret_post` (`None` if it carried neither).
+    /// How the last `/token` request tried to authenticate, judged from what it
+    /// carried: `client_secret_basic`, `client_secret_post`, `client_secret_jwt`,
+    /// `private_key_jwt` (by the assertion's `alg`), `tls_client_auth` (`client_id`
+    /// only, with a client certificate) or `none` (`client_id` only); `None` if it
+    /// carried no client identification at all.
     pub fn last_auth_method(&self) -> Option<String> {
         self.shared.settings().last_auth_method.clone()
     }
@@ -221,24 +287,36 @@ impl AuthServer {
     }
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
+/// Serves the server's routes on `listener`; `endpoint` is this listener's token URL.
+pub(super) fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: &Arc<Shared>,
+    endpoint: String,
+) -> AbortOnDrop {
+    let handler_shared = Arc::clone(shared);
+    let endpoint: Arc<str> = Arc::from(endpoint);
+    spawn_server(
+        listener,
+        Some(tls),
+        Arc::clone(&shared.connections),
+        move |req| {
+            let shared = Arc::clone(&handler_shared);
+            let endpoint = Arc::clone(&endpoint);
+            async move { route(&shared, req, &endpoint).await }
+        },
+    )
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>, endpoint: &str) -> HttpResponse {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::POST, TOKEN_PATH) => token(shared, req).await,
+        (&Method::POST, TOKEN_PATH) => token(shared, req, endpoint).await,
         (&Method::GET, JWKS_PATH) => {
             json_response(StatusCode::OK, &json!({ "keys": [shared.signing.jwk] }))
         }
-        (&Method::GET, METADATA_PATH) => json_response(
-            StatusCode::OK,
-            &json!({
-                "issuer": shared.issuer,
-                "token_endpoint": format!("{}{TOKEN_PATH}", shared.issuer),
-                "jwks_uri": format!("{}{JWKS_PATH}", shared.issuer),
-                "grant_types_supported": ["client_credentials"],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            }),
-        ),
-        (_, TOKEN_PATH | JWKS_PATH | METADATA_PATH) => {
+        (&Method::GET, OAUTH_METADATA_PATH | OIDC_METADATA_PATH) => metadata(shared, path),
+        (_, TOKEN_PATH | JWKS_PATH | OAUTH_METADATA_PATH | OIDC_METADATA_PATH) => {
             let allow = if path == TOKEN_PATH { "POST" } else { "GET" };
             let mut response =
                 text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

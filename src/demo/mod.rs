@@ -2,7 +2,11 @@
 //!
 //! * [`pki::TestPki`]: a throwaway certificate authority for the servers below.
 //! * [`auth_server::AuthServer`]: a development OAuth 2.0 authorization server
-//!   (client credentials grant only) that issues real ES256-signed JWTs.
+//!   (client credentials, refresh, token exchange and JWT bearer grants; secret,
+//!   JWT assertion, mTLS and public clients; discovery) that issues real
+//!   ES256-signed JWTs.
+//! * [`workload::WorkloadIssuer`]: a stand-in workload identity issuer whose
+//!   tokens the server can be told to trust (for token exchange).
 //! * [`echo_api::EchoApi`]: a protected API that verifies those tokens and echoes
 //!   what it received.
 //!
@@ -11,21 +15,34 @@
 //! observable (counters and records) and steerable (failure injection), and are
 //! never meant to face untrusted networks.
 
+mod assertion;
+mod auth_knobs;
 pub mod auth_server;
+mod client_auth;
+pub mod clients;
+mod discovery;
 pub mod echo_api;
+mod grants;
+mod mtls;
 pub mod pki;
+mod refresh;
 pub mod run;
 mod token_endpoint;
 mod tokens;
+pub mod workload;
 
 pub use auth_server::{AuthServer, Claims, DevClient, Failure, TokenVerifier};
+pub use clients::{
+    AssertionAudience, AuthMethod, ClientAuthSpec, ClientRegistration, JwtPublicKey,
+};
+pub use discovery::DiscoveryMode;
 pub use echo_api::{EchoApi, Seen};
 pub use pki::TestPki;
+pub use workload::WorkloadIssuer;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +53,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -48,6 +66,22 @@ pub(crate) type HttpResponse = Response<Full<Bytes>>;
 
 /// How long a client may take to complete the TLS handshake before we hang up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The certificate chain the TLS peer presented (empty without one), added to the
+/// extensions of every request on that connection.
+#[derive(Clone, Default)]
+pub(crate) struct PeerCertificates(pub(crate) Arc<Vec<CertificateDer<'static>>>);
+
+/// Put into a response's extensions: the connection is dropped instead of answering.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DropConnection;
+
+/// Locks `mutex`, ignoring poisoning (the data stays usable for records).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Aborts the server's accept loop (and with it every connection) when dropped.
 pub(crate) struct AbortOnDrop(JoinHandle<()>);
@@ -101,10 +135,6 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
 {
-    let service = service_fn(move |req| {
-        let response = handler(req);
-        async move { Ok::<_, Infallible>(response.await) }
-    });
     let result = match acceptor {
         Some(acceptor) => {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -118,13 +148,23 @@ where
                     return;
                 }
             };
+            let chain = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let service = make_service(handler, PeerCertificates(Arc::new(chain)));
             let builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
         }
         None => hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(
+                TokioIo::new(tcp),
+                make_service(handler, PeerCertificates::default()),
+            )
             .with_upgrades()
             .await
             .map_err(BoxError::from),
@@ -132,6 +172,36 @@ where
     if let Err(err) = result {
         tracing::debug!(error = %err, "demo server: connection ended with an error");
     }
+}
+
+/// Wraps `handler` as a hyper service that tags requests with `peer` and turns
+/// responses marked [`DropConnection`] into a service error (hyper then closes the
+/// connection without answering).
+fn make_service<H, F>(
+    handler: H,
+    peer: PeerCertificates,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = HttpResponse,
+    Error = BoxError,
+    Future = impl Future<Output = Result<HttpResponse, BoxError>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        let response = handler(req);
+        async move {
+            let response = response.await;
+            if response.extensions().get::<DropConnection>().is_some() {
+                return Err(BoxError::from("connection dropped on purpose"));
+            }
+            Ok(response)
+        }
+    })
 }
 
 /// A response with `status`, a JSON body and `Cache-Control: no-store`.

@@ -93,6 +93,29 @@ impl TestPki {
         Ok((vec![cert.der().clone()], key_der))
     }
 
+    /// Issues a client leaf (extended key usage clientAuth) with DNS SANs
+    /// `dns_names` and its own fresh P-256 key, e.g. for `tls_client_auth`. The
+    /// subject CN is the first name. The chain holds just the leaf.
+    pub fn client_leaf(
+        &self,
+        dns_names: &[&str],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), rcgen::Error> {
+        let sans: Vec<String> = dns_names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(sans)?;
+        if let Some(first) = dns_names.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((vec![cert.der().clone()], key_der))
+    }
+
     /// Server TLS config presenting a fresh leaf for `names`; ALPN offers h2 and http/1.1.
     pub fn server_config(&self, names: &[&str]) -> Result<Arc<rustls::ServerConfig>, BoxError> {
         self.server_config_with_alpn(names, vec![b"h2".to_vec(), b"http/1.1".to_vec()])
@@ -129,6 +152,20 @@ impl TestPki {
         rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth()
+    }
+
+    /// Like [`TestPki::client_config`], presenting `chain`/`key` as the client
+    /// certificate (for mTLS endpoints).
+    pub fn client_config_with_cert(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<rustls::ClientConfig, BoxError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone())?;
+        Ok(rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?)
     }
 }
 

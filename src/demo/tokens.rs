@@ -11,12 +11,13 @@ use serde_json::json;
 
 use super::BoxError;
 
-/// The claims of an access token issued by [`AuthServer`].
+/// The claims of an access token issued by [`super::AuthServer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// Issuer: the server's [`AuthServer::issuer`].
+    /// Issuer: the server's [`super::AuthServer::issuer`].
     pub iss: String,
-    /// Subject: the client id (the client acts on its own behalf).
+    /// Subject: the client id (the client acts on its own behalf); for token
+    /// exchange the subject token's `sub`, for JWT bearer the assertion's `sub`.
     pub sub: String,
     /// Audience: the `audience` parameter, else the `resource` parameter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +33,9 @@ pub struct Claims {
     pub jti: String,
     /// The client the token was issued to.
     pub client_id: String,
+    /// Token exchange only (RFC 8693 §4.1): the acting party, `{"sub": ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
 }
 
 impl Claims {
@@ -43,7 +47,7 @@ impl Claims {
     }
 }
 
-/// Verifies access tokens issued by one [`AuthServer`]: ES256 signature with its
+/// Verifies access tokens issued by one [`super::AuthServer`]: ES256 signature with its
 /// key, `kid`, `typ`, `iss`, `exp` (no leeway), and optionally `aud` and a scope.
 #[derive(Clone)]
 pub struct TokenVerifier {

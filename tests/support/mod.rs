@@ -40,6 +40,8 @@ pub struct Setup {
     pub api_tls: ApiTls,
     /// The routed host as written in the route (and used in `api_url`).
     pub route_host: &'static str,
+    /// Replaces the body of `[clients.test]`; `{token_endpoint}` and `{issuer}` are filled in.
+    pub client_toml: Option<String>,
 }
 
 /// How the routed API serves.
@@ -65,6 +67,7 @@ impl Default for Setup {
             token_endpoint: None,
             api_tls: ApiTls::Trusted,
             route_host: "localhost",
+            client_toml: None,
         }
     }
 }
@@ -82,6 +85,38 @@ pub struct Harness {
     pub ca_dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    toml: String,
+    secret: Option<&'static str>,
+}
+
+async fn spawn_proxy(
+    toml: &str,
+    secret: Option<&'static str>,
+    base: &Path,
+    ca: Arc<CertificateAuthority>,
+    upstream_ca: rustls::pki_types::CertificateDer<'static>,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let mut config = oauth_egress::config::from_toml(toml, base, "test config")
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    if let Some(secret) = secret {
+        config.set_client_secret(
+            "test",
+            SecretSource::Inline(Arc::new(SecretString::from(secret))),
+        );
+    }
+    let proxy = Proxy::new(config, ca, &[upstream_ca]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(oauth_egress::listener::run(
+        proxy,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        std::time::Duration::from_secs(1),
+    ));
+    (proxy_addr, stop, task)
 }
 
 pub fn audience(api: &EchoApi) -> String {
@@ -151,10 +186,7 @@ connect_timeout_ms = 2000
 {tokens}
 
 [clients.test]
-token_endpoint = "{endpoint}"
-client_id = "{CLIENT_ID}"
-auth = "{auth}"
-client_secret = {{ env = "SET_IN_MEMORY" }}
+{client}
 
 [[route]]
 name = "echo"
@@ -167,35 +199,25 @@ audience = "{aud}"
             unmatched = setup.unmatched,
             limit = setup.retry_body_limit,
             tokens = setup.tokens,
-            endpoint = setup
-                .token_endpoint
-                .clone()
-                .unwrap_or_else(|| auth.token_endpoint()),
-            auth = setup.auth,
+            client = match &setup.client_toml {
+                Some(body) => body
+                    .replace("{token_endpoint}", &auth.token_endpoint())
+                    .replace("{issuer}", &auth.issuer()),
+                None => format!(
+                    "token_endpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nauth = \"{}\"\nclient_secret = {{ env = \"SET_IN_MEMORY\" }}",
+                    setup.token_endpoint.clone().unwrap_or_else(|| auth.token_endpoint()),
+                    setup.auth
+                ),
+            },
             port = api.addr.port(),
             extra = setup.route_extra,
             route_host = setup.route_host,
         );
         let ca_dir = tempfile::tempdir().unwrap();
-        let mut config = oauth_egress::config::from_toml(&toml, ca_dir.path(), "test config")
-            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        config.set_client_secret(
-            "test",
-            SecretSource::Inline(Arc::new(SecretString::from(setup.secret))),
-        );
         let ca = Arc::new(CertificateAuthority::generate().unwrap());
-        let proxy = Proxy::new(config, ca.clone(), &[pki.ca_cert_der()]).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(oauth_egress::listener::run(
-            proxy,
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-            std::time::Duration::from_secs(1),
-        ));
+        let secret = setup.client_toml.is_none().then_some(setup.secret);
+        let (proxy_addr, stop, task) =
+            spawn_proxy(&toml, secret, ca_dir.path(), ca.clone(), pki.ca_cert_der()).await;
         Harness {
             route_host: setup.route_host,
             pki,
@@ -207,7 +229,30 @@ audience = "{aud}"
             ca_dir,
             stop: Some(stop),
             task: Some(task),
+            toml,
+            secret,
         }
+    }
+
+    /// Stops the proxy and starts a new one on the same config (the servers stay up).
+    pub async fn restart_proxy(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let (addr, stop, task) = spawn_proxy(
+            &self.toml,
+            self.secret,
+            self.ca_dir.path(),
+            self.ca.clone(),
+            self.pki.ca_cert_der(),
+        )
+        .await;
+        self.proxy_addr = addr;
+        self.stop = Some(stop);
+        self.task = Some(task);
     }
 
     /// The routed API's base URL.
