@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (the process answers) and `/readyz` (config loaded, CA
-//! ready: true once the proxy is assembled, which is when this listener starts).
+//! The admin listener: `/healthz` (the process answers), `/readyz` (config loaded and CA
+//! ready, which they are once this listener runs, and every `prefetch` route holds a token),
+//! and `/metrics` (Prometheus text).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,9 +14,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::body::{full, Body};
+use crate::proxy::SharedProxy;
 
 /// Serves the admin endpoints until `shutdown` resolves.
-pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn run(listener: TcpListener, proxy: SharedProxy, shutdown: impl Future<Output = ()>) {
+    crate::metrics::init();
     let mut shutdown = pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -25,8 +28,12 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) {
             },
             () = &mut shutdown => return,
         };
+        let proxy = proxy.clone();
         tokio::spawn(async move {
-            let service = service_fn(|req| async move { Ok::<_, Infallible>(answer(&req)) });
+            let service = service_fn(move |req| {
+                let ready = proxy.load().is_ready();
+                async move { Ok::<_, Infallible>(answer(&req, ready)) }
+            });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -34,13 +41,18 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     }
 }
 
-fn answer(req: &Request<Incoming>) -> Response<Body> {
+fn answer(req: &Request<Incoming>, ready: bool) -> Response<Body> {
     let (status, text) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => (StatusCode::OK, "ready\n"),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_string()),
+        (&Method::GET, "/readyz") if ready => (StatusCode::OK, "ready\n".to_string()),
+        (&Method::GET, "/readyz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: a prefetch route has no token yet\n".to_string(),
+        ),
+        (&Method::GET, "/metrics") => (StatusCode::OK, crate::metrics::render()),
         _ => (
             StatusCode::NOT_FOUND,
-            "not found: try /healthz or /readyz\n",
+            "not found: try /healthz, /readyz or /metrics\n".to_string(),
         ),
     };
     let mut response = Response::new(full(text));

@@ -14,12 +14,13 @@ use crate::config::Unmatched;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, Target};
 use crate::listener::Drain;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, SharedProxy};
 
 /// Answers one request received on the proxy port.
-pub async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, drain: Drain) -> Response<Body> {
+pub async fn handle(shared: SharedProxy, req: Request<Incoming>, drain: Drain) -> Response<Body> {
+    let proxy = shared.load_full();
     if req.method() == Method::CONNECT {
-        return match connect(proxy, req, drain).await {
+        return match connect(proxy, shared, req, drain).await {
             Ok(response) => response,
             Err(err) => {
                 tracing::info!(error = %err, "CONNECT refused");
@@ -35,6 +36,7 @@ pub async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, drain: Drain) -> 
 
 async fn connect(
     proxy: Arc<Proxy>,
+    shared: SharedProxy,
     req: Request<Incoming>,
     drain: Drain,
 ) -> Result<Response<Body>, ProxyError> {
@@ -48,10 +50,11 @@ async fn connect(
     let target = Target::new(Scheme::HTTPS, authority.host(), port)?;
 
     if proxy.routes.intercepts(&target.host, port) {
+        crate::metrics::connect("intercept");
         let on_upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => crate::intercept::serve(proxy, upgraded, target, drain).await,
+                Ok(upgraded) => crate::intercept::serve(shared, upgraded, target, drain).await,
                 Err(err) => tracing::debug!(error = %err, "CONNECT upgrade failed"),
             }
         });
@@ -59,10 +62,14 @@ async fn connect(
     }
 
     match proxy.config.proxy.unmatched {
-        Unmatched::Deny => Err(ProxyError::Denied {
-            host: format!("{}:{port}", target.host),
-        }),
+        Unmatched::Deny => {
+            crate::metrics::connect("deny");
+            Err(ProxyError::Denied {
+                host: format!("{}:{port}", target.host),
+            })
+        }
         Unmatched::Tunnel => {
+            crate::metrics::connect("tunnel");
             let addr = (target.host.as_str(), port);
             let upstream =
                 tokio::time::timeout(proxy.config.proxy.connect_timeout, TcpStream::connect(addr))

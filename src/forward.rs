@@ -116,9 +116,17 @@ pub async fn forward(
             error::response(&err)
         }
     };
+    let route_label = route.as_ref().map_or("-", |r| r.spec.name.as_str());
+    crate::metrics::request(route_label, response.status().as_u16(), started.elapsed());
+    if outcome.retried {
+        crate::metrics::retry(route_label, "401");
+    }
+    if let Some(lookup) = outcome.lookup {
+        crate::metrics::token_lookup(route_label, lookup == Lookup::Hit);
+    }
     tracing::info!(
         target: "access",
-        route = route.as_ref().map(|r| r.spec.name.as_str()).unwrap_or("-"),
+        route = route_label,
         host = %target.authority,
         %method,
         path = %path,

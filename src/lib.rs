@@ -16,7 +16,7 @@
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
 //! | turn any failure into the caller's response | `error.rs` |
 //!
-//! Around it: `config.rs` (figment → validate → [`config::Config`]), `secret.rs` (secret
+//! Around it: `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment → validate → [`config::Config`]; `client.rs`, `route.rs`), `secret.rs` (secret
 //! sources, never printable), `proxy.rs` (the assembled state), `admin.rs` (health), and
 //! `demo/` (a development authorization server and echo API used by `oauth-egress demo` and
 //! the tests).
@@ -33,6 +33,7 @@ pub mod error;
 pub mod forward;
 pub mod intercept;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod secret;

@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -14,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::proxy::Proxy;
+use crate::proxy::SharedProxy;
 
 /// Held by every connection and tunnel: tells it when to wind down, and lets shutdown wait
 /// until all of them have.
@@ -83,7 +82,7 @@ where
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains connections for at
 /// most `grace`.
 pub async fn run(
-    proxy: Arc<Proxy>,
+    proxy: SharedProxy,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -111,6 +110,7 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let conn_drain = drain.clone();
+        crate::metrics::open_connections(1.0);
         tokio::spawn(async move {
             let service_drain = conn_drain.clone();
             let service = service_fn(move |req| {
@@ -124,6 +124,7 @@ pub async fn run(
             if let Err(err) = conn_drain.serve(conn).await {
                 tracing::debug!(%peer, error = %err, "client connection ended");
             }
+            crate::metrics::open_connections(-1.0);
         });
     }
     drop(listener);

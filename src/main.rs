@@ -18,8 +18,23 @@ const EX_USAGE: u8 = 64;
     about = "An egress forward proxy that injects OAuth tokens"
 )]
 struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "OAUTH_EGRESS_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -65,13 +80,16 @@ enum CaCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    oauth_egress::metrics::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -153,10 +171,66 @@ async fn run(path: &std::path::Path) -> Result<(), Failure> {
     }
     let ca = load_ca(&config)?;
     let running = start(config, ca, &[]).await?;
-    shutdown_signal().await;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut reloads = reload_triggers(path.to_owned());
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(why) = reloads.recv() => {
+                tracing::info!(trigger = why, config = %path.display(), "reloading configuration");
+                let result = match config::load(path) {
+                    Ok(config) => running.reload(config).await,
+                    Err(err) => Err(err.to_string()),
+                };
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "configuration rejected; the previous one keeps serving");
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// SIGHUP, and a change of the config file (its modification time or size, polled every
+/// two seconds: no platform watcher to configure, and editors' rename-on-save is seen too).
+fn reload_triggers(path: PathBuf) -> tokio::sync::mpsc::Receiver<&'static str> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    #[cfg(unix)]
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                if tx.send("SIGHUP").await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last = stamp(&path);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let now = stamp(&path);
+            if now != last {
+                last = now;
+                if tx.send("file changed").await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 async fn start(

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::Config;
@@ -24,6 +25,16 @@ pub struct Proxy {
     pub upstream: Upstream,
     /// Cached tokens.
     pub tokens: Arc<TokenCache>,
+    extra_roots: Vec<CertificateDer<'static>>,
+}
+
+/// The proxy currently in force, swapped atomically on reload: each request loads it once,
+/// so requests in flight finish on the configuration they started with.
+pub type SharedProxy = Arc<ArcSwap<Proxy>>;
+
+/// Wraps a proxy for serving.
+pub fn shared(proxy: Arc<Proxy>) -> SharedProxy {
+    Arc::new(ArcSwap::new(proxy))
 }
 
 /// Why the proxy could not be assembled.
@@ -48,6 +59,26 @@ impl Proxy {
         ca: Arc<CertificateAuthority>,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Arc<Proxy>, StartError> {
+        Proxy::build(config, ca, extra_roots, None)
+    }
+
+    /// A proxy for a new configuration that keeps this one's CA and every cached token
+    /// whose key did not change.
+    pub fn reloaded(&self, config: Config) -> Result<Arc<Proxy>, StartError> {
+        Proxy::build(
+            config,
+            self.ca.clone(),
+            &self.extra_roots,
+            Some(&self.tokens),
+        )
+    }
+
+    fn build(
+        config: Config,
+        ca: Arc<CertificateAuthority>,
+        extra_roots: &[CertificateDer<'static>],
+        previous: Option<&TokenCache>,
+    ) -> Result<Arc<Proxy>, StartError> {
         let roots = crate::tls::root_store(&config.proxy.upstream_roots, extra_roots)?;
         let fetcher = Fetcher::new(config.tokens.clone(), roots.clone(), &config.clients)?;
         let tokens = Arc::new(TokenCache::new(Arc::new(fetcher)));
@@ -58,7 +89,7 @@ impl Proxy {
                 let client = config.clients.get(&spec.client)?.clone();
                 Some(Arc::new(Route {
                     spec: spec.clone(),
-                    token: tokens.route_token(&client, spec),
+                    token: tokens.route_token(&client, spec, previous),
                     client,
                 }))
             })
@@ -69,6 +100,7 @@ impl Proxy {
             ca,
             tokens,
             config,
+            extra_roots: extra_roots.to_vec(),
         }))
     }
 }
@@ -93,5 +125,33 @@ impl Proxy {
             }
         }
         (wrong, unreachable)
+    }
+}
+
+impl Proxy {
+    /// Ready when every route marked `prefetch` holds a usable token.
+    pub fn is_ready(&self) -> bool {
+        self.routes
+            .routes()
+            .iter()
+            .filter(|r| r.spec.prefetch)
+            .all(|r| match &r.token {
+                crate::token::RouteToken::Fixed(slot) => slot.has_usable_token(),
+                crate::token::RouteToken::PerSubject(_) => true,
+            })
+    }
+
+    /// Starts fetching the tokens of routes marked `prefetch`, in the background.
+    pub fn prefetch(&self) {
+        for route in self.routes.routes().iter().filter(|r| r.spec.prefetch) {
+            if let crate::token::RouteToken::Fixed(slot) = &route.token {
+                let (slot, name) = (slot.clone(), route.spec.name.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = slot.get().await {
+                        tracing::warn!(route = %name, error = %err, "prefetch failed");
+                    }
+                });
+            }
+        }
     }
 }

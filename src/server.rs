@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::intercept::ca::CertificateAuthority;
-use crate::proxy::{Proxy, StartError};
+use crate::proxy::{Proxy, SharedProxy, StartError};
 
 /// A proxy that is serving.
 pub struct Running {
@@ -19,8 +19,8 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// Where the admin endpoints listen, if configured.
     pub admin_addr: Option<SocketAddr>,
-    /// The assembled proxy.
-    pub proxy: Arc<Proxy>,
+    /// The proxy in force (swapped on reload).
+    pub proxy: SharedProxy,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -56,13 +56,10 @@ pub async fn start(
     let grace = config.proxy.shutdown_grace;
     let admin = config.admin.as_ref().map(|a| a.listen);
     let proxy = Proxy::new(config, ca, extra_roots)?;
-    let (wrong, unreachable) = proxy.discover().await;
-    if !wrong.is_empty() {
-        return Err(ServeError::Discovery(wrong));
-    }
-    for problem in unreachable {
-        tracing::warn!("{problem}; discovery will be retried on first use");
-    }
+    checked_discovery(&proxy).await?;
+    proxy.prefetch();
+    let routes = proxy.routes.routes().len();
+    let proxy = crate::proxy::shared(proxy);
     let bind = |addr, key| async move {
         TcpListener::bind(addr)
             .await
@@ -76,9 +73,13 @@ pub async fn start(
             let admin_listener = bind(addr, "admin.listen").await?;
             let admin_addr = admin_listener.local_addr().unwrap_or(addr);
             let mut stopped = stopped.clone();
-            tokio::spawn(crate::admin::run(admin_listener, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }));
+            tokio::spawn(crate::admin::run(
+                admin_listener,
+                proxy.clone(),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ));
             Some(admin_addr)
         }
         None => None,
@@ -92,7 +93,7 @@ pub async fn start(
         },
         grace,
     ));
-    tracing::info!(listen = %proxy_addr, admin = ?admin_addr, routes = proxy.routes.routes().len(), "oauth-egress listening");
+    tracing::info!(listen = %proxy_addr, admin = ?admin_addr, routes, "oauth-egress listening");
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -102,7 +103,50 @@ pub async fn start(
     })
 }
 
+async fn checked_discovery(proxy: &Proxy) -> Result<(), ServeError> {
+    let (wrong, unreachable) = proxy.discover().await;
+    if !wrong.is_empty() {
+        return Err(ServeError::Discovery(wrong));
+    }
+    for problem in unreachable {
+        tracing::warn!("{problem}; discovery will be retried on first use");
+    }
+    Ok(())
+}
+
 impl Running {
+    /// Validates `config` as `check` does and, if it is good, swaps it in atomically:
+    /// requests in flight finish on the old configuration, cached tokens whose key did not
+    /// change are kept. A bad configuration is refused and the old one keeps serving.
+    /// Listen addresses and the CA are fixed at start: changing them needs a restart.
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
+        let result = self.try_reload(config).await;
+        crate::metrics::reload(if result.is_ok() { "ok" } else { "rejected" });
+        result
+    }
+
+    async fn try_reload(&self, config: Config) -> Result<(), String> {
+        let problems = config.secret_problems();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let current = self.proxy.load_full();
+        if config.proxy.listen != current.config.proxy.listen
+            || config.proxy.ca_cert != current.config.proxy.ca_cert
+            || config.admin.as_ref().map(|a| a.listen)
+                != current.config.admin.as_ref().map(|a| a.listen)
+        {
+            tracing::warn!("proxy.listen, admin.listen and the CA files are only read at start; restart to change them");
+        }
+        let next = current.reloaded(config).map_err(|e| e.to_string())?;
+        checked_discovery(&next).await.map_err(|e| e.to_string())?;
+        next.prefetch();
+        let routes = next.routes.routes().len();
+        self.proxy.store(next);
+        tracing::info!(routes, "configuration reloaded");
+        Ok(())
+    }
+
     /// Stops accepting, drains in-flight requests (up to `proxy.shutdown_grace_secs`), and
     /// returns when done.
     pub async fn stop(self) {

@@ -35,6 +35,8 @@ pub struct RouteSpec {
     pub upgrade_tls: bool,
     /// Allow sending the token over plain http.
     pub allow_plaintext: bool,
+    /// Fetch the token at start (and count it for `/readyz`).
+    pub prefetch: bool,
 }
 
 /// The grant a route's token comes from.
@@ -145,6 +147,8 @@ pub(super) struct RawRoute {
     upgrade_tls: bool,
     #[serde(default)]
     allow_plaintext: bool,
+    #[serde(default)]
+    prefetch: bool,
     subject_token: Option<RawSubject>,
     subject_token_type: Option<String>,
     actor_token: Option<RawSecret>,
@@ -332,6 +336,11 @@ pub(super) fn validate(
         );
         misplaced(r.assertion_scope.is_some(), "assertion_scope", "jwt_bearer");
     }
+    if r.prefetch && matches!(r.subject_token, Some(RawSubject::Inbound)) {
+        problems.push(format!(
+            "{at}: prefetch cannot work with subject_token = \"inbound\": there is no caller token before a request"
+        ));
+    }
     let grant = match grant_name {
         GrantName::ClientCredentials => Grant::ClientCredentials,
         GrantName::TokenExchange => {
@@ -431,5 +440,6 @@ pub(super) fn validate(
         resource: r.resource,
         upgrade_tls: r.upgrade_tls,
         allow_plaintext: r.allow_plaintext,
+        prefetch: r.prefetch,
     })
 }

@@ -51,6 +51,9 @@ pub struct Seen {
     pub version: String,
 }
 
+/// At most this many requests are kept for [`EchoApi::seen`].
+const MAX_SEEN: usize = 10_000;
+
 struct Shared {
     verifier: Option<TokenVerifier>,
     audience: Option<String>,
@@ -200,7 +203,12 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
         }
     };
     seen.status = response.status().as_u16();
-    lock(&shared.seen).push(seen);
+    let mut records = lock(&shared.seen);
+    if records.len() >= MAX_SEEN {
+        // Keep the newest half: a long demo or benchmark must not grow without bound.
+        records.drain(..MAX_SEEN / 2);
+    }
+    records.push(seen);
     response
 }
 

@@ -22,11 +22,12 @@ use crate::body::Body;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, Target};
 use crate::listener::Drain;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, SharedProxy};
 use crate::route::normalize_host;
 
 /// Serves an intercepted tunnel until the caller closes it.
-pub async fn serve(proxy: Arc<Proxy>, upgraded: Upgraded, target: Target, drain: Drain) {
+pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drain: Drain) {
+    let proxy = shared.load_full();
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
     let start = match acceptor.await {
@@ -57,8 +58,10 @@ pub async fn serve(proxy: Arc<Proxy>, upgraded: Upgraded, target: Target, drain:
     };
     let target = Arc::new(target);
     let sni_mismatch = Arc::new(sni_mismatch);
+    drop(proxy);
     let service = service_fn(move |req| {
-        let proxy = proxy.clone();
+        // Each request sees the configuration in force when it arrives.
+        let proxy = shared.load_full();
         let target = target.clone();
         let sni_mismatch = sni_mismatch.clone();
         async move { Ok::<_, Infallible>(request(proxy, req, &target, sni_mismatch.as_deref()).await) }

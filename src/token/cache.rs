@@ -97,6 +97,7 @@ impl TokenSlot {
                         && st.renew_not_before.is_none_or(|t| now >= t)
                     {
                         tracing::debug!(client = %self.key.client, "renewing token ahead of expiry");
+                        crate::metrics::refresh_ahead(&self.key.client);
                         // The task runs on its own; the shared handle stays in `inflight`.
                         drop(self.start_fetch(&mut st, true));
                     }
@@ -110,6 +111,14 @@ impl TokenSlot {
             }
         };
         pending.await.map(|t| (t, Lookup::Miss))
+    }
+
+    /// Whether a usable token is cached right now (readiness; never waits or fetches).
+    pub fn has_usable_token(&self) -> bool {
+        self.lock()
+            .token
+            .as_ref()
+            .is_some_and(|t| t.is_usable_at(Instant::now()))
     }
 
     /// Forgets `token` if it is still the cached one (after the resource server refused it).

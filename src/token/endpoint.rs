@@ -203,6 +203,21 @@ impl Fetcher {
         request: &TokenRequest,
         sent_at: Instant,
     ) -> Result<AccessToken, TokenError> {
+        let started = Instant::now();
+        let result = self.fetch_inner(request, sent_at).await;
+        let (outcome, error) = match &result {
+            Ok(_) => ("ok", None),
+            Err(e) => (e.kind(), e.oauth_error()),
+        };
+        crate::metrics::token_request(&request.client.name, outcome, error, started.elapsed());
+        result
+    }
+
+    async fn fetch_inner(
+        &self,
+        request: &TokenRequest,
+        sent_at: Instant,
+    ) -> Result<AccessToken, TokenError> {
         let client = &request.client;
         let endpoint = self.endpoint(client).await?;
         // One refresh per refresh-token file at a time, read → request → write back.

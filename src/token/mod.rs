@@ -37,9 +37,9 @@ use crate::secret::SecretError;
 pub struct TokenKey {
     /// Client name in the config.
     pub client: String,
-    /// Its token endpoint (or issuer) and client_id: a changed registration never reuses a
-    /// token.
-    pub endpoint: String,
+    /// The client's whole registration (endpoint, auth, key and secret *sources*, never
+    /// values): a changed registration never reuses a token.
+    pub registration: String,
     /// `client_id`.
     pub client_id: String,
     /// The grant and its parameters (never a secret: sources are named, not read).
@@ -59,7 +59,20 @@ impl TokenKey {
     pub fn for_route(client: &ClientConfig, spec: &RouteSpec) -> TokenKey {
         TokenKey {
             client: client.name.clone(),
-            endpoint: client.endpoint_label(),
+            registration: format!(
+                "{:?}",
+                (
+                    &client.endpoint,
+                    &client.auth,
+                    &client.client_secret,
+                    &client.private_key,
+                    &client.signing_alg,
+                    &client.key_id,
+                    &client.assertion_audience,
+                    &client.client_cert,
+                    &client.client_key
+                )
+            ),
             client_id: client.client_id.clone(),
             grant: format!("{:?}", spec.grant),
             scopes: spec.scopes.clone(),
@@ -279,6 +292,21 @@ impl TokenError {
         }
     }
 
+    /// A short, bounded name for the failure (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenError::OAuth { .. } => "oauth_error",
+            TokenError::BadStatus { .. } => "bad_status",
+            TokenError::BadResponse { .. } => "bad_response",
+            TokenError::Timeout { .. } => "timeout",
+            TokenError::Unreachable { .. } => "unreachable",
+            TokenError::Secret { .. } | TokenError::Config { .. } => "config",
+            TokenError::Discovery { .. } => "discovery",
+            TokenError::Refresh { .. } => "refresh_store",
+            TokenError::Internal { .. } => "internal",
+        }
+    }
+
     /// Whether the token endpoint timed out.
     pub fn is_timeout(&self) -> bool {
         matches!(self, TokenError::Timeout { .. })
@@ -307,35 +335,44 @@ impl TokenCache {
         &self.fetcher
     }
 
-    /// Where this route's tokens come from, created on first use.
-    pub fn route_token(&self, client: &Arc<ClientConfig>, spec: &RouteSpec) -> RouteToken {
+    /// Where this route's tokens come from, created on first use; with `previous` (the
+    /// cache of the configuration being replaced), an unchanged key keeps its cached token.
+    pub fn route_token(
+        &self,
+        client: &Arc<ClientConfig>,
+        spec: &RouteSpec,
+        previous: Option<&TokenCache>,
+    ) -> RouteToken {
         let key = TokenKey::for_route(client, spec);
         let request = TokenRequest::for_route(client, spec);
         if let Grant::TokenExchange(exchange) = &spec.grant {
-            let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
-            let slots = subjects
+            let inherited = previous.and_then(|p| lock(&p.subjects).get(&key).cloned());
+            let slots = lock(&self.subjects)
                 .entry(key.clone())
                 .or_insert_with(|| {
-                    Arc::new(SubjectSlots::new(
-                        request,
-                        key,
-                        &exchange.subject,
-                        self.fetcher.clone(),
-                    ))
+                    inherited.unwrap_or_else(|| {
+                        let fetcher = self.fetcher.clone();
+                        Arc::new(SubjectSlots::new(request, key, &exchange.subject, fetcher))
+                    })
                 })
                 .clone();
             return RouteToken::PerSubject(slots);
         }
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        RouteToken::Fixed(
-            slots
-                .entry(key.clone())
-                .or_insert_with(|| {
+        let inherited = previous.and_then(|p| lock(&p.slots).get(&key).cloned());
+        let slot = lock(&self.slots)
+            .entry(key.clone())
+            .or_insert_with(|| {
+                inherited.unwrap_or_else(|| {
                     Arc::new(TokenSlot::new(key, Arc::new(request), self.fetcher.clone()))
                 })
-                .clone(),
-        )
+            })
+            .clone();
+        RouteToken::Fixed(slot)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ async fn spawn_proxy(
     let proxy_addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(oauth_egress::listener::run(
-        proxy,
+        oauth_egress::proxy::shared(proxy),
         listener,
         async move {
             let _ = stopped.await;

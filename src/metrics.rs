@@ -1,0 +1,186 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+//!
+//! Names follow Prometheus conventions (`_total` counters, `_seconds` histograms). Labels are
+//! bounded: route and client names come from the config, status as a class (`2xx`), OAuth
+//! error codes from the RFC registries (anything else is `other`). No label ever carries a
+//! token, a secret, a path or a query.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the process-wide recorder (once; later calls return the same handle). `None`
+/// when another recorder was installed first.
+pub fn init() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The metrics in Prometheus text format.
+pub fn render() -> String {
+    match init() {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => "# metrics recorder unavailable\n".into(),
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "oauth_egress_requests_total",
+        "Proxied requests by route and status class"
+    );
+    describe_histogram!(
+        "oauth_egress_request_duration_seconds",
+        Unit::Seconds,
+        "Time from the request to the upstream's response head, by route"
+    );
+    describe_counter!(
+        "oauth_egress_token_requests_total",
+        "Token endpoint requests by client, outcome and OAuth error"
+    );
+    describe_histogram!(
+        "oauth_egress_token_request_duration_seconds",
+        Unit::Seconds,
+        "Token endpoint latency by client (including retries)"
+    );
+    describe_counter!(
+        "oauth_egress_token_cache_total",
+        "Token lookups by route, hit or miss"
+    );
+    describe_counter!(
+        "oauth_egress_token_refresh_ahead_total",
+        "Background renewals started before expiry, by client"
+    );
+    describe_counter!(
+        "oauth_egress_retries_total",
+        "Requests resent after a 401, by route"
+    );
+    describe_counter!(
+        "oauth_egress_connects_total",
+        "CONNECT requests by action: intercept, tunnel, deny"
+    );
+    describe_gauge!("oauth_egress_open_connections", "Open caller connections");
+    describe_counter!(
+        "oauth_egress_config_reloads_total",
+        "Configuration reloads by outcome"
+    );
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// An OAuth error code from RFC 6749, 8693, 8707 and 9449, or `other`.
+fn oauth_error(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_target",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+        "use_dpop_nonce",
+        "invalid_dpop_proof",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// A proxied request finished.
+pub fn request(route: &str, status: u16, elapsed: Duration) {
+    counter!("oauth_egress_requests_total", "route" => route.to_string(), "status" => status_class(status))
+        .increment(1);
+    histogram!("oauth_egress_request_duration_seconds", "route" => route.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A token lookup on a route.
+pub fn token_lookup(route: &str, hit: bool) {
+    counter!("oauth_egress_token_cache_total", "route" => route.to_string(), "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
+}
+
+/// A token request finished: `outcome` is `ok` or the failure kind.
+pub fn token_request(client: &str, outcome: &'static str, error: Option<&str>, elapsed: Duration) {
+    counter!(
+        "oauth_egress_token_requests_total",
+        "client" => client.to_string(),
+        "outcome" => outcome,
+        "error" => error.map_or("", oauth_error)
+    )
+    .increment(1);
+    histogram!("oauth_egress_token_request_duration_seconds", "client" => client.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A background renewal started.
+pub fn refresh_ahead(client: &str) {
+    counter!("oauth_egress_token_refresh_ahead_total", "client" => client.to_string()).increment(1);
+}
+
+/// A request was resent (`reason`: `401`).
+pub fn retry(route: &str, reason: &'static str) {
+    counter!("oauth_egress_retries_total", "route" => route.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// A CONNECT was answered (`intercept`, `tunnel`, `deny`).
+pub fn connect(action: &'static str) {
+    counter!("oauth_egress_connects_total", "action" => action).increment(1);
+}
+
+/// A caller connection opened (+1) or closed (-1).
+pub fn open_connections(delta: f64) {
+    gauge!("oauth_egress_open_connections").increment(delta);
+}
+
+/// A configuration reload (`ok` or `rejected`).
+pub fn reload(outcome: &'static str) {
+    counter!("oauth_egress_config_reloads_total", "outcome" => outcome).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(599), "5xx");
+        assert_eq!(oauth_error("invalid_client"), "invalid_client");
+        assert_eq!(oauth_error("my-custom-error-with-user-id-42"), "other");
+    }
+}
