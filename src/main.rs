@@ -183,6 +183,7 @@ async fn run(path: &std::path::Path) -> Result<(), Failure> {
                     Err(err) => Err(err.to_string()),
                 };
                 if let Err(err) = result {
+                    let err = err.replace(":\n  - ", ": ").replace("\n  - ", "; ");
                     tracing::error!(error = %err, "configuration rejected; the previous one keeps serving");
                 }
             }

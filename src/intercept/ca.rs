@@ -88,7 +88,7 @@ impl CertificateAuthority {
         if cert.exists() || key.exists() {
             let cert_pem = std::fs::read_to_string(cert).map_err(io(cert))?;
             let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(key).map_err(io(key))?);
-            let key_pair = KeyPair::from_pem(&key_pem).map_err(|source| CaError::Cert {
+            let key_pair = parse_key(&key_pem).map_err(|source| CaError::Cert {
                 context: format!("CA key {}", key.display()),
                 source,
             })?;
@@ -225,6 +225,22 @@ impl CertificateAuthority {
     }
 }
 
+/// The CA key in PKCS#8, or SEC1 (`EC PRIVATE KEY`, cert-manager's and openssl's default),
+/// converted to PKCS#8.
+fn parse_key(pem: &str) -> Result<KeyPair, rcgen::Error> {
+    use p256::pkcs8::EncodePrivateKey;
+    if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+        let secret =
+            p256::SecretKey::from_sec1_pem(pem).map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
+        let der = secret
+            .to_pkcs8_der()
+            .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
+        let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_bytes().to_vec());
+        return KeyPair::try_from(&pkcs8);
+    }
+    KeyPair::from_pem(pem)
+}
+
 fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
@@ -268,6 +284,23 @@ mod tests {
         assert!(!created);
         assert_eq!(first.cert_pem(), second.cert_pem());
         assert!(!format!("{second:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_sec1_ca_key_is_accepted() {
+        use p256::pkcs8::DecodePrivateKey;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        CertificateAuthority::load_or_create(&cert, &key).unwrap();
+        let pkcs8 = std::fs::read_to_string(&key).unwrap();
+        let sec1 = p256::SecretKey::from_pkcs8_pem(&pkcs8)
+            .unwrap()
+            .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        std::fs::write(&key, sec1.as_bytes()).unwrap();
+        let (ca, created) = CertificateAuthority::load_or_create(&cert, &key).unwrap();
+        assert!(!created);
+        assert!(ca.server_config("api.example").is_ok());
     }
 
     #[test]
