@@ -73,7 +73,7 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
         ..Setup::default()
     })
     .await;
-    h.auth.set_token_lifetime(2);
+    h.auth.set_token_lifetime(4);
     let client = h.client();
     let jti = |text: String| json(&text)["jti"].as_str().unwrap().to_string();
     let first = jti(client
@@ -84,9 +84,9 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
         .text()
         .await
         .unwrap());
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    // In the renewal window: served the current token at once while a renewal runs.
-    h.auth.set_delay(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // In the renewal window: served the current token at once while a slow renewal runs.
+    h.auth.set_delay(Duration::from_millis(1000));
     let started = std::time::Instant::now();
     let second = jti(client
         .get(h.api_url())
@@ -97,11 +97,11 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
         .await
         .unwrap());
     assert!(
-        started.elapsed() < Duration::from_millis(300),
+        started.elapsed() < Duration::from_millis(900),
         "did not wait for the renewal"
     );
     assert_eq!(second, first, "current token served during renewal");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(h.auth.token_requests(), 2, "one background renewal");
     let third = jti(client
         .get(h.api_url())
