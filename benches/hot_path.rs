@@ -328,6 +328,31 @@ fn benches(c: &mut Criterion) {
     inject_header(c, &fx);
     leaf_cert(c, &fx);
     assertion(c);
+    dpop_proof(c);
+}
+
+/// The cost of a DPoP proof (RFC 9449), paid on every request of a DPoP route: claims, JSON,
+/// base64url and an ES256 signature with ring.
+fn dpop_proof(c: &mut Criterion) {
+    use oauth_egress::sender::dpop::{ath, htu, DpopKey};
+    let key = DpopKey::generate().expect("DPoP key");
+    let uri: Uri = "https://api.payments.example/v1/orders/42?expand=items"
+        .parse()
+        .expect("uri");
+    let token_hash = ath("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiaWxsaW5nIn0.c2lnbmF0dXJl");
+    c.bench_function("dpop_proof", |b| {
+        b.iter(|| {
+            black_box(
+                key.proof(
+                    "POST",
+                    &htu(&uri),
+                    Some(&token_hash),
+                    Some("server-nonce-1"),
+                )
+                .expect("proof"),
+            )
+        })
+    });
 }
 
 /// The cost of a client assertion (`private_key_jwt`), paid once per token request: building

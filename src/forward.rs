@@ -24,7 +24,7 @@ use crate::body::{self, Body, Outgoing};
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
 use crate::route::Route;
-use crate::token::Lookup;
+use crate::token::{AccessToken, Lookup, TokenScheme};
 use crate::upstream::{is_upgrade, strip_hop_by_hop};
 
 /// Where a request is sent: decided before the request is read, never by it.
@@ -183,7 +183,7 @@ async fn send(
         route: route.spec.name.clone(),
         source,
     };
-    let (token, lookup) = slot.get().await.map_err(token_error)?;
+    let (mut token, lookup) = slot.get().await.map_err(token_error)?;
     outcome.lookup = Some(lookup);
 
     let content_length = parts
@@ -198,44 +198,111 @@ async fn send(
     )
     .await
     .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
-    let retry_head = (!matches!(replay, Outgoing::Streamed)).then(|| {
+    let dpop = slot.request().dpop.clone();
+    let nonces = proxy.tokens.fetcher().nonces().clone();
+    let origin = crate::sender::dpop::origin(&parts.uri);
+    let htu = dpop.as_ref().map(|_| crate::sender::dpop::htu(&parts.uri));
+    // Everything but the credentials, kept for a resend when the body can be replayed.
+    let head = (!matches!(replay, Outgoing::Streamed)).then(|| {
         (
             parts.method.clone(),
             parts.uri.clone(),
             parts.headers.clone(),
         )
     });
+    let credentials = |headers: &mut http::HeaderMap,
+                       method: &http::Method,
+                       token: &AccessToken| {
+        headers.insert(header::AUTHORIZATION, token.authorization());
+        if let (Some(key), Some(htu), TokenScheme::Dpop) = (&dpop, &htu, token.scheme) {
+            let nonce = nonces.get(&origin);
+            let proof = key
+                .proof(method.as_str(), htu, token.ath.as_deref(), nonce.as_deref())
+                .map_err(|e| ProxyError::Upstream {
+                    authority: target.authority.to_string(),
+                    detail: e.to_string(),
+                })?;
+            let mut value = HeaderValue::from_str(&proof).map_err(|e| ProxyError::Upstream {
+                authority: target.authority.to_string(),
+                detail: e.to_string(),
+            })?;
+            value.set_sensitive(true);
+            headers.insert("dpop", value);
+        }
+        Ok::<_, ProxyError>(())
+    };
 
-    parts
-        .headers
-        .insert(header::AUTHORIZATION, token.authorization());
-    let response = client
+    credentials(&mut parts.headers, &parts.method, &token)?;
+    let mut response = client
         .request(Request::from_parts(parts, body))
         .await
         .map_err(|e| upstream_error(proxy, target, &e))?;
 
-    if response.status() != StatusCode::UNAUTHORIZED {
-        return Ok(finish(response, downstream_upgrade));
+    // At most one resend of each kind: a DPoP nonce challenge (same token, new proof), then a
+    // 401 (that token invalidated, a fresh one).
+    let (mut nonce_retried, mut token_retried) = (false, false);
+    loop {
+        if let Some(nonce) = response.headers().get("dpop-nonce") {
+            nonces.remember(&origin, nonce);
+        }
+        let decision = match retry_decision(&response, token.scheme) {
+            Retry::Nonce if !nonce_retried => {
+                nonce_retried = true;
+                Retry::Nonce
+            }
+            Retry::Token | Retry::Nonce if !token_retried => {
+                token_retried = true;
+                Retry::Token
+            }
+            _ => Retry::No,
+        };
+        if decision == Retry::No {
+            return Ok(finish(response, downstream_upgrade));
+        }
+        let (Some((method, uri, headers)), Some(body)) = (&head, replay.replay()) else {
+            tracing::debug!(route = %route.spec.name, "401 not retried: body not replayable");
+            return Ok(finish(response, downstream_upgrade));
+        };
+        drop(response);
+        if decision == Retry::Token {
+            slot.invalidate(&token);
+            token = slot.get().await.map_err(token_error)?.0;
+            outcome.retried = true;
+        }
+        let mut headers = headers.clone();
+        credentials(&mut headers, method, &token)?;
+        let mut resend = Request::new(body);
+        *resend.method_mut() = method.clone();
+        *resend.uri_mut() = uri.clone();
+        *resend.headers_mut() = headers;
+        response = client
+            .request(resend)
+            .await
+            .map_err(|e| upstream_error(proxy, target, &e))?;
     }
-    let (Some((method, uri, mut headers)), Some(body)) = (retry_head, replay.replay()) else {
-        tracing::debug!(route = %route.spec.name, "401 not retried: body not replayable");
-        return Ok(finish(response, downstream_upgrade));
-    };
-    // The one retry: forget this token (only if still cached), take a fresh one, resend.
-    drop(response);
-    slot.invalidate(&token);
-    let (fresh, _) = slot.get().await.map_err(token_error)?;
-    outcome.retried = true;
-    headers.insert(header::AUTHORIZATION, fresh.authorization());
-    let mut retry = Request::new(body);
-    *retry.method_mut() = method;
-    *retry.uri_mut() = uri;
-    *retry.headers_mut() = headers;
-    let response = client
-        .request(retry)
-        .await
-        .map_err(|e| upstream_error(proxy, target, &e))?;
-    Ok(finish(response, downstream_upgrade))
+}
+
+/// What a response asks of the forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Nothing: return it.
+    No,
+    /// A DPoP nonce challenge: resend with a proof carrying the nonce, same token.
+    Nonce,
+    /// A 401: invalidate the token and resend with a fresh one.
+    Token,
+}
+
+fn retry_decision(response: &Response<Incoming>, scheme: TokenScheme) -> Retry {
+    if response.status() != StatusCode::UNAUTHORIZED {
+        Retry::No
+    } else if scheme == TokenScheme::Dpop
+        && crate::sender::dpop::is_nonce_challenge(response.headers())
+    {
+        Retry::Nonce
+    } else {
+        Retry::Token
+    }
 }
 
 /// Prepares the upstream response for the caller; on `101 Switching Protocols`, splices the

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod secret;
+pub mod sender;
 pub mod server;
 pub mod tls;
 pub mod token;

@@ -103,6 +103,10 @@ pub struct ClientConfig {
     pub client_cert: Option<PathBuf>,
     /// Client certificate key, PEM (tls_client_auth).
     pub client_key: Option<SecretSource>,
+    /// Every route of this client uses DPoP.
+    pub dpop: bool,
+    /// Where the DPoP key lives (created if absent); `None`: a key generated at start.
+    pub dpop_key: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -138,6 +142,9 @@ pub(super) struct RawClient {
     assertion_audience: AssertionAudience,
     client_cert: Option<PathBuf>,
     client_key: Option<RawSecret>,
+    #[serde(default)]
+    dpop: bool,
+    dpop_key: Option<RawSecret>,
 }
 
 /// An https URL (plain http only for loopback hosts, with a warning).
@@ -228,6 +235,16 @@ pub(super) fn validate(
     if client_cert.is_some() != client_key.is_some() {
         problems.push(format!("{at}: client_cert and client_key go together"));
     }
+    let dpop_key = match c.dpop_key {
+        Some(RawSecret::File(path)) => Some(resolve(base, path)),
+        Some(RawSecret::Env(_)) => {
+            problems.push(format!(
+                "{at}.dpop_key must be {{ file = \"path\" }} (created there if absent)"
+            ));
+            None
+        }
+        None => None,
+    };
     if c.assertion_audience == AssertionAudience::Issuer && c.issuer.is_none() {
         problems.push(format!(
             "{at}: assertion_audience = \"issuer\" needs `issuer` to be set"
@@ -245,5 +262,7 @@ pub(super) fn validate(
         assertion_audience: c.assertion_audience,
         client_cert,
         client_key,
+        dpop: c.dpop,
+        dpop_key,
     })
 }

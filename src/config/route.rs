@@ -37,6 +37,11 @@ pub struct RouteSpec {
     pub allow_plaintext: bool,
     /// Fetch the token at start (and count it for `/readyz`).
     pub prefetch: bool,
+    /// Use DPoP (also on when the client says `dpop = true`).
+    pub dpop: bool,
+    /// On a DPoP route, refuse a token the server issued as `Bearer` (default) instead of
+    /// sending it as a bearer token.
+    pub dpop_required: bool,
 }
 
 /// The grant a route's token comes from.
@@ -149,6 +154,9 @@ pub(super) struct RawRoute {
     allow_plaintext: bool,
     #[serde(default)]
     prefetch: bool,
+    #[serde(default)]
+    dpop: bool,
+    dpop_required: Option<bool>,
     subject_token: Option<RawSubject>,
     subject_token_type: Option<String>,
     actor_token: Option<RawSecret>,
@@ -441,5 +449,7 @@ pub(super) fn validate(
         upgrade_tls: r.upgrade_tls,
         allow_plaintext: r.allow_plaintext,
         prefetch: r.prefetch,
+        dpop: r.dpop || client.is_some_and(|c| c.dpop),
+        dpop_required: r.dpop_required.unwrap_or(true),
     })
 }

@@ -30,6 +30,7 @@ use super::discovery::{Discovery, DiscoveryError};
 use super::refresh_store::{self, RefreshStore};
 use super::{client_auth, grant, AccessToken, TokenError, TokenRequest};
 use crate::config::{ClientConfig, Endpoint, Grant, TokenSettings};
+use crate::sender::dpop::{self, DpopKey, NonceStore};
 
 /// Largest token-endpoint answer read; anything bigger is not a token response.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
@@ -38,6 +39,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Sends token requests.
 pub struct Fetcher {
+    dpop_keys: std::sync::Mutex<HashMap<String, Arc<DpopKey>>>,
+    nonces: Arc<NonceStore>,
     http: reqwest::Client,
     mtls: HashMap<String, reqwest::Client>,
     discovery: HashMap<String, Arc<Discovery>>,
@@ -68,6 +71,15 @@ struct Answer {
     body: Vec<u8>,
 }
 
+impl Answer {
+    /// `400` with `error = "use_dpop_nonce"` (RFC 9449 §8).
+    fn is_nonce_challenge(&self) -> bool {
+        self.status == StatusCode::BAD_REQUEST
+            && serde_json::from_slice::<ErrorResponse>(&self.body)
+                .is_ok_and(|e| e.error == "use_dpop_nonce")
+    }
+}
+
 impl Drop for Answer {
     fn drop(&mut self) {
         self.body.zeroize();
@@ -88,6 +100,14 @@ pub enum FetcherError {
     /// A reqwest client could not be built.
     #[error("token client: {0}")]
     Http(#[from] reqwest::Error),
+    /// A DPoP key could not be loaded or created.
+    #[error("clients.{client}: {source}")]
+    Dpop {
+        /// The client.
+        client: String,
+        /// Why.
+        source: dpop::DpopError,
+    },
     /// A client certificate or key could not be loaded.
     #[error("clients.{client}: {detail}")]
     ClientCert {
@@ -119,7 +139,15 @@ impl Fetcher {
             .build()?;
         let mut mtls = HashMap::new();
         let mut discovery = HashMap::new();
+        let mut dpop_keys = HashMap::new();
         for client in clients.values() {
+            if let Some(path) = &client.dpop_key {
+                let key = DpopKey::load_or_create(path).map_err(|source| FetcherError::Dpop {
+                    client: client.name.clone(),
+                    source,
+                })?;
+                dpop_keys.insert(client.name.clone(), Arc::new(key));
+            }
             if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
                 let err = |detail: String| FetcherError::ClientCert {
                     client: client.name.clone(),
@@ -146,12 +174,38 @@ impl Fetcher {
             }
         }
         Ok(Fetcher {
+            dpop_keys: std::sync::Mutex::new(dpop_keys),
+            nonces: Arc::new(NonceStore::default()),
             http,
             mtls,
             discovery,
             refresh: RefreshStore::default(),
             settings,
         })
+    }
+
+    /// The DPoP key of a client: its `dpop_key` file, or one generated on first use.
+    pub fn dpop_key(&self, client: &str) -> Option<Arc<DpopKey>> {
+        let mut keys = self.dpop_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = keys.get(client) {
+            return Some(key.clone());
+        }
+        match DpopKey::generate() {
+            Ok(key) => {
+                let key = Arc::new(key);
+                keys.insert(client.to_string(), key.clone());
+                Some(key)
+            }
+            Err(err) => {
+                tracing::error!(client, error = %err, "cannot generate a DPoP key");
+                None
+            }
+        }
+    }
+
+    /// The DPoP nonces seen, by origin (shared with resource requests).
+    pub fn nonces(&self) -> &Arc<NonceStore> {
+        &self.nonces
     }
 
     fn http_for(&self, client: &ClientConfig) -> &reqwest::Client {
@@ -245,12 +299,20 @@ impl Fetcher {
         let deadline = Instant::now() + self.settings.retry_max_elapsed;
         let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0u32;
+        let mut nonce_retried = false;
         let answer = loop {
             attempts += 1;
             let (error, retryable, retry_after) = match self
                 .attempt(client, request, &endpoint, stored.as_ref())
                 .await
             {
+                Ok(answer)
+                    if request.dpop.is_some() && !nonce_retried && answer.is_nonce_challenge() =>
+                {
+                    // RFC 9449 §8: resend once with the nonce the server just gave.
+                    nonce_retried = true;
+                    continue;
+                }
                 Ok(answer)
                     if answer.status.is_server_error()
                         || answer.status == StatusCode::TOO_MANY_REQUESTS =>
@@ -331,6 +393,23 @@ impl Fetcher {
         if let Some(header) = auth.authorization {
             builder = builder.header(AUTHORIZATION, header);
         }
+        let origin = endpoint
+            .parse::<http::Uri>()
+            .map(|u| dpop::origin(&u))
+            .unwrap_or_default();
+        if let Some(key) = &request.dpop {
+            let htu = endpoint
+                .parse::<http::Uri>()
+                .map(|u| dpop::htu(&u))
+                .unwrap_or_default();
+            let proof = key
+                .proof("POST", &htu, None, self.nonces.get(&origin).as_deref())
+                .map_err(|e| config_error(e.to_string()))?;
+            let mut value =
+                http::HeaderValue::from_str(&proof).map_err(|e| config_error(e.to_string()))?;
+            value.set_sensitive(true);
+            builder = builder.header("dpop", value);
+        }
         let transport = |err: reqwest::Error| {
             let token_error = if err.is_timeout() {
                 TokenError::Timeout {
@@ -352,6 +431,9 @@ impl Fetcher {
             }
         };
         let mut response = builder.send().await.map_err(transport)?;
+        if let Some(nonce) = response.headers().get("dpop-nonce") {
+            self.nonces.remember(&origin, nonce);
+        }
         let status = response.status();
         let header = |name| {
             response
@@ -423,7 +505,20 @@ impl Fetcher {
         let value = parsed
             .access_token
             .ok_or_else(|| bad("no access_token in the answer".into()))?;
+        let dpop = request.dpop.is_some();
+        let mut as_dpop = false;
         match parsed.token_type.as_deref() {
+            Some(t) if t.eq_ignore_ascii_case("dpop") && dpop => as_dpop = true,
+            Some(t) if t.eq_ignore_ascii_case("dpop") => {
+                return Err(bad(
+                    "token_type DPoP, but this route does not use DPoP (set dpop = true)".into(),
+                ))
+            }
+            Some(t) if t.eq_ignore_ascii_case("bearer") && dpop && request.dpop_required => {
+                return Err(bad(
+                    "the server issued a Bearer token to a DPoP route; refusing it (dpop_required = true)".into(),
+                ))
+            }
             Some(t) if t.eq_ignore_ascii_case("bearer") => {}
             Some(t) if t.eq_ignore_ascii_case("n_a") => {
                 return Err(bad(
@@ -458,6 +553,7 @@ impl Fetcher {
         }
         let token = AccessToken::new(value, usable_until, refresh_at, parsed.scope)
             .map_err(|why| bad(why.to_string()))?;
+        let token = if as_dpop { token.into_dpop() } else { token };
         Ok((token, parsed.refresh_token))
     }
 }

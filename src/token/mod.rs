@@ -52,6 +52,8 @@ pub struct TokenKey {
     pub resource: Option<String>,
     /// SHA-256 of the subject token, for token exchange.
     pub subject: Option<[u8; 32]>,
+    /// The DPoP key's thumbprint, for DPoP routes.
+    pub dpop: Option<String>,
 }
 
 impl TokenKey {
@@ -79,6 +81,7 @@ impl TokenKey {
             audience: spec.audience.clone(),
             resource: spec.resource.clone(),
             subject: None,
+            dpop: None,
         }
     }
 }
@@ -100,6 +103,10 @@ pub struct TokenRequest {
     pub subject: Option<Arc<SecretString>>,
     /// Its `exp` (unix seconds), when it is a JWT: the issued token never outlives it.
     pub subject_exp: Option<u64>,
+    /// The DPoP key proving possession, for DPoP routes.
+    pub dpop: Option<Arc<crate::sender::dpop::DpopKey>>,
+    /// On a DPoP route, refuse a `Bearer` answer.
+    pub dpop_required: bool,
 }
 
 impl TokenRequest {
@@ -112,13 +119,28 @@ impl TokenRequest {
             resource: spec.resource.clone(),
             subject: None,
             subject_exp: None,
+            dpop: None,
+            dpop_required: spec.dpop_required,
         }
     }
+}
+
+/// How a token is presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScheme {
+    /// `Authorization: Bearer` (RFC 6750).
+    Bearer,
+    /// `Authorization: DPoP` plus a `DPoP` proof (RFC 9449).
+    Dpop,
 }
 
 /// An access token in hand. Its value is zeroized on drop and never printed.
 pub struct AccessToken {
     value: SecretString,
+    /// How it must be presented.
+    pub scheme: TokenScheme,
+    /// For DPoP tokens: the `ath` every proof carries (computed once per token).
+    pub ath: Option<String>,
     /// When this token must no longer be sent (expiry minus skew).
     pub usable_until: Instant,
     /// From when a background renewal starts.
@@ -140,17 +162,29 @@ impl AccessToken {
         }
         Ok(AccessToken {
             value,
+            scheme: TokenScheme::Bearer,
+            ath: None,
             usable_until,
             refresh_at,
             granted_scope,
         })
     }
 
+    /// Marks the token as DPoP-bound: presented as `DPoP`, with `ath` in every proof.
+    pub fn into_dpop(mut self) -> AccessToken {
+        self.ath = Some(crate::sender::dpop::ath(self.value.expose_secret()));
+        self.scheme = TokenScheme::Dpop;
+        self
+    }
+
     /// The `Authorization` header value, marked sensitive so hyper never logs or indexes it.
     pub fn authorization(&self) -> HeaderValue {
         let secret = self.value.expose_secret();
         let mut bytes = Vec::with_capacity(7 + secret.len());
-        bytes.extend_from_slice(b"Bearer ");
+        bytes.extend_from_slice(match self.scheme {
+            TokenScheme::Bearer => b"Bearer ",
+            TokenScheme::Dpop => b"DPoP ",
+        });
         bytes.extend_from_slice(secret.as_bytes());
         // Checked by `new`: token68 bytes are always valid header bytes.
         let mut header = HeaderValue::from_bytes(&bytes).unwrap_or(HeaderValue::from_static(""));
@@ -343,8 +377,14 @@ impl TokenCache {
         spec: &RouteSpec,
         previous: Option<&TokenCache>,
     ) -> RouteToken {
-        let key = TokenKey::for_route(client, spec);
-        let request = TokenRequest::for_route(client, spec);
+        let mut key = TokenKey::for_route(client, spec);
+        let mut request = TokenRequest::for_route(client, spec);
+        if spec.dpop {
+            if let Some(dpop) = self.fetcher.dpop_key(&client.name) {
+                key.dpop = Some(dpop.thumbprint().to_string());
+                request.dpop = Some(dpop);
+            }
+        }
         if let Grant::TokenExchange(exchange) = &spec.grant {
             let inherited = previous.and_then(|p| lock(&p.subjects).get(&key).cloned());
             let slots = lock(&self.subjects)

@@ -1,0 +1,404 @@
+//! DPoP (RFC 9449): the proxy's proof-of-possession key and the proofs it signs.
+//!
+//! Proofs are signed per request, so signing must be cheap: ring's P-256 (fixed-width `r||s`
+//! signatures, as JWS ES256 wants) rather than a pure-Rust ECDSA. The public JWK is rendered
+//! once, in the RFC 7638 member order, so it doubles as the thumbprint input.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Why a DPoP key could not be loaded or a proof signed.
+#[derive(Debug, thiserror::Error)]
+pub enum DpopError {
+    /// Reading or writing the key file.
+    #[error("DPoP key {path}: {detail}")]
+    Key {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// ring refused to generate or sign.
+    #[error("DPoP: {0}")]
+    Crypto(String),
+}
+
+/// An ES256 key that signs DPoP proofs.
+pub struct DpopKey {
+    pair: EcdsaKeyPair,
+    rng: SystemRandom,
+    /// The public key as a JWK, members in RFC 7638 order: `{"crv","kty","x","y"}`.
+    jwk: serde_json::Value,
+    thumbprint: String,
+}
+
+impl std::fmt::Debug for DpopKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpopKey")
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DpopKey {
+    /// A new key, held in memory only.
+    pub fn generate() -> Result<DpopKey, DpopError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|e| DpopError::Crypto(e.to_string()))?;
+        DpopKey::from_pkcs8(pkcs8.as_ref()).map_err(DpopError::Crypto)
+    }
+
+    /// The key in `path` (PKCS#8 or SEC1 PEM); when the file does not exist, a new key is
+    /// generated and written there (mode 0600), so tokens bound to it survive restarts.
+    pub fn load_or_create(path: &Path) -> Result<DpopKey, DpopError> {
+        let err = |detail: String| DpopError::Key {
+            path: path.display().to_string(),
+            detail,
+        };
+        if path.exists() {
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?,
+            );
+            let der = pkcs8_der(&pem).map_err(err)?;
+            return DpopKey::from_pkcs8(&der).map_err(err);
+        }
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|e| DpopError::Crypto(e.to_string()))?;
+        let pem = zeroize::Zeroizing::new(format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD
+                .encode(pkcs8.as_ref())
+                .as_bytes()
+                .chunks(64)
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ));
+        write_private(path, pem.as_bytes()).map_err(|e| err(e.to_string()))?;
+        DpopKey::from_pkcs8(pkcs8.as_ref()).map_err(err)
+    }
+
+    fn from_pkcs8(der: &[u8]) -> Result<DpopKey, String> {
+        let rng = SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+            .map_err(|e| format!("not a P-256 PKCS#8 key: {e}"))?;
+        let point = pair.public_key().as_ref();
+        if point.len() != 65 || point[0] != 4 {
+            return Err("unexpected public key encoding".into());
+        }
+        let jwk = serde_json::json!({
+            "crv": "P-256",
+            "kty": "EC",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        });
+        let thumbprint = URL_SAFE_NO_PAD.encode(Sha256::digest(jwk.to_string().as_bytes()));
+        Ok(DpopKey {
+            pair,
+            rng,
+            jwk,
+            thumbprint,
+        })
+    }
+
+    /// The RFC 7638 JWK SHA-256 thumbprint (`cnf.jkt` of tokens bound to this key).
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// The public key as a JWK.
+    pub fn jwk(&self) -> &serde_json::Value {
+        &self.jwk
+    }
+
+    /// A fresh proof for `htm` `htu` (normalize it with [`htu`]); with `ath` for resource
+    /// requests (see [`ath`]) and the server's `nonce` when one is known.
+    pub fn proof(
+        &self,
+        htm: &str,
+        htu: &str,
+        ath: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<String, DpopError> {
+        #[derive(Serialize)]
+        struct Header<'a> {
+            typ: &'static str,
+            alg: &'static str,
+            jwk: &'a serde_json::Value,
+        }
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            jti: String,
+            htm: &'a str,
+            htu: &'a str,
+            iat: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ath: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            nonce: Option<&'a str>,
+        }
+        let header = serde_json::to_vec(&Header {
+            typ: "dpop+jwt",
+            alg: "ES256",
+            jwk: &self.jwk,
+        })
+        .map_err(|e| DpopError::Crypto(e.to_string()))?;
+        let claims = serde_json::to_vec(&Claims {
+            jti: crate::token::assertion::new_jti(),
+            htm,
+            htu,
+            iat: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ath,
+            nonce,
+        })
+        .map_err(|e| DpopError::Crypto(e.to_string()))?;
+        let mut jws = String::with_capacity(512);
+        URL_SAFE_NO_PAD.encode_string(&header, &mut jws);
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut jws);
+        let signature = self
+            .pair
+            .sign(&self.rng, jws.as_bytes())
+            .map_err(|e| DpopError::Crypto(e.to_string()))?;
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut jws);
+        Ok(jws)
+    }
+}
+
+/// The latest `DPoP-Nonce` each server sent, by origin, so steady traffic carries the right
+/// nonce without a challenge round trip per request.
+#[derive(Debug, Default)]
+pub struct NonceStore {
+    nonces: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl NonceStore {
+    /// The nonce last seen from `origin` (see [`origin`]).
+    pub fn get(&self, origin: &str) -> Option<String> {
+        self.lock().get(origin).cloned()
+    }
+
+    /// Remembers a nonce from a response of `origin`; ignores values that cannot be nonces.
+    pub fn remember(&self, origin: &str, nonce: &http::HeaderValue) {
+        let Ok(nonce) = nonce.to_str() else { return };
+        // RFC 9449 §8.1: 1*NQCHAR; bounded so a server cannot make us store megabytes.
+        if nonce.is_empty() || nonce.len() > 512 || nonce.contains(['"', '\\']) {
+            return;
+        }
+        let mut map = self.lock();
+        if map.len() >= 10_000 && !map.contains_key(origin) {
+            map.clear();
+        }
+        map.insert(origin.to_string(), nonce.to_string());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.nonces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `scheme://host[:port]` of a URI, the key nonces are remembered under.
+pub fn origin(uri: &http::Uri) -> String {
+    let full = htu(uri);
+    let after_scheme = full.find("://").map_or(0, |i| i + 3);
+    match full[after_scheme..].find('/') {
+        Some(i) => full[..after_scheme + i].to_string(),
+        None => full,
+    }
+}
+
+/// Whether a 401's `WWW-Authenticate` is a DPoP nonce challenge (RFC 9449 §9).
+pub fn is_nonce_challenge(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            let v = v.trim_start();
+            v.len() > 4 && v[..4].eq_ignore_ascii_case("dpop") && v.contains("use_dpop_nonce")
+        })
+}
+
+/// `ath`: base64url SHA-256 of the access token (RFC 9449 §4.2).
+pub fn ath(access_token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
+}
+
+/// `htu`: the target URI without query and fragment, with scheme and host lowercased and the
+/// scheme's default port dropped (RFC 9449 §4.3 with RFC 3986 §6.2.2–6.2.3 normalisation).
+pub fn htu(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+    let host = uri.host().unwrap_or("").to_ascii_lowercase();
+    let default = if scheme == "https" { 443 } else { 80 };
+    let port = uri
+        .port_u16()
+        .filter(|p| *p != default)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let path = match uri.path() {
+        "" => "/",
+        p => p,
+    };
+    format!("{scheme}://{host}{port}{path}")
+}
+
+fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
+    use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    let key = if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+        p256::SecretKey::from_sec1_pem(pem).map_err(|e| format!("not a P-256 SEC1 key: {e}"))?
+    } else {
+        p256::SecretKey::from_pkcs8_pem(pem).map_err(|e| format!("not a P-256 PKCS#8 key: {e}"))?
+    };
+    let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    Ok(der.as_bytes().to_vec())
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::signature::Verifier;
+
+    fn decode(part: &str) -> serde_json::Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn htu_normalisation() {
+        let cases = [
+            ("https://API.Example/a/b?q=1#f", "https://api.example/a/b"),
+            ("https://api.example:443/x", "https://api.example/x"),
+            ("https://api.example:8443/x", "https://api.example:8443/x"),
+            ("http://api.example:80/", "http://api.example/"),
+            ("https://api.example", "https://api.example/"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(htu(&raw.parse().unwrap()), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn proofs_verify_with_an_independent_implementation() {
+        let key = DpopKey::generate().unwrap();
+        let proof = key
+            .proof(
+                "GET",
+                "https://api.example/x",
+                Some(&ath("tok")),
+                Some("n-1"),
+            )
+            .unwrap();
+        let parts: Vec<&str> = proof.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header = decode(parts[0]);
+        assert_eq!(header["typ"], "dpop+jwt");
+        assert_eq!(header["alg"], "ES256");
+        let claims = decode(parts[1]);
+        assert_eq!(claims["htm"], "GET");
+        assert_eq!(claims["htu"], "https://api.example/x");
+        assert_eq!(claims["ath"], ath("tok"));
+        assert_eq!(claims["nonce"], "n-1");
+        // Verify with p256 from the JWK alone.
+        let jwk = &header["jwk"];
+        let mut point = vec![4u8];
+        point.extend(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap());
+        point.extend(URL_SAFE_NO_PAD.decode(jwk["y"].as_str().unwrap()).unwrap());
+        let verifying = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
+        let sig =
+            p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        verifying.verify(signed.as_bytes(), &sig).unwrap();
+        // Two proofs never share a jti.
+        let again = key
+            .proof("GET", "https://api.example/x", None, None)
+            .unwrap();
+        assert_ne!(
+            decode(again.split('.').nth(1).unwrap())["jti"],
+            claims["jti"]
+        );
+    }
+
+    #[test]
+    fn nonce_challenges_and_origins() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "www-authenticate",
+            r#"DPoP error="use_dpop_nonce", error_description="x""#
+                .parse()
+                .unwrap(),
+        );
+        assert!(is_nonce_challenge(&h));
+        h.insert(
+            "www-authenticate",
+            r#"Bearer error="invalid_token""#.parse().unwrap(),
+        );
+        assert!(!is_nonce_challenge(&h));
+        let uri: http::Uri = "https://API.example:443/a/b?q".parse().unwrap();
+        assert_eq!(origin(&uri), "https://api.example");
+        let store = NonceStore::default();
+        store.remember("https://api.example", &"n1".parse().unwrap());
+        assert_eq!(store.get("https://api.example").as_deref(), Some("n1"));
+        store.remember("https://api.example", &"bad\"nonce".parse().unwrap());
+        assert_eq!(store.get("https://api.example").as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn thumbprint_follows_rfc7638() {
+        let key = DpopKey::generate().unwrap();
+        let jwk = key.jwk();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            jwk["x"].as_str().unwrap(),
+            jwk["y"].as_str().unwrap()
+        );
+        assert_eq!(
+            key.thumbprint(),
+            URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn a_key_file_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dpop.key");
+        let first = DpopKey::load_or_create(&path).unwrap();
+        let second = DpopKey::load_or_create(&path).unwrap();
+        assert_eq!(first.thumbprint(), second.thumbprint());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+}
