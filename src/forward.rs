@@ -158,7 +158,10 @@ async fn send(
             .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
         parts.headers.insert(header::HOST, host);
     }
-    let client = proxy.upstream.client(upgrade);
+    let identity = route
+        .filter(|r| r.spec.mtls_bound)
+        .map(|r| r.client.name.as_str());
+    let client = proxy.upstream.client(upgrade, identity);
 
     let Some(route) = route else {
         let body = body::boxed(incoming);

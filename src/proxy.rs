@@ -46,6 +46,14 @@ pub enum StartError {
     /// A trust root could not be loaded.
     #[error("proxy.upstream_roots: {0}")]
     Roots(#[from] RootsError),
+    /// A client certificate for `mtls_bound` routes could not be loaded.
+    #[error("clients.{client}: {detail}")]
+    Identity {
+        /// The client.
+        client: String,
+        /// Why.
+        detail: String,
+    },
     /// The token HTTP clients could not be built.
     #[error("{0}")]
     TokenClient(#[from] crate::token::FetcherError),
@@ -94,8 +102,25 @@ impl Proxy {
                 }))
             })
             .collect();
+        let mut identities = Vec::new();
+        for spec in config.routes.iter().filter(|r| r.mtls_bound) {
+            let Some(client) = config.clients.get(&spec.client) else {
+                continue;
+            };
+            if identities.iter().any(|(name, _)| name == &client.name) {
+                continue;
+            }
+            if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
+                let tls = crate::tls::client_config_with_identity(roots.clone(), cert, key)
+                    .map_err(|detail| StartError::Identity {
+                        client: client.name.clone(),
+                        detail,
+                    })?;
+                identities.push((client.name.clone(), tls));
+            }
+        }
         Ok(Arc::new(Proxy {
-            upstream: Upstream::new(roots, &config.proxy),
+            upstream: Upstream::new(roots, &config.proxy, identities),
             routes: RouteTable::new(routes),
             ca,
             tokens,

@@ -64,3 +64,22 @@ pub fn client_config(roots: Arc<RootCertStore>) -> rustls::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+/// A TLS client config verifying servers against `roots` and presenting the client's
+/// certificate (`client_cert`, `client_key`).
+pub fn client_config_with_identity(
+    roots: Arc<RootCertStore>,
+    cert: &Path,
+    key: &crate::secret::SecretSource,
+) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::PrivateKeyDer;
+    use secrecy::ExposeSecret;
+    let chain = load_certs(cert).map_err(|e| e.to_string())?;
+    let pem = key.load().map_err(|e| format!("client_key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
+        .map_err(|e| format!("client_key: not a PEM private key ({e})"))?;
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client_cert/client_key: {e}"))
+}

@@ -2,6 +2,7 @@
 //! every certificate against the configured roots for the host in the request URI, and the
 //! hop-by-hop header rules of RFC 9110 §7.6.1.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -17,52 +18,77 @@ use crate::config::ProxySettings;
 /// The pooled client type.
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Pooled upstream clients.
+/// One pair of pooled clients sharing a TLS identity.
 #[derive(Clone)]
-pub struct Upstream {
+struct Pair {
     /// HTTP/1.1 and HTTP/2 (by ALPN), pooled per scheme and authority.
     pooled: HttpsClient,
     /// HTTP/1.1 only, for upgrade requests (WebSocket), which need an HTTP/1.1 connection.
     http1: HttpsClient,
 }
 
+/// Pooled upstream clients: one pair without a client certificate, and one pair per client
+/// certificate of `mtls_bound` routes, so certificate-bound tokens only ever travel on
+/// connections made with their certificate, and pools never mix identities.
+#[derive(Clone)]
+pub struct Upstream {
+    anonymous: Pair,
+    bound: HashMap<String, Pair>,
+}
+
 impl Upstream {
-    /// Builds the clients; `roots` decide which upstream certificates are trusted.
-    pub fn new(roots: Arc<RootCertStore>, settings: &ProxySettings) -> Upstream {
-        let build = |h2: bool| {
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(settings.connect_timeout));
-            let tls = crate::tls::client_config(roots.clone());
-            let builder = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http();
-            let connector = if h2 {
-                builder.enable_http1().enable_http2().wrap_connector(http)
-            } else {
-                builder.enable_http1().wrap_connector(http)
-            };
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(settings.pool_idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .build(connector)
+    /// Builds the clients; `roots` decide which upstream certificates are trusted;
+    /// `identities` are the TLS client configs (with certificates) by client name.
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        settings: &ProxySettings,
+        identities: Vec<(String, rustls::ClientConfig)>,
+    ) -> Upstream {
+        let pair = |tls: rustls::ClientConfig| Pair {
+            pooled: build(tls.clone(), true, settings),
+            http1: build(tls, false, settings),
         };
         Upstream {
-            pooled: build(true),
-            http1: build(false),
+            anonymous: pair(crate::tls::client_config(roots)),
+            bound: identities
+                .into_iter()
+                .map(|(name, tls)| (name, pair(tls)))
+                .collect(),
         }
     }
 
-    /// The client for a request; `upgrade` requests need HTTP/1.1.
-    pub fn client(&self, upgrade: bool) -> &HttpsClient {
+    /// The client for a request: with the certificate of client `identity` (an
+    /// `mtls_bound` route) or none; `upgrade` requests need HTTP/1.1.
+    pub fn client(&self, upgrade: bool, identity: Option<&str>) -> &HttpsClient {
+        let pair = identity
+            .and_then(|name| self.bound.get(name))
+            .unwrap_or(&self.anonymous);
         if upgrade {
-            &self.http1
+            &pair.http1
         } else {
-            &self.pooled
+            &pair.pooled
         }
     }
+}
+
+fn build(tls: rustls::ClientConfig, h2: bool, settings: &ProxySettings) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = if h2 {
+        builder.enable_http1().enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1), plus the proxy's own.

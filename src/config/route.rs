@@ -42,6 +42,8 @@ pub struct RouteSpec {
     /// On a DPoP route, refuse a token the server issued as `Bearer` (default) instead of
     /// sending it as a bearer token.
     pub dpop_required: bool,
+    /// Present the client's certificate on upstream connections (certificate-bound tokens).
+    pub mtls_bound: bool,
 }
 
 /// The grant a route's token comes from.
@@ -157,6 +159,8 @@ pub(super) struct RawRoute {
     #[serde(default)]
     dpop: bool,
     dpop_required: Option<bool>,
+    #[serde(default)]
+    mtls_bound: bool,
     subject_token: Option<RawSubject>,
     subject_token_type: Option<String>,
     actor_token: Option<RawSecret>,
@@ -349,6 +353,12 @@ pub(super) fn validate(
             "{at}: prefetch cannot work with subject_token = \"inbound\": there is no caller token before a request"
         ));
     }
+    if r.mtls_bound && client.is_some_and(|c| c.client_cert.is_none()) {
+        problems.push(format!(
+            "{at}: mtls_bound = true needs clients.{} to have client_cert and client_key",
+            r.client
+        ));
+    }
     let grant = match grant_name {
         GrantName::ClientCredentials => Grant::ClientCredentials,
         GrantName::TokenExchange => {
@@ -451,5 +461,6 @@ pub(super) fn validate(
         prefetch: r.prefetch,
         dpop: r.dpop || client.is_some_and(|c| c.dpop),
         dpop_required: r.dpop_required.unwrap_or(true),
+        mtls_bound: r.mtls_bound,
     })
 }

@@ -33,11 +33,12 @@ pub struct MtlsAliases {
 }
 
 impl Metadata {
-    /// The token endpoint a client using `auth` must call.
-    pub fn token_endpoint_for(&self, auth: ClientAuth) -> &str {
-        match (auth, &self.mtls_endpoint_aliases) {
+    /// The token endpoint to call: the mTLS alias for clients presenting a certificate
+    /// (RFC 8705 §5), else the plain one.
+    pub fn token_endpoint_for(&self, mtls: bool) -> &str {
+        match (mtls, &self.mtls_endpoint_aliases) {
             (
-                ClientAuth::TlsClientAuth,
+                true,
                 Some(MtlsAliases {
                     token_endpoint: Some(alias),
                 }),

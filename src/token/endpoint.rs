@@ -19,9 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::PrivateKeyDer;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::time::Instant;
 use zeroize::Zeroize;
@@ -149,18 +147,11 @@ impl Fetcher {
                 dpop_keys.insert(client.name.clone(), Arc::new(key));
             }
             if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
-                let err = |detail: String| FetcherError::ClientCert {
-                    client: client.name.clone(),
-                    detail,
-                };
-                let chain = crate::tls::load_certs(cert).map_err(|e| err(e.to_string()))?;
-                let pem = key.load().map_err(|e| err(format!("client_key: {e}")))?;
-                let key = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
-                    .map_err(|e| err(format!("client_key: not a PEM private key ({e})")))?;
-                let tls = rustls::ClientConfig::builder()
-                    .with_root_certificates(roots.clone())
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| err(format!("client_cert/client_key: {e}")))?;
+                let tls = crate::tls::client_config_with_identity(roots.clone(), cert, key)
+                    .map_err(|detail| FetcherError::ClientCert {
+                        client: client.name.clone(),
+                        detail,
+                    })?;
                 mtls.insert(
                     client.name.clone(),
                     builder(&settings).use_preconfigured_tls(tls).build()?,
@@ -225,7 +216,9 @@ impl Fetcher {
         metadata
             .check_auth(client.auth)
             .map_err(DiscoveryCheck::Unsupported)?;
-        Ok(Some(metadata.token_endpoint_for(client.auth).to_string()))
+        let mtls =
+            client.auth == crate::config::ClientAuth::TlsClientAuth || client.client_cert.is_some();
+        Ok(Some(metadata.token_endpoint_for(mtls).to_string()))
     }
 
     async fn endpoint(&self, client: &ClientConfig) -> Result<String, TokenError> {
