@@ -1,14 +1,19 @@
 //! Real-socket tests of the demo servers: TLS, token issuance, verification,
 //! failure injection, counters and upgrades. The client authentication methods,
-//! the other grants, discovery and connection-level failures are tested in the
-//! submodules under `tests/demo_servers/`.
+//! the other grants, discovery, connection-level failures and sender-constrained
+//! (DPoP and certificate-bound) tokens are tested in the submodules under
+//! `tests/demo_servers/`.
 
 #[path = "demo_servers/client_auth.rs"]
 mod client_auth;
 #[path = "demo_servers/discovery.rs"]
 mod discovery;
+#[path = "demo_servers/dpop.rs"]
+mod dpop;
 #[path = "demo_servers/grants.rs"]
 mod grants;
+#[path = "demo_servers/mtls_bound.rs"]
+mod mtls_bound;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

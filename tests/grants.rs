@@ -199,39 +199,8 @@ async fn a_server_that_wants_the_issuer_as_audience_gets_it() {
 #[tokio::test]
 async fn tls_client_auth_uses_the_discovered_mtls_alias() {
     let client_pki = TestPki::new("client CA").unwrap();
-    let (chain, key) = client_pki.client_leaf(&["svc.clients.test"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cert_pem: String = chain
-        .iter()
-        .map(|c| {
-            use base64::Engine;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
-            let lines: Vec<&str> = b64
-                .as_bytes()
-                .chunks(64)
-                .map(|l| std::str::from_utf8(l).unwrap())
-                .collect();
-            format!(
-                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                lines.join("\n")
-            )
-        })
-        .collect();
-    let key_pem = {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(key.secret_der());
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|l| std::str::from_utf8(l).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            lines.join("\n")
-        )
-    };
-    let cert = write(&dir, "client.pem", &cert_pem);
-    let key_path = write(&dir, "client.key", &key_pem);
+    let (cert, key_path) = support::client_identity(&client_pki, "svc.clients.test", dir.path());
     let h = Harness::start(Setup {
         client_toml: client_toml(&format!(
             "issuer = \"{{issuer}}\"\nauth = \"tls_client_auth\"\nclient_cert = \"{cert}\"\nclient_key = {{ file = \"{key_path}\" }}"

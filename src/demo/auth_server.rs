@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use super::assertion::ReplayCache;
 use super::clients::{ClientRegistration, JwtPublicKey};
 use super::discovery::{metadata, DiscoveryMode, OAUTH_METADATA_PATH, OIDC_METADATA_PATH};
+use super::dpop_state::DpopState;
 use super::refresh::RefreshStore;
 use super::token_endpoint::token;
 use super::tokens::SigningKey;
@@ -121,6 +122,8 @@ pub(super) struct Shared {
     /// JWT bearer grant: assertion keys and their algorithm, by `iss`.
     pub(super) assertion_keys: Mutex<HashMap<String, Vec<(JwtPublicKey, Algorithm)>>>,
     pub(super) settings: Mutex<Settings>,
+    /// DPoP nonce, replay cache, knobs and records of the token endpoint.
+    pub(super) dpop: DpopState,
 }
 
 impl Shared {
@@ -205,6 +208,7 @@ impl AuthServer {
                 advertised_issuer: None,
                 advertised_auth_methods: None,
             }),
+            dpop: DpopState::default(),
         });
         let endpoint = format!("{}{TOKEN_PATH}", shared.issuer);
         let task = serve(listener, tls, &shared, endpoint);

@@ -71,9 +71,13 @@ pub(super) fn metadata(shared: &Shared, path: &str) -> HttpResponse {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
         "tls_client_certificate_bound_access_tokens": false,
+        "dpop_signing_alg_values_supported": ["ES256", "RS256", "PS256"],
     });
     if let Some(alias) = lock(&shared.mtls_endpoint).clone() {
         document["mtls_endpoint_aliases"] = json!({ "token_endpoint": alias });
+        // Tokens requested on the alias with a client certificate are bound to it.
+        let bound = shared.dpop.bind_certificates.load(Ordering::SeqCst);
+        document["tls_client_certificate_bound_access_tokens"] = json!(bound);
     }
     json_response(StatusCode::OK, &document)
 }

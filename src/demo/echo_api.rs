@@ -11,20 +11,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, HOST, UPGRADE, WWW_AUTHENTICATE};
-use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
+use hyper::header::{HeaderValue, AUTHORIZATION, HOST, WWW_AUTHENTICATE};
+use hyper::{Request, StatusCode};
 use serde_json::json;
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::dpop_state::{DpopState, DPOP};
+use super::echo_dpop::{check_binding, parse_authorization, BindingDenial, Possession};
+use super::echo_upgrade::{switch_protocols, upgrade_protocol};
 use super::{
     header_safe, json_response, spawn_server, text_response, AbortOnDrop, BoxError, Claims,
-    HttpResponse, TokenVerifier,
+    HttpResponse, PeerCertificates, TokenVerifier,
 };
 
 /// Largest request body the echo API buffers.
@@ -49,6 +49,10 @@ pub struct Seen {
     pub status: u16,
     /// HTTP version, e.g. `HTTP/1.1` or `HTTP/2.0`.
     pub version: String,
+    /// A valid DPoP proof for a DPoP-bound token was checked.
+    pub dpop: bool,
+    /// The request was answered with a `use_dpop_nonce` challenge.
+    pub dpop_nonce_challenged: bool,
 }
 
 /// At most this many requests are kept for [`EchoApi::seen`].
@@ -66,6 +70,10 @@ struct Shared {
     /// Never sent on; resolves with an error once [`EchoApi`] is dropped, which
     /// ends the echo loops of upgraded connections.
     shutdown: watch::Receiver<()>,
+    /// DPoP nonce, replay cache, knobs and records.
+    dpop: DpopState,
+    /// `https` with TLS, else `http` (for the expected `htu` of proofs).
+    scheme: &'static str,
 }
 
 /// Locks `mutex`, ignoring poisoning (the data stays usable for records).
@@ -108,6 +116,8 @@ impl EchoApi {
             revoked: Mutex::new(HashSet::new()),
             reject_all: AtomicBool::new(false),
             shutdown: shutdown_rx,
+            dpop: DpopState::default(),
+            scheme: if tls.is_some() { "https" } else { "http" },
         });
         let handler_shared = Arc::clone(&shared);
         let task = spawn_server(listener, tls, Arc::clone(&shared.connections), move |req| {
@@ -147,6 +157,11 @@ impl EchoApi {
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
     }
+
+    /// The DPoP state (knobs in `echo_dpop.rs`).
+    pub(super) fn dpop(&self) -> &DpopState {
+        &self.shared.dpop
+    }
 }
 
 async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
@@ -171,6 +186,26 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
         jti: None,
         status: 0,
         version: format!("{:?}", req.version()),
+        dpop: false,
+        dpop_nonce_challenged: false,
+    };
+    let dpop_values: Vec<HeaderValue> = req.headers().get_all(DPOP).iter().cloned().collect();
+    let proof = shared.dpop.observe(&dpop_values);
+    let htu = seen
+        .host
+        .as_ref()
+        .map(|host| format!("{}://{host}{}", shared.scheme, req.uri().path()));
+    let peer = req
+        .extensions()
+        .get::<PeerCertificates>()
+        .cloned()
+        .unwrap_or_default();
+    let method = seen.method.clone();
+    let possession = Possession {
+        proof,
+        method: &method,
+        htu,
+        peer: &peer,
     };
     let upgrade = upgrade_protocol(&req);
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -185,16 +220,19 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
         ),
         Ok(collected) => {
             seen.body = collected.to_bytes();
-            match authorize(shared, seen.authorization.as_deref()) {
+            match authorize(shared, seen.authorization.as_deref(), &possession) {
                 Err((denial, jti)) => {
                     seen.jti = jti;
+                    seen.dpop_nonce_challenged =
+                        matches!(denial, Denial::Binding(BindingDenial::UseNonce));
                     denial.response()
                 }
-                Ok(claims) => {
+                Ok((claims, dpop)) => {
                     seen.jti = claims.as_ref().map(|c| c.jti.clone());
+                    seen.dpop = dpop;
                     match (upgrade, on_upgrade) {
                         (Some(protocol), Some(on_upgrade)) => {
-                            switch_protocols(shared, protocol, on_upgrade)
+                            switch_protocols(shared.shutdown.clone(), protocol, on_upgrade)
                         }
                         _ => echo(&seen, claims.as_ref()),
                     }
@@ -202,6 +240,8 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
             }
         }
     };
+    let mut response = response;
+    shared.dpop.add_nonce(&mut response);
     seen.status = response.status().as_u16();
     let mut records = lock(&shared.seen);
     if records.len() >= MAX_SEEN {
@@ -214,25 +254,29 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
 
 /// Decides whether the request may pass. On refusal also returns the token's
 /// `jti` when the token itself was genuine (revoked, reject-all, scope).
+/// On success also tells whether a DPoP proof was verified.
 fn authorize(
     shared: &Shared,
     authorization: Option<&str>,
-) -> Result<Option<Claims>, (Denial, Option<String>)> {
+    possession: &Possession<'_>,
+) -> Result<(Option<Claims>, bool), (Denial, Option<String>)> {
     let reject_all = shared.reject_all.load(Ordering::SeqCst);
     let Some(verifier) = &shared.verifier else {
         if reject_all {
             let why = "this API currently rejects every request";
             return Err((Denial::Invalid(why.into()), None));
         }
-        return Ok(None);
+        return Ok((None, false));
     };
-    let Some(token) = authorization.and_then(bearer_token) else {
+    let Some((scheme, token)) = authorization.and_then(parse_authorization) else {
         return Err((Denial::NoToken, None));
     };
     let claims = verifier
         .verify(token, shared.audience.as_deref(), None)
         .map_err(|why| (Denial::Invalid(why), None))?;
     let jti = Some(claims.jti.clone());
+    let dpop = check_binding(&shared.dpop, &claims, scheme, token, possession)
+        .map_err(|denial| (Denial::Binding(denial), jti.clone()))?;
     if reject_all {
         let why = "this API currently rejects every token";
         return Err((Denial::Invalid(why.into()), jti));
@@ -245,7 +289,7 @@ fn authorize(
             return Err((Denial::Scope(scope.clone()), jti));
         }
     }
-    Ok(Some(claims))
+    Ok((Some(claims), dpop))
 }
 
 /// Why a request was refused.
@@ -256,6 +300,8 @@ enum Denial {
     Invalid(String),
     /// Genuine token without this scope: 403 `insufficient_scope`.
     Scope(String),
+    /// A sender-constrained token whose binding does not hold (DPoP, mTLS).
+    Binding(BindingDenial),
 }
 
 impl Denial {
@@ -264,15 +310,9 @@ impl Denial {
             Denial::NoToken => bearer_challenge(),
             Denial::Invalid(why) => invalid_token(&why),
             Denial::Scope(scope) => insufficient_scope(&scope),
+            Denial::Binding(denial) => denial.response(),
         }
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// 401 without an error code: the request carried no Bearer token (RFC 6750 §3.1).
@@ -328,51 +368,4 @@ fn echo(seen: &Seen, claims: Option<&Claims>) -> HttpResponse {
         "version": seen.version,
     });
     json_response(StatusCode::OK, &body)
-}
-
-/// The `Upgrade` value of an HTTP/1.1 request with `Connection: upgrade`.
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
-        return None;
-    }
-    let wants_upgrade = req
-        .headers()
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    wants_upgrade
-        .then(|| req.headers().get(UPGRADE).cloned())
-        .flatten()
-}
-
-/// Answers 101 and echoes raw bytes on the upgraded connection until EOF.
-fn switch_protocols(shared: &Shared, protocol: HeaderValue, on_upgrade: OnUpgrade) -> HttpResponse {
-    let mut shutdown = shared.shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            () = echo_upgraded(on_upgrade) => {}
-        }
-    });
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(UPGRADE, protocol);
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    response
-}
-
-async fn echo_upgraded(on_upgrade: OnUpgrade) {
-    match on_upgrade.await {
-        Ok(upgraded) => {
-            let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
-            if let Err(err) = tokio::io::copy(&mut reader, &mut writer).await {
-                tracing::debug!(error = %err, "echo API: upgraded echo ended with an error");
-            }
-            let _ = writer.shutdown().await;
-        }
-        Err(err) => tracing::debug!(error = %err, "echo API: upgrade failed"),
-    }
 }

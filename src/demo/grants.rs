@@ -42,7 +42,7 @@ struct Grant {
 }
 
 /// Signs the access token for `grant` and renders the RFC 6749 §5.1 response.
-fn issue(shared: &Shared, grant: Grant) -> Result<HttpResponse, OAuthError> {
+fn issue(shared: &Shared, grant: Grant, arrival: &Arrival<'_>) -> Result<HttpResponse, OAuthError> {
     let (lifetime, omit_expires_in) = {
         let settings = shared.settings();
         (settings.lifetime_secs, settings.omit_expires_in)
@@ -58,6 +58,7 @@ fn issue(shared: &Shared, grant: Grant) -> Result<HttpResponse, OAuthError> {
         jti: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()),
         client_id: grant.client_id,
         act: grant.act,
+        cnf: arrival.binding.cnf.clone(),
     };
     let access_token = shared.signing.sign(&claims).map_err(|err| {
         tracing::error!(error = %err, "could not sign an access token");
@@ -70,7 +71,10 @@ fn issue(shared: &Shared, grant: Grant) -> Result<HttpResponse, OAuthError> {
         .entry(grant.grant.to_string())
         .or_default() += 1;
 
-    let mut body = json!({ "access_token": access_token, "token_type": "Bearer" });
+    let mut body = json!({
+        "access_token": access_token,
+        "token_type": arrival.binding.token_type(shared),
+    });
     if !omit_expires_in {
         body["expires_in"] = json!(lifetime);
     }
@@ -106,6 +110,7 @@ pub(super) fn client_credentials(
     shared: &Shared,
     auth: &Authenticated,
     form: &Form,
+    arrival: &Arrival<'_>,
 ) -> Result<HttpResponse, OAuthError> {
     if auth.method == AuthMethod::None {
         let why = "public clients may not use the client_credentials grant";
@@ -125,6 +130,7 @@ pub(super) fn client_credentials(
             refresh_token: None,
             issued_token_type: None,
         },
+        arrival,
     )
 }
 
@@ -133,6 +139,7 @@ pub(super) fn refresh(
     shared: &Shared,
     auth: &Authenticated,
     form: &Form,
+    arrival: &Arrival<'_>,
 ) -> Result<HttpResponse, OAuthError> {
     shared.refresh_grants.fetch_add(1, Ordering::SeqCst);
     let Some(token) = form.non_empty("refresh_token") else {
@@ -171,6 +178,7 @@ pub(super) fn refresh(
             refresh_token: successor,
             issued_token_type: None,
         },
+        arrival,
     )
 }
 
@@ -225,6 +233,7 @@ pub(super) fn token_exchange(
     shared: &Shared,
     auth: &Authenticated,
     form: &Form,
+    arrival: &Arrival<'_>,
 ) -> Result<HttpResponse, OAuthError> {
     let Some(subject_token) = form.non_empty("subject_token") else {
         return Err(OAuthError::invalid_request("subject_token missing"));
@@ -274,6 +283,7 @@ pub(super) fn token_exchange(
             refresh_token: None,
             issued_token_type: Some(issued_token_type),
         },
+        arrival,
     )
 }
 
@@ -338,6 +348,7 @@ pub(super) fn jwt_bearer(
             refresh_token: None,
             issued_token_type: None,
         },
+        arrival,
     )
 }
 

@@ -9,6 +9,11 @@
 //!   tokens the server can be told to trust (for token exchange).
 //! * [`echo_api::EchoApi`]: a protected API that verifies those tokens and echoes
 //!   what it received.
+//! * [`dpop`]: sender-constrained tokens. The server binds tokens to a DPoP key
+//!   (RFC 9449, `cnf.jkt`) when the token request carries a proof, and to the
+//!   client certificate (RFC 8705 §3, `cnf["x5t#S256"]`) on its mTLS alias; the
+//!   echo API then demands the proof or the certificate. Both use
+//!   [`dpop::verify_proof`].
 //!
 //! `oauth-egress demo` runs them next to the proxy, and the integration tests use
 //! them over real loopback sockets. They are real (TLS, signatures, strict checks),
@@ -21,7 +26,11 @@ pub mod auth_server;
 mod client_auth;
 pub mod clients;
 mod discovery;
+pub mod dpop;
+mod dpop_state;
 pub mod echo_api;
+mod echo_dpop;
+mod echo_upgrade;
 mod grants;
 mod mtls;
 pub mod pki;
@@ -36,6 +45,7 @@ pub use clients::{
     AssertionAudience, AuthMethod, ClientAuthSpec, ClientRegistration, JwtPublicKey,
 };
 pub use discovery::DiscoveryMode;
+pub use dpop::{jwk_thumbprint, verify_proof, ProofError, ProofInfo, ReplayCache};
 pub use echo_api::{EchoApi, Seen};
 pub use pki::TestPki;
 pub use workload::WorkloadIssuer;

@@ -12,6 +12,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
 use time::OffsetDateTime;
 
 use super::BoxError;
@@ -127,6 +128,31 @@ impl TestPki {
         names: &[&str],
     ) -> Result<Arc<rustls::ServerConfig>, BoxError> {
         self.server_config_with_alpn(names, vec![b"http/1.1".to_vec()])
+    }
+
+    /// Like [`TestPki::server_config`], but also REQUESTS (without requiring) a
+    /// client certificate issued by `client_ca` (for certificate-bound tokens at
+    /// [`super::EchoApi`]). Clients without a certificate still connect; one that
+    /// does not chain to `client_ca` fails the handshake.
+    pub fn server_config_client_auth(
+        &self,
+        names: &[&str],
+        client_ca: CertificateDer<'static>,
+    ) -> Result<Arc<rustls::ServerConfig>, BoxError> {
+        let (chain, key) = self.leaf(names)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(client_ca)?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .allow_unauthenticated()
+                .build()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 
     fn server_config_with_alpn(

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::assertion::peek;
 use super::auth_server::{Failure, Shared};
 use super::client_auth::{authenticate, detect_method, parse_basic};
+use super::dpop_state::{bind, Binding, DPOP};
 use super::grants::{self, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE};
 use super::{json_response, DropConnection, HttpResponse, PeerCertificates};
 
@@ -96,7 +97,7 @@ impl OAuthError {
         }
     }
 
-    fn into_response(self) -> HttpResponse {
+    pub(super) fn into_response(self) -> HttpResponse {
         let mut response = oauth_error(self.status, self.code, &self.description);
         if self.basic_challenge {
             response.headers_mut().insert(
@@ -133,6 +134,8 @@ pub(super) struct Arrival<'a> {
     pub(super) endpoint: &'a str,
     /// The peer's certificate chain (only ever non-empty on the mTLS alias).
     pub(super) peer: &'a PeerCertificates,
+    /// How the issued token is bound (DPoP key, client certificate).
+    pub(super) binding: &'a Binding,
 }
 
 fn failure_response(failure: Failure) -> HttpResponse {
@@ -201,6 +204,8 @@ pub(super) async fn token(shared: &Shared, req: Request<Incoming>, endpoint: &st
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
     let basic = req.headers().get(AUTHORIZATION).map(parse_basic);
+    let dpop_values: Vec<HeaderValue> = req.headers().get_all(DPOP).iter().cloned().collect();
+    let proof = shared.dpop.observe(&dpop_values);
     let body = Limited::new(req.into_body(), MAX_FORM_BYTES)
         .collect()
         .await
@@ -249,14 +254,21 @@ pub(super) async fn token(shared: &Shared, req: Request<Incoming>, endpoint: &st
         let why = "content type must be application/x-www-form-urlencoded";
         return OAuthError::invalid_request(why).into_response();
     }
+    let binding = match bind(shared, proof, endpoint, &peer) {
+        Ok(binding) => binding,
+        Err(response) => return *response,
+    };
     let arrival = Arrival {
         endpoint,
         peer: &peer,
+        binding: &binding,
     };
-    match dispatch(shared, basic, &form, &arrival) {
+    let mut response = match dispatch(shared, basic, &form, &arrival) {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
-    }
+    };
+    shared.dpop.add_nonce(&mut response);
+    response
 }
 
 /// Authenticates the client (RFC 6749 §2.3) and runs the requested grant.
@@ -286,9 +298,9 @@ fn dispatch(
     };
     match grant_type {
         None => Err(OAuthError::invalid_request("grant_type missing")),
-        Some("client_credentials") => grants::client_credentials(shared, &client, form),
-        Some("refresh_token") => grants::refresh(shared, &client, form),
-        Some(GRANT_TOKEN_EXCHANGE) => grants::token_exchange(shared, &client, form),
+        Some("client_credentials") => grants::client_credentials(shared, &client, form, arrival),
+        Some("refresh_token") => grants::refresh(shared, &client, form, arrival),
+        Some(GRANT_TOKEN_EXCHANGE) => grants::token_exchange(shared, &client, form, arrival),
         Some(other) => Err(OAuthError::bad_request(
             "unsupported_grant_type",
             format!("grant_type {other} is not supported"),

@@ -36,6 +36,10 @@ pub struct Claims {
     /// Token exchange only (RFC 8693 §4.1): the acting party, `{"sub": ...}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<serde_json::Value>,
+    /// Confirmation (RFC 7800): `{"jkt": ...}` for DPoP-bound tokens (RFC 9449
+    /// §6.1), `{"x5t#S256": ...}` for certificate-bound ones (RFC 8705 §3.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<serde_json::Value>,
 }
 
 impl Claims {

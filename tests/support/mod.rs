@@ -42,6 +42,8 @@ pub struct Setup {
     pub route_host: &'static str,
     /// Replaces the body of `[clients.test]`; `{token_endpoint}` and `{issuer}` are filled in.
     pub client_toml: Option<String>,
+    /// The routed API asks callers for a certificate from this CA (certificate-bound tokens).
+    pub api_client_ca: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// How the routed API serves.
@@ -68,6 +70,7 @@ impl Default for Setup {
             api_tls: ApiTls::Trusted,
             route_host: "localhost",
             client_toml: None,
+            api_client_ca: None,
         }
     }
 }
@@ -146,7 +149,13 @@ impl Harness {
             api_listener.local_addr().unwrap().port()
         );
         let api_tls = match setup.api_tls {
-            ApiTls::Trusted => Some(tls.clone()),
+            ApiTls::Trusted => match &setup.api_client_ca {
+                Some(ca) => Some(
+                    pki.server_config_client_auth(&["localhost", "127.0.0.1"], ca.clone())
+                        .unwrap(),
+                ),
+                None => Some(tls.clone()),
+            },
             ApiTls::Untrusted => Some(
                 TestPki::new("a CA the proxy does not trust")
                     .unwrap()
@@ -343,4 +352,33 @@ pub async fn raw_exchange(proxy: SocketAddr, request: &[u8]) -> String {
 
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// PEM text for DER bytes (`CERTIFICATE`, `PRIVATE KEY`).
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// Writes a client certificate chain and key from `ca` for `name`; returns their paths.
+pub fn client_identity(ca: &TestPki, name: &str, dir: &Path) -> (String, String) {
+    let (chain, key) = ca.client_leaf(&[name]).unwrap();
+    let cert_pem: String = chain
+        .iter()
+        .map(|c| pem("CERTIFICATE", c.as_ref()))
+        .collect();
+    let cert = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key_path, pem("PRIVATE KEY", key.secret_der())).unwrap();
+    (cert.display().to_string(), key_path.display().to_string())
 }
