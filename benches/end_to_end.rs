@@ -27,6 +27,9 @@
 //! Run: `cargo bench --bench end_to_end`; quick: `E2E_SECS=1 E2E_WARMUP=0.5 E2E_CONC=1,4
 //! cargo bench --bench end_to_end`. `E2E_MODES` picks modes (for profiling one) and
 //! `E2E_UPSTREAM=h1` makes the echo API HTTP/1.1-only (see `benches/README.md`).
+//! `E2E_DPOP=1` makes the route a DPoP route (a proof per request; the echo API verifies it):
+//! compare its proxy rows with a run without it. Its direct rows are not comparable (they
+//! send the DPoP-bound token as a bearer token, which the API refuses).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -261,8 +264,10 @@ port = {port}
 client = "bench"
 scopes = ["{SCOPE}"]
 audience = "https://localhost:{port}"
+dpop = {dpop}
 "#,
             endpoint = auth.token_endpoint(),
+            dpop = std::env::var("E2E_DPOP").is_ok_and(|v| v == "1"),
         );
         let ca_dir = tempfile::tempdir().expect("temp dir");
         let mut config = oauth_egress::config::from_toml(&toml, ca_dir.path(), "end_to_end bench")
@@ -727,8 +732,12 @@ fn main() {
         .expect("client runtime");
 
     // Sanity: both paths answer 200 with a verified token; show the upstream protocol.
+    let dpop = std::env::var("E2E_DPOP").is_ok_and(|v| v == "1");
     client_rt.block_on(async {
         for via in [Via::Direct, Via::Proxy] {
+            if dpop && via == Via::Direct {
+                continue; // the direct client cannot present a DPoP-bound token
+            }
             let mut sender = open(&world.target, via)
                 .await
                 .unwrap_or_else(|e| panic!("{}: cannot connect: {e}", via.name()));
