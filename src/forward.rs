@@ -201,10 +201,15 @@ async fn send(
     )
     .await
     .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
-    let dpop = slot.request().dpop.clone();
-    let nonces = proxy.tokens.fetcher().nonces().clone();
-    let origin = crate::sender::dpop::origin(&parts.uri);
-    let htu = dpop.as_ref().map(|_| crate::sender::dpop::htu(&parts.uri));
+    // DPoP routes only: the proof key, the proof's htu and the origin nonces are kept under.
+    let dpop = slot.request().dpop.as_ref().map(|key| {
+        (
+            key.clone(),
+            crate::sender::dpop::htu(&parts.uri),
+            crate::sender::dpop::origin(&parts.uri),
+        )
+    });
+    let nonces = proxy.tokens.fetcher().nonces();
     // Everything but the credentials, kept for a resend when the body can be replayed.
     let head = (!matches!(replay, Outgoing::Streamed)).then(|| {
         (
@@ -217,8 +222,8 @@ async fn send(
                        method: &http::Method,
                        token: &AccessToken| {
         headers.insert(header::AUTHORIZATION, token.authorization());
-        if let (Some(key), Some(htu), TokenScheme::Dpop) = (&dpop, &htu, token.scheme) {
-            let nonce = nonces.get(&origin);
+        if let (Some((key, htu, origin)), TokenScheme::Dpop) = (&dpop, token.scheme) {
+            let nonce = nonces.get(origin);
             let proof = key
                 .proof(method.as_str(), htu, token.ath.as_deref(), nonce.as_deref())
                 .map_err(|e| ProxyError::Upstream {
@@ -245,8 +250,8 @@ async fn send(
     // 401 (that token invalidated, a fresh one).
     let (mut nonce_retried, mut token_retried) = (false, false);
     loop {
-        if let Some(nonce) = response.headers().get("dpop-nonce") {
-            nonces.remember(&origin, nonce);
+        if let (Some((_, _, origin)), Some(nonce)) = (&dpop, response.headers().get("dpop-nonce")) {
+            nonces.remember(origin, nonce);
         }
         let decision = match retry_decision(&response, token.scheme) {
             Retry::Nonce if !nonce_retried => {
