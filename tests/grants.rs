@@ -31,6 +31,13 @@ fn client_toml(lines: &str) -> Option<String> {
     Some(format!("client_id = \"{CLIENT_ID}\"\n{lines}"))
 }
 
+/// `[clients.test]` authenticating with `auth` and the secret in the file `secret`.
+fn secret_client(auth: &str, secret: &str) -> Option<String> {
+    client_toml(&format!(
+        "token_endpoint = \"{{token_endpoint}}\"\nauth = \"{auth}\"\nclient_secret = {{ file = \"{secret}\" }}"
+    ))
+}
+
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
@@ -56,9 +63,7 @@ async fn client_secret_jwt_sends_a_fresh_strict_assertion() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write(&dir, "secret", support::CLIENT_SECRET);
     let h = Harness::start(Setup {
-        client_toml: client_toml(&format!(
-            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"client_secret_jwt\"\nclient_secret = {{ file = \"{secret}\" }}"
-        )),
+        client_toml: secret_client("client_secret_jwt", &secret),
         ..Setup::default()
     })
     .await;
@@ -233,10 +238,10 @@ async fn token_exchange_on_behalf_of_two_callers_never_shares_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write(&dir, "secret", support::CLIENT_SECRET);
     let h = Harness::start(Setup {
-        client_toml: client_toml(&format!(
-            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"client_secret_basic\"\nclient_secret = {{ file = \"{secret}\" }}"
-        )),
-        route_extra: format!("scopes = [\"{SCOPE}\"]\ngrant = \"token_exchange\"\nsubject_token = \"inbound\""),
+        client_toml: secret_client("client_secret_basic", &secret),
+        route_extra: format!(
+            "scopes = [\"{SCOPE}\"]\ngrant = \"token_exchange\"\nsubject_token = \"inbound\""
+        ),
         ..Setup::default()
     })
     .await;
@@ -299,10 +304,10 @@ async fn an_exchanged_token_never_outlives_its_subject() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write(&dir, "secret", support::CLIENT_SECRET);
     let h = Harness::start(Setup {
-        client_toml: client_toml(&format!(
-            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"client_secret_post\"\nclient_secret = {{ file = \"{secret}\" }}"
-        )),
-        route_extra: format!("scopes = [\"{SCOPE}\"]\ngrant = \"token_exchange\"\nsubject_token = \"inbound\""),
+        client_toml: secret_client("client_secret_post", &secret),
+        route_extra: format!(
+            "scopes = [\"{SCOPE}\"]\ngrant = \"token_exchange\"\nsubject_token = \"inbound\""
+        ),
         ..Setup::default()
     })
     .await;
@@ -341,9 +346,7 @@ async fn token_exchange_of_a_workload_token_file_follows_its_rotation() {
             .unwrap(),
     );
     let h = Harness::start(Setup {
-        client_toml: client_toml(&format!(
-            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"client_secret_basic\"\nclient_secret = {{ file = \"{secret}\" }}"
-        )),
+        client_toml: secret_client("client_secret_basic", &secret),
         route_extra: format!(
             "scopes = [\"{SCOPE}\"]\ngrant = \"token_exchange\"\nsubject_token = {{ file = \"{token_file}\" }}"
         ),
@@ -379,9 +382,7 @@ async fn refresh_token_rotation_is_saved_and_survives_a_restart() {
     let secret = write(&dir, "secret", support::CLIENT_SECRET);
     let refresh_file = dir.path().join("refresh");
     let mut h = Harness::start(Setup {
-        client_toml: client_toml(&format!(
-            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"client_secret_basic\"\nclient_secret = {{ file = \"{secret}\" }}"
-        )),
+        client_toml: secret_client("client_secret_basic", &secret),
         route_extra: format!(
             "scopes = [\"{SCOPE}\"]\ngrant = \"refresh_token\"\nrefresh_token = {{ file = \"{}\" }}",
             refresh_file.display()
@@ -436,9 +437,7 @@ async fn a_refresh_that_may_have_been_processed_is_not_retried() {
     let secret = write(&dir, "secret", support::CLIENT_SECRET);
     let refresh_file = dir.path().join("refresh");
     let h = Harness::start(Setup {
-        client_toml: client_toml(&format!(
-            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"client_secret_basic\"\nclient_secret = {{ file = \"{secret}\" }}"
-        )),
+        client_toml: secret_client("client_secret_basic", &secret),
         route_extra: format!(
             "scopes = [\"{SCOPE}\"]\ngrant = \"refresh_token\"\nrefresh_token = {{ file = \"{}\" }}",
             refresh_file.display()

@@ -75,27 +75,12 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
     .await;
     h.auth.set_token_lifetime(4);
     let client = h.client();
-    let jti = |text: String| json(&text)["jti"].as_str().unwrap().to_string();
-    let first = jti(client
-        .get(h.api_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap());
+    let first = support::jti_of(&client, h.api_url()).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     // In the renewal window: served the current token at once while a slow renewal runs.
     h.auth.set_delay(Duration::from_millis(1000));
     let started = std::time::Instant::now();
-    let second = jti(client
-        .get(h.api_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap());
+    let second = support::jti_of(&client, h.api_url()).await;
     assert!(
         started.elapsed() < Duration::from_millis(900),
         "did not wait for the renewal"
@@ -103,14 +88,7 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
     assert_eq!(second, first, "current token served during renewal");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(h.auth.token_requests(), 2, "one background renewal");
-    let third = jti(client
-        .get(h.api_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap());
+    let third = support::jti_of(&client, h.api_url()).await;
     assert_ne!(third, first, "the renewed token is used");
     assert_eq!(h.auth.token_requests(), 2);
     h.stop().await;
@@ -683,40 +661,15 @@ async fn a_fetch_started_before_an_invalidation_never_stores_its_token() {
     .await;
     h.auth.set_token_lifetime(4);
     let client = h.client();
-    let jti = |text: String| json(&text)["jti"].as_str().unwrap().to_string();
-    let first = jti(client
-        .get(h.api_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap());
+    let first = support::jti_of(&client, h.api_url()).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // In the renewal window: this request starts a slow background renewal.
     h.auth.set_delay(Duration::from_millis(900));
-    assert_eq!(
-        jti(client
-            .get(h.api_url())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()),
-        first
-    );
+    assert_eq!(support::jti_of(&client, h.api_url()).await, first);
     // The current token is refused: the 401 invalidates it and fetches a fresh one at once.
     h.api.revoke(&first);
     h.auth.set_delay(Duration::ZERO);
-    let fresh = jti(client
-        .get(h.api_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap());
+    let fresh = support::jti_of(&client, h.api_url()).await;
     assert_ne!(fresh, first);
     // The slow renewal finishes now; its token must not replace the fresh one.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -725,14 +678,7 @@ async fn a_fetch_started_before_an_invalidation_never_stores_its_token() {
         3,
         "first, background renewal, after the 401"
     );
-    let later = jti(client
-        .get(h.api_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap());
+    let later = support::jti_of(&client, h.api_url()).await;
     assert_eq!(
         later, fresh,
         "the pre-invalidation fetch did not store its result"

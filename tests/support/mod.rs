@@ -350,8 +350,12 @@ pub async fn raw_exchange(proxy: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub fn exists(path: &Path) -> bool {
-    path.exists()
+/// The `jti` of the token the echo API saw for a GET of `url` through `client`.
+pub async fn jti_of(client: &reqwest::Client, url: String) -> String {
+    let text = client.get(url).send().await.unwrap().text().await.unwrap();
+    let echo: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    echo["jti"].as_str().unwrap().to_string()
 }
 
 /// PEM text for DER bytes (`CERTIFICATE`, `PRIVATE KEY`).
