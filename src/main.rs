@@ -1,4 +1,4 @@
-//! The `oauth-egress` command: `run`, `check`, `ca export`, `demo`.
+//! The `oauth-egress` command: `run`, `check`, `ca export`, `env`, `demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +60,9 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Print the shell exports that point a service at this proxy: proxy URL, CA path and the
+    /// common CA-bundle variables (`eval "$(oauth-egress env)"`).
+    Env(EnvArgs),
     /// Run the proxy on the shipped routes.toml with a development authorization server and
     /// an echo API, and show a curl command that goes through it.
     Demo {
@@ -70,6 +73,32 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct EnvArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The proxy URL clients use (default: from `proxy.listen`, `0.0.0.0` read as loopback).
+    /// Set it when services reach the proxy by another name, e.g. a Kubernetes Service.
+    #[arg(long)]
+    proxy_url: Option<String>,
+    /// Where to write the bundle of system roots plus the proxy's CA
+    /// (default: `ca-bundle.pem` beside `proxy.ca_cert`).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// The system CA bundle to start from (default: the first of the usual places that exists).
+    #[arg(long)]
+    system_roots: Option<PathBuf>,
+    /// `sh` prints `export NAME='value'`; `dotenv` prints `NAME=value` (Docker `--env-file`).
+    #[arg(long, value_enum, default_value = "sh")]
+    format: EnvFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EnvFormat {
+    Sh,
+    Dotenv,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +136,7 @@ fn main() -> ExitCode {
             Command::Ca {
                 command: CaCommand::Export(arg),
             } => ca_export(&arg.config),
+            Command::Env(args) => env(&args),
             Command::Demo { config, once } => demo(config, once).await,
         }
     });
@@ -356,6 +386,50 @@ fn ca_export(path: &std::path::Path) -> Result<(), Failure> {
     let ca = load_ca(&config)?;
     print!("{}", ca.cert_pem());
     Ok(())
+}
+
+fn env(args: &EnvArgs) -> Result<(), Failure> {
+    use oauth_egress::client_env::{self, ClientEnv, Format};
+    let config = load(&args.config.config)?;
+    let ca = load_ca(&config)?;
+    let ca_cert = absolute(&config.proxy.ca_cert);
+    let system = args
+        .system_roots
+        .clone()
+        .or_else(client_env::find_system_bundle);
+    let bundle = match system {
+        Some(system) => {
+            let out = absolute(
+                &args
+                    .bundle
+                    .clone()
+                    .unwrap_or_else(|| config.proxy.ca_cert.with_file_name("ca-bundle.pem")),
+            );
+            client_env::write_bundle(&system, ca.cert_pem(), &out)
+                .map_err(|err| Failure::Other(err.into()))?;
+            Some(out)
+        }
+        None => None,
+    };
+    let env = ClientEnv {
+        proxy_url: args
+            .proxy_url
+            .clone()
+            .unwrap_or_else(|| client_env::proxy_url(config.proxy.listen)),
+        ca_cert,
+        bundle,
+    };
+    let format = match args.format {
+        EnvFormat::Sh => Format::Sh,
+        EnvFormat::Dotenv => Format::Dotenv,
+    };
+    print!("{}", env.render(format));
+    Ok(())
+}
+
+/// `path` made absolute against the working directory, so printed paths work from anywhere.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 async fn demo(path: Option<PathBuf>, once: bool) -> Result<(), Failure> {

@@ -1,4 +1,4 @@
-//! The `oauth-egress` binary: `demo --once`, `check`, `ca export`, and how bad configs fail.
+//! The `oauth-egress` binary: `demo --once`, `check`, `ca export`, `env`, and how bad configs fail.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -181,5 +181,93 @@ fn ca_export_creates_the_ca_once_and_prints_it() {
         String::from_utf8(second.stdout).unwrap(),
         pem,
         "the same CA, not a new one"
+    );
+}
+
+#[test]
+fn env_prints_exports_that_trust_system_roots_and_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), EXAMPLE).unwrap();
+    let system = dir.path().join("system.pem");
+    std::fs::write(
+        &system,
+        "-----BEGIN CERTIFICATE-----\nSYSTEM\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let out = oauth_egress(
+        dir.path(),
+        &["env", "--system-roots", system.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let exports = String::from_utf8(out.stdout).unwrap();
+    let ca = std::fs::canonicalize(dir.path().join("ca/ca.pem")).unwrap();
+    let bundle = ca.with_file_name("ca-bundle.pem");
+    assert!(
+        exports.contains("export HTTPS_PROXY='http://127.0.0.1:3128'\n"),
+        "{exports}"
+    );
+    assert!(
+        exports.contains("export http_proxy='http://127.0.0.1:3128'\n"),
+        "{exports}"
+    );
+    assert!(
+        exports.contains(&format!("export NODE_EXTRA_CA_CERTS='{}'\n", ca.display())),
+        "{exports}"
+    );
+    for name in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+        assert!(
+            exports.contains(&format!("export {name}='{}'\n", bundle.display())),
+            "{name}: {exports}"
+        );
+    }
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let bundled = std::fs::read_to_string(&bundle).unwrap();
+    assert!(
+        bundled.starts_with("-----BEGIN CERTIFICATE-----\nSYSTEM"),
+        "{bundled}"
+    );
+    assert!(bundled.ends_with(&ca_pem), "the proxy's CA comes last");
+
+    // The exports are valid sh: evaluated, they set what they say.
+    let shell = Command::new("sh")
+        .arg("-c")
+        .arg("eval \"$(cat)\"; printf '%s|%s' \"$HTTPS_PROXY\" \"$CURL_CA_BUNDLE\"")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    shell
+        .stdin
+        .as_ref()
+        .unwrap()
+        .write_all(exports.as_bytes())
+        .unwrap();
+    let evaluated = shell.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8(evaluated.stdout).unwrap(),
+        format!("http://127.0.0.1:3128|{}", bundle.display())
+    );
+}
+
+#[test]
+fn env_names_a_missing_system_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), EXAMPLE).unwrap();
+    let out = oauth_egress(
+        dir.path(),
+        &[
+            "env",
+            "--system-roots",
+            "/nonexistent/roots.pem",
+            "--proxy-url",
+            "http://proxy.internal:3128",
+        ],
+    );
+    assert!(!out.status.success());
+    let all = text(&out);
+    assert!(
+        all.contains("cannot read the system CA bundle /nonexistent/roots.pem"),
+        "{all}"
     );
 }
