@@ -81,7 +81,10 @@ impl Target {
 /// What happened to a request, for the access log.
 struct Outcome {
     lookup: Option<Lookup>,
+    /// Resent after a 401 with a fresh token.
     retried: bool,
+    /// Resent after a DPoP nonce challenge with the same token.
+    nonce_resent: bool,
 }
 
 /// Forwards `req` to `target`, injecting `route`'s token when there is one. Always answers:
@@ -99,6 +102,7 @@ pub async fn forward(
     let mut outcome = Outcome {
         lookup: None,
         retried: false,
+        nonce_resent: false,
     };
     let result = send(
         proxy,
@@ -120,6 +124,9 @@ pub async fn forward(
     crate::metrics::request(route_label, response.status().as_u16(), started.elapsed());
     if outcome.retried {
         crate::metrics::retry(route_label, "401");
+    }
+    if outcome.nonce_resent {
+        crate::metrics::retry(route_label, "dpop_nonce");
     }
     if let Some(lookup) = outcome.lookup {
         crate::metrics::token_lookup(route_label, lookup == Lookup::Hit);
@@ -276,6 +283,8 @@ async fn send(
             slot.invalidate(&token);
             token = slot.get().await.map_err(token_error)?.0;
             outcome.retried = true;
+        } else {
+            outcome.nonce_resent = true;
         }
         let mut headers = headers.clone();
         credentials(&mut headers, method, &token)?;

@@ -73,7 +73,7 @@ fn describe() {
     );
     describe_counter!(
         "oauth_egress_retries_total",
-        "Requests resent after a 401, by route"
+        "Requests resent, by route and reason (401: fresh token; dpop_nonce: new proof)"
     );
     describe_counter!(
         "oauth_egress_connects_total",
@@ -151,7 +151,7 @@ pub fn refresh_ahead(client: &str) {
     counter!("oauth_egress_token_refresh_ahead_total", "client" => client.to_string()).increment(1);
 }
 
-/// A request was resent (`reason`: `401`).
+/// A request was resent (`reason`: `401` with a fresh token, `dpop_nonce` with a new proof).
 pub fn retry(route: &str, reason: &'static str) {
     counter!("oauth_egress_retries_total", "route" => route.to_string(), "reason" => reason)
         .increment(1);

@@ -1,0 +1,392 @@
+//! Interop: the proxy against software nobody here wrote.
+//!
+//! The authorization server is oidc-provider (the OpenID-certified Node implementation) and
+//! the resource server verifies with `jose`; both run from `tests/interop/servers.mjs` over
+//! HTTPS. The callers are real, unchanged clients: curl, Python `requests`, Java 17
+//! `HttpClient` and Node's undici, configured only through the environment, flags and
+//! truststore their ecosystems use. Each test asserts what the resource server and the
+//! authorization server recorded, not just the status the client saw.
+
+#[path = "interop/harness.rs"]
+mod harness;
+
+use harness::{Call, Client, Interop, ROUTES};
+use serde_json::Value;
+
+/// One call per route (the token exchange on behalf of alice), plus a POST with a body.
+fn every_route(interop: &Interop) -> Vec<Call> {
+    let mut calls: Vec<Call> = ROUTES
+        .iter()
+        .map(|name| {
+            let call = Call::get(&format!("/{name}/items?page=2"));
+            if *name == "exchange" {
+                call.with_authorization(&format!("Bearer {}", interop.subject_token("alice")))
+            } else {
+                call
+            }
+        })
+        .collect();
+    calls.push(Call::post("/basic/orders", r#"{"sku":"A-1","qty":2}"#));
+    calls
+}
+
+/// The records of successful requests on `path`.
+fn granted<'a>(seen: &'a [Value], path: &str) -> Vec<&'a Value> {
+    seen.iter()
+        .filter(|r| r["path"] == path && r["status"] == 200)
+        .collect()
+}
+
+/// Every route, driven by `client`: each answer is 200 and the resource server saw the token
+/// of the scenario's own client, bound the scenario's way.
+async fn client_meets_every_route(client: Client) {
+    let interop = Interop::start().await;
+    let calls = every_route(&interop);
+    let answers = interop.run(client, &calls).await;
+    let seen = interop.seen().await;
+    for (call, answer) in calls.iter().zip(&answers) {
+        assert_eq!(
+            answer.status,
+            200,
+            "{client:?} {} {}: {}\nservers:\n{}",
+            call.method,
+            call.path,
+            answer.body,
+            interop.server_log()
+        );
+        let body = answer.json();
+        let route = call.path.split('/').nth(1).unwrap();
+        let path = call.path.split('?').next().unwrap();
+        assert_eq!(body["path"], path, "{body}");
+        assert_eq!(
+            body["client_id"],
+            interop.client_id(route),
+            "{route}: {body}"
+        );
+        let records = granted(&seen, path);
+        assert!(
+            records.iter().any(|r| r["jti"] == body["jti"]),
+            "{route}: the resource server has no record of jti {}",
+            body["jti"]
+        );
+        match route {
+            "dpop" => {
+                assert_eq!(body["scheme"], "DPoP", "{body}");
+                assert!(body["jkt"].is_string(), "{body}");
+            }
+            "mtls" => {
+                assert_eq!(body["scheme"], "Bearer");
+                assert!(body["x5t"].is_string(), "a certificate-bound token: {body}");
+            }
+            "exchange" => {
+                assert_eq!(body["sub"], "alice", "{body}");
+            }
+            _ => {
+                assert_eq!(body["scheme"], "Bearer", "{body}");
+                assert!(body["jkt"].is_null() && body["x5t"].is_null(), "{body}");
+            }
+        }
+    }
+    let post = answers.last().unwrap().json();
+    assert_eq!(post["method"], "POST");
+    assert_eq!(post["body"], r#"{"sku":"A-1","qty":2}"#);
+    // The query string reached the API; the caller never sent a token of its own.
+    assert_eq!(answers[0].json()["query"], "page=2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_meets_every_route() {
+    client_meets_every_route(Client::Curl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_requests_meets_every_route() {
+    client_meets_every_route(Client::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_httpclient_meets_every_route() {
+    client_meets_every_route(Client::Java).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_undici_meets_every_route() {
+    client_meets_every_route(Client::Node).await;
+}
+
+/// Token requests oidc-provider answered for `client_id`, as (status, error) pairs.
+fn token_answers(requests: &[Value], client_id: &str) -> Vec<(u64, String)> {
+    requests
+        .iter()
+        .filter(|r| r["client_id"] == client_id)
+        .map(|r| {
+            (
+                r["status"].as_u64().unwrap_or(0),
+                r["error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `oauth_egress_retries_total{route="dpop",reason="dpop_nonce"}` in this process.
+fn nonce_resends() -> f64 {
+    oauth_egress::metrics::render()
+        .lines()
+        .find(|l| {
+            l.starts_with("oauth_egress_retries_total{")
+                && l.contains("route=\"dpop\"")
+                && l.contains("reason=\"dpop_nonce\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// DPoP against both servers' nonces: oidc-provider demands one on the token request and the
+/// resource server demands its own. Each challenge is answered once, the nonces are
+/// remembered, and a rotated resource-server nonce costs one resend and no new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_meets_both_nonce_challenges() {
+    let interop = Interop::start().await;
+    let answers = interop
+        .run(
+            Client::Curl,
+            &[
+                Call::get("/dpop/a"),
+                Call::get("/dpop/b"),
+                Call::post("/dpop/c", "payload"),
+            ],
+        )
+        .await;
+    assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
+    let client_id = interop.client_id("dpop");
+    let tokens = interop.token_requests().await;
+    assert_eq!(
+        token_answers(&tokens, &client_id),
+        vec![(400, "use_dpop_nonce".into()), (200, String::new())],
+        "the authorization server's nonce challenge, then one token: {tokens:?}"
+    );
+    assert!(
+        tokens
+            .iter()
+            .filter(|r| r["client_id"] == client_id)
+            .all(|r| r["dpop"] == true),
+        "every token request carries a proof"
+    );
+    let seen = interop.seen().await;
+    let statuses: Vec<(u64, String)> = seen
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_u64().unwrap(),
+                r["error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (401, "use_dpop_nonce".into()),
+            (200, String::new()),
+            (200, String::new()),
+            (200, String::new()),
+        ],
+        "one resource-server nonce challenge, then remembered: {seen:?}"
+    );
+    let jkt = &seen[1]["jkt"];
+    assert!(jkt.is_string() && seen[1..].iter().all(|r| &r["jkt"] == jkt));
+
+    interop.rotate_api_nonce().await;
+    interop.reset().await;
+    let resends_before = nonce_resends();
+    let answers = interop.run(Client::Curl, &[Call::get("/dpop/d")]).await;
+    assert!(
+        nonce_resends() > resends_before,
+        "the resend is counted in oauth_egress_retries_total"
+    );
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+    let seen = interop.seen().await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0]["error"], "use_dpop_nonce");
+    assert_eq!(seen[1]["status"], 200);
+    assert_eq!(
+        seen[0]["jti"], seen[1]["jti"],
+        "the same token, a new proof"
+    );
+    assert!(
+        interop.token_requests().await.is_empty(),
+        "a nonce challenge is not a reason for a new token"
+    );
+}
+
+/// The one retry on 401: the resource server revokes the token the proxy holds; the next
+/// request (a POST with a body) is answered 401, the proxy gets a new token from
+/// oidc-provider and resends the same body once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_replaced_and_the_request_resent_once() {
+    let interop = Interop::start().await;
+    let first = interop
+        .run(Client::Python, &[Call::get("/basic/warm")])
+        .await;
+    assert_eq!(first[0].status, 200);
+    let old_jti = first[0].json()["jti"].clone();
+    interop.revoke_seen_tokens().await;
+    interop.reset_token_log().await;
+
+    let answers = interop
+        .run(Client::Python, &[Call::post("/basic/orders", "order-7")])
+        .await;
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+    let body = answers[0].json();
+    assert_ne!(body["jti"], old_jti, "a new token");
+    assert_eq!(body["body"], "order-7", "the body was replayed");
+    let seen: Vec<Value> = interop
+        .seen()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/basic/orders")
+        .collect();
+    assert_eq!(seen.len(), 2, "exactly one resend: {seen:?}");
+    assert_eq!(seen[0]["status"], 401);
+    assert_eq!(seen[0]["jti"], old_jti);
+    assert_eq!(seen[1]["status"], 200);
+    let tokens = interop.token_requests().await;
+    assert_eq!(
+        token_answers(&tokens, &interop.client_id("basic")),
+        vec![(200, String::new())],
+        "one new token: {tokens:?}"
+    );
+}
+
+/// A stored refresh token against oidc-provider's rotation: each refresh writes the new
+/// refresh token back to the file before its access token is used, so a later refresh (even
+/// after a restart) presents the current one; oidc-provider would revoke the family on reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotation_is_followed_across_refreshes_and_restarts() {
+    let mut interop = Interop::start().await;
+    let file = interop.dir.path().join("refresh.token");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let call = [Call::get("/refresh/me")];
+
+    let answers = interop.run(Client::Curl, &call).await;
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+    let rotated = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(
+        rotated.trim(),
+        original.trim(),
+        "the rotated token was stored"
+    );
+
+    // Force a second refresh in the same process: revoke the access token at the API.
+    interop.revoke_seen_tokens().await;
+    let answers = interop.run(Client::Curl, &call).await;
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+    let rotated_again = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(rotated_again.trim(), rotated.trim());
+
+    // And a third from a fresh process, which knows only the file.
+    interop.start_proxy().await;
+    let answers = interop.run(Client::Curl, &call).await;
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+
+    let tokens = interop.token_requests().await;
+    let refreshes: Vec<&Value> = tokens
+        .iter()
+        .filter(|r| r["grant_type"] == "refresh_token")
+        .collect();
+    assert_eq!(refreshes.len(), 3, "{tokens:?}");
+    assert!(
+        refreshes.iter().all(|r| r["status"] == 200),
+        "no refresh was refused as a reuse: {tokens:?}"
+    );
+}
+
+/// Token exchange on behalf of each caller: alice's and bob's calls carry tokens for alice and
+/// bob; a caller without a token is refused by the proxy; a forged subject token is refused by
+/// oidc-provider and the caller is told so, without the token being echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_acts_for_each_caller() {
+    let interop = Interop::start().await;
+    let alice = format!("Bearer {}", interop.subject_token("alice"));
+    let bob = format!("Bearer {}", interop.subject_token("bob"));
+    // alice's claims under bob's signature: a JWT whose signature does not match.
+    let (alice_token, bob_token) = (interop.subject_token("alice"), interop.subject_token("bob"));
+    let (alice_parts, bob_parts): (Vec<&str>, Vec<&str>) = (
+        alice_token.split('.').collect(),
+        bob_token.split('.').collect(),
+    );
+    let forged = format!(
+        "Bearer {}.{}.{}",
+        alice_parts[0], alice_parts[1], bob_parts[2]
+    );
+    let answers = interop
+        .run(
+            Client::Node,
+            &[
+                Call::get("/exchange/a").with_authorization(&alice),
+                Call::get("/exchange/b").with_authorization(&bob),
+                Call::get("/exchange/c").with_authorization(&alice),
+                Call::get("/exchange/d"),
+                Call::get("/exchange/e").with_authorization(&forged),
+            ],
+        )
+        .await;
+    let subs: Vec<Value> = answers[..3]
+        .iter()
+        .map(|a| a.json()["sub"].clone())
+        .collect();
+    assert_eq!(subs, ["alice", "bob", "alice"]);
+    assert_ne!(answers[0].json()["jti"], answers[1].json()["jti"]);
+    assert_eq!(
+        answers[0].json()["jti"],
+        answers[2].json()["jti"],
+        "alice's exchanged token is cached for alice"
+    );
+    assert_eq!(answers[3].status, 401, "{}", answers[3].body);
+    assert!(answers[4].status == 401 || answers[4].status == 502);
+    assert!(
+        answers[4].body.contains("invalid_grant"),
+        "{}",
+        answers[4].body
+    );
+    assert!(!answers[4]
+        .body
+        .contains(forged.trim_start_matches("Bearer ")));
+    let seen = interop.seen().await;
+    assert_eq!(
+        seen.len(),
+        3,
+        "refused callers never reach the API: {seen:?}"
+    );
+    let tokens = interop.token_requests().await;
+    let exchanges = tokens
+        .iter()
+        .filter(|r| r["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange")
+        .count();
+    assert_eq!(exchanges, 3, "alice, bob, the forgery: {tokens:?}");
+}
+
+/// A wrong client secret against a real server: the caller gets a 502 naming the route and
+/// oidc-provider's OAuth error, never the secret; once the file is fixed, the next request
+/// succeeds without a restart (secret files are read on every token request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_client_secret_is_reported_without_the_secret() {
+    let interop = Interop::start().await;
+    let file = interop.dir.path().join("basic.secret");
+    let good = std::fs::read_to_string(&file).unwrap();
+    let wrong = "wrong-secret-6f1d0c58a2b94e7c9d3e1f20a7b8c4d5e6f7a8b9c0d1";
+    std::fs::write(&file, wrong).unwrap();
+    let answers = interop.run(Client::Curl, &[Call::get("/basic/x")]).await;
+    assert_eq!(answers[0].status, 502, "{}", answers[0].body);
+    let body = &answers[0].body;
+    assert!(body.contains("invalid_client"), "{body}");
+    assert!(body.contains("basic"), "names the route: {body}");
+    assert!(
+        !body.contains(wrong) && !body.contains(good.trim()),
+        "{body}"
+    );
+    assert!(interop.seen().await.is_empty(), "nothing reached the API");
+
+    std::fs::write(&file, good).unwrap();
+    let answers = interop.run(Client::Curl, &[Call::get("/basic/x")]).await;
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+}

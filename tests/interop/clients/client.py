@@ -1,0 +1,25 @@
+"""A legacy Python service: plain `requests`, configured only by its environment.
+
+It reads HTTPS_PROXY and REQUESTS_CA_BUNDLE like any requests-based program does (nothing in
+this file mentions a proxy or a CA). Usage: client.py SPEC, where each SPEC line is
+METHOD<TAB>URL<TAB>AUTHORIZATION or -<TAB>BODY or -. Prints one JSON object per request.
+"""
+
+import json
+import sys
+
+import requests
+
+
+def main(spec_path):
+    with open(spec_path, encoding="utf-8") as spec, requests.Session() as session:
+        for line in spec:
+            method, url, authorization, body = line.rstrip("\n").split("\t")
+            headers = {} if authorization == "-" else {"Authorization": authorization}
+            data = None if body == "-" else body.encode()
+            response = session.request(method, url, headers=headers, data=data, timeout=30)
+            print(json.dumps({"url": url, "status": response.status_code, "body": response.text}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
