@@ -180,7 +180,8 @@ fn load_ca(config: &Config) -> Result<Arc<CertificateAuthority>, Failure> {
 }
 
 fn refuse_unreadable_secrets(config: &Config) -> Result<(), Failure> {
-    let problems = config.secret_problems();
+    let mut problems = config.secret_problems();
+    problems.extend(oauth_egress::token::key_problems(config));
     if problems.is_empty() {
         Ok(())
     } else {
@@ -303,6 +304,7 @@ async fn shutdown_signal() {
 async fn check(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
     let mut problems = config.secret_problems();
+    problems.extend(oauth_egress::token::key_problems(&config));
     let (cert, key) = (&config.proxy.ca_cert, &config.proxy.ca_key);
     let ca_state = if cert.exists() && key.exists() {
         match CertificateAuthority::load_or_create(cert, key) {

@@ -137,6 +137,44 @@ client_secret = "hunter2-literal"
 }
 
 #[test]
+fn a_certificate_that_is_not_the_keys_is_refused_by_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["entra-app".to_string()])
+        .unwrap()
+        .self_signed(&other)
+        .unwrap();
+    std::fs::write(dir.path().join("app.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("app.pem"), cert.pem()).unwrap();
+    let cfg = r#"
+[proxy]
+listen = "127.0.0.1:0"
+[clients.entra]
+token_endpoint = "https://login.example/token"
+client_id = "app"
+auth = "private_key_jwt"
+private_key = { file = "app.key" }
+assertion_cert = "app.pem"
+"#;
+    std::fs::write(dir.path().join("r.toml"), cfg).unwrap();
+    for command in ["check", "run"] {
+        let out = oauth_egress(dir.path(), &[command, "-c", "r.toml"]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(64), "{command}: {all}");
+        assert!(
+            all.contains("clients.entra: assertion_cert"),
+            "{command}: {all}"
+        );
+        assert!(
+            all.contains("is not for this private key"),
+            "{command}: {all}"
+        );
+        assert!(!all.contains("PRIVATE KEY"), "{command}: {all}");
+    }
+}
+
+#[test]
 fn unreadable_secrets_stop_run_with_64() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -4,6 +4,8 @@
 
 mod support;
 
+use base64::Engine as _;
+
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
@@ -119,6 +121,42 @@ async fn private_key_jwt_with_ec_keys_in_pkcs8_and_sec1() {
         assert_eq!(assertion["header"]["kid"], format!("k-{name}"));
         h.stop().await;
     }
+}
+
+/// Entra ID's certificate credentials: the assertion names the key's certificate by `x5t`
+/// (SHA-1) and `x5t#S256`, and the server still accepts the signature.
+#[tokio::test]
+async fn private_key_jwt_names_its_certificate_by_thumbprint() {
+    use sha2::Digest;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["reports-exporter".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = write(&dir, "key.pem", &key.serialize_pem());
+    let cert_path = write(&dir, "cert.pem", &cert.pem());
+    let h = Harness::start(Setup {
+        client_toml: client_toml(&format!(
+            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"private_key_jwt\"\nprivate_key = {{ file = \"{key_path}\" }}\nassertion_cert = \"{cert_path}\""
+        )),
+        ..Setup::default()
+    })
+    .await;
+    let public = JwtPublicKey::from_pem(&key.public_key_pem()).unwrap();
+    register(
+        &h,
+        ClientAuthSpec::private_key_jwt(public, &[Algorithm::ES256]),
+    );
+    let (status, body) = get(&h).await;
+    assert_eq!(status, 200, "{body}");
+    let header = &h.auth.last_assertion().unwrap()["header"];
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let der = cert.der().as_ref();
+    assert_eq!(header["x5t#S256"], b64(&sha2::Sha256::digest(der)));
+    let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
+    assert_eq!(header["x5t"], b64(sha1.as_ref()));
+    h.stop().await;
 }
 
 #[tokio::test]

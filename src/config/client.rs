@@ -99,6 +99,9 @@ pub struct ClientConfig {
     pub key_id: Option<String>,
     /// What client assertions name as `aud`.
     pub assertion_audience: AssertionAudience,
+    /// The certificate of `private_key`, PEM: its SHA-1 and SHA-256 thumbprints go in the
+    /// assertion header as `x5t` and `x5t#S256` (Microsoft Entra ID certificate credentials).
+    pub assertion_cert: Option<PathBuf>,
     /// Client certificate chain, PEM (tls_client_auth).
     pub client_cert: Option<PathBuf>,
     /// Client certificate key, PEM (tls_client_auth).
@@ -140,6 +143,7 @@ pub(super) struct RawClient {
     key_id: Option<String>,
     #[serde(default)]
     assertion_audience: AssertionAudience,
+    assertion_cert: Option<PathBuf>,
     client_cert: Option<PathBuf>,
     client_key: Option<RawSecret>,
     #[serde(default)]
@@ -245,6 +249,12 @@ pub(super) fn validate(
         }
         None => None,
     };
+    if c.assertion_cert.is_some() && private_key.is_none() {
+        problems.push(format!(
+            "{at}: assertion_cert is the certificate of private_key, which is not set"
+        ));
+    }
+    let assertion_cert = c.assertion_cert.map(|p| resolve(base, p));
     if c.assertion_audience == AssertionAudience::Issuer && c.issuer.is_none() {
         problems.push(format!(
             "{at}: assertion_audience = \"issuer\" needs `issuer` to be set"
@@ -260,6 +270,7 @@ pub(super) fn validate(
         signing_alg: c.signing_alg,
         key_id: c.key_id,
         assertion_audience: c.assertion_audience,
+        assertion_cert,
         client_cert,
         client_key,
         dpop: c.dpop,

@@ -22,6 +22,8 @@ pub struct SigningKey {
     key: EncodingKey,
     alg: Algorithm,
     kid: Option<String>,
+    /// `x5t` and `x5t#S256` of the key's certificate, when one is configured.
+    thumbprints: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -29,6 +31,7 @@ impl std::fmt::Debug for SigningKey {
         f.debug_struct("SigningKey")
             .field("alg", &self.alg)
             .field("kid", &self.kid)
+            .field("x5t#S256", &self.thumbprints.as_ref().map(|t| &t.1))
             .field("key", &"...")
             .finish()
     }
@@ -41,6 +44,7 @@ impl SigningKey {
             key: EncodingKey::from_secret(secret.expose_secret().as_bytes()),
             alg: Algorithm::HS256,
             kid: None,
+            thumbprints: None,
         }
     }
 
@@ -91,7 +95,53 @@ impl SigningKey {
                 ))
             }
         };
-        Ok(SigningKey { key, alg, kid })
+        Ok(SigningKey {
+            key,
+            alg,
+            kid,
+            thumbprints: None,
+        })
+    }
+
+    /// Names the key's certificate (PEM; the first certificate is the key's) in every
+    /// assertion header, as `x5t` (SHA-1) and `x5t#S256` (SHA-256) of its DER, which Microsoft
+    /// Entra ID requires to find a certificate credential. Refused unless the certificate's
+    /// public key verifies a signature made with this key, so a mismatched pair is caught here
+    /// rather than as an opaque `invalid_client`.
+    pub fn with_certificate(mut self, cert_pem: &str) -> Result<SigningKey, String> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .next()
+            .ok_or("no PEM certificate found")?
+            .map_err(|e| format!("unreadable PEM certificate: {e:?}"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let public_key = cert.public_key().subject_public_key.data.to_vec();
+        let verifier: &dyn ring::signature::VerificationAlgorithm = match self.alg {
+            Algorithm::ES256 => &ring::signature::ECDSA_P256_SHA256_FIXED,
+            Algorithm::RS256 => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::PS256 => &ring::signature::RSA_PSS_2048_8192_SHA256,
+            other => return Err(format!("a certificate cannot go with {other:?}")),
+        };
+        let probe = b"oauth-egress assertion_cert probe";
+        let signature = jsonwebtoken::crypto::sign(probe, &self.key, self.alg)
+            .map_err(|e| format!("signing failed: {e}"))?;
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|e| format!("signing failed: {e}"))?;
+        ring::signature::UnparsedPublicKey::new(verifier, &public_key)
+            .verify(probe, &signature)
+            .map_err(|_| {
+                format!(
+                    "the certificate ({}) is not for this private key",
+                    cert.subject()
+                )
+            })?;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, &der);
+        self.thumbprints = Some((b64(sha1.as_ref()), b64(sha256.as_ref())));
+        Ok(self)
     }
 
     /// The algorithm this key signs with.
@@ -104,6 +154,10 @@ impl SigningKey {
         let mut header = Header::new(self.alg);
         header.typ = Some("JWT".into());
         header.kid = self.kid.clone();
+        if let Some((sha1, sha256)) = &self.thumbprints {
+            header.x5t = Some(sha1.clone());
+            header.x5t_s256 = Some(sha256.clone());
+        }
         jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| format!("signing failed: {e}"))
     }
 }
@@ -185,6 +239,86 @@ pub fn unverified_exp(token: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header_of(jwt: &str) -> serde_json::Value {
+        let head = jwt.split('.').next().unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(head)
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_certificate_puts_both_thumbprints_in_the_header() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["c".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let signing = SigningKey::from_pem(&SecretString::from(key.serialize_pem()), None, None)
+            .unwrap()
+            .with_certificate(&cert.pem())
+            .unwrap();
+        let header = header_of(&signing.sign(&serde_json::json!({"a": 1})).unwrap());
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let der = cert.der().as_ref();
+        assert_eq!(
+            header["x5t#S256"],
+            b64(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+        );
+        assert_eq!(
+            header["x5t"],
+            b64(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref())
+        );
+        // Without a certificate, neither appears.
+        let plain =
+            SigningKey::from_pem(&SecretString::from(key.serialize_pem()), None, None).unwrap();
+        let header = header_of(&plain.sign(&serde_json::json!({})).unwrap());
+        assert!(header.get("x5t").is_none() && header.get("x5t#S256").is_none());
+    }
+
+    #[test]
+    fn rsa_certificates_verify_for_rs256_and_ps256() {
+        use rsa::pkcs8::EncodePrivateKey;
+        let rsa = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let pem = rsa
+            .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap()
+            .to_string();
+        let key = rcgen::KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["c".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        for alg in [SigningAlg::RS256, SigningAlg::PS256] {
+            let signing = SigningKey::from_pem(&SecretString::from(pem.clone()), Some(alg), None)
+                .unwrap()
+                .with_certificate(&cert.pem());
+            assert!(signing.is_ok(), "{alg:?}: {signing:?}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_for_another_key_is_refused() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["c".to_string()])
+            .unwrap()
+            .self_signed(&other)
+            .unwrap();
+        let err = SigningKey::from_pem(&SecretString::from(key.serialize_pem()), None, None)
+            .unwrap()
+            .with_certificate(&cert.pem())
+            .unwrap_err();
+        assert!(err.contains("is not for this private key"), "{err}");
+        let err = SigningKey::from_pem(&SecretString::from(key.serialize_pem()), None, None)
+            .unwrap()
+            .with_certificate("not a pem")
+            .unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
 
     #[test]
     fn ec_keys_in_all_pem_forms_sign_es256() {

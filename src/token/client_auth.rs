@@ -36,8 +36,18 @@ pub(super) fn private_key(client: &ClientConfig) -> Result<SigningKey, String> {
         .as_ref()
         .ok_or("no private_key configured")?;
     let pem = source.load().map_err(|e| e.to_string())?;
-    SigningKey::from_pem(&pem, client.signing_alg, client.key_id.clone())
-        .map_err(|e| format!("private_key ({source}): {e}"))
+    let key = SigningKey::from_pem(&pem, client.signing_alg, client.key_id.clone())
+        .map_err(|e| format!("private_key ({source}): {e}"))?;
+    match &client.assertion_cert {
+        // Read on every use, like the key, so a rotated pair is picked up together.
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("assertion_cert ({}): {e}", path.display()))?;
+            key.with_certificate(&pem)
+                .map_err(|e| format!("assertion_cert ({}): {e}", path.display()))
+        }
+        None => Ok(key),
+    }
 }
 
 /// Authenticates `client` for a request to `endpoint`; assertions are minted fresh each call.

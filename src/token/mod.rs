@@ -31,6 +31,22 @@ pub use subject::{RouteToken, SubjectError, SubjectSlots};
 use crate::config::{ClientConfig, Grant, RouteSpec};
 use crate::secret::SecretError;
 
+/// Problems with the clients' private keys and `assertion_cert`s, read now (a key that does
+/// not parse, a certificate that is not the key's), so `check` and start-up report them
+/// instead of the first token request. Never includes key material.
+pub fn key_problems(config: &crate::config::Config) -> Vec<String> {
+    config
+        .clients
+        .values()
+        .filter(|c| c.private_key.is_some())
+        .filter_map(|c| {
+            client_auth::private_key(c)
+                .err()
+                .map(|err| format!("clients.{}: {err}", c.name))
+        })
+        .collect()
+}
+
 /// Everything that changes which token the authorization server issues. Two routes with the
 /// same key share one cached token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

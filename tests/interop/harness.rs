@@ -371,6 +371,38 @@ impl Interop {
         answers
     }
 
+    /// One curl process fetching every path at once (`--parallel --parallel-immediate`, a
+    /// connection each), configured by `eval "$(oauth-egress env)"`. Returns the statuses.
+    pub async fn curl_parallel(&self, paths: &[String]) -> Vec<u16> {
+        let urls: String = paths
+            .iter()
+            .map(|p| format!(" '{}' -o /dev/null", self.api_url(p)))
+            .collect();
+        let script = format!(
+            "set -e\neval \"$('{bin}' env --proxy-url '{proxy}' -c '{config}')\"\n\
+             curl -sS --parallel --parallel-immediate --parallel-max {n} -w '%{{http_code}}\\n'{urls}\n",
+            bin = env!("CARGO_BIN_EXE_oauth-egress"),
+            proxy = self.proxy_url(),
+            config = self.config_path.display(),
+            n = paths.len(),
+        );
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        let output = tokio::task::spawn_blocking(move || run_with_timeout(command))
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    }
+
     /// What `eval "$(oauth-egress env)"` sets, read from the real command's output.
     fn env_exports(&self) -> Vec<(String, String)> {
         let output = Command::new(env!("CARGO_BIN_EXE_oauth-egress"))
