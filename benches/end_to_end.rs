@@ -356,15 +356,23 @@ dpop = {dpop}
     }
 }
 
+/// How long each step of opening one connection took, in µs: TCP connect, the `CONNECT`
+/// exchange (0 direct), the TLS handshake. Kept for every connection any worker opens.
+static OPENINGS: std::sync::Mutex<Vec<(Via, [u64; 3])>> = std::sync::Mutex::new(Vec::new());
+
 /// Opens a connection ready for HTTP/1.1 requests to the echo API, directly or through a
 /// `CONNECT` tunnel the proxy intercepts.
 async fn open(t: &Target, via: Via) -> Result<Sender, BoxError> {
+    let started = Instant::now();
+    let mut marks = [0u64; 3];
+    let mut mark = |i: usize| marks[i] = started.elapsed().as_micros() as u64;
     let addr = match via {
         Via::Direct => t.api_addr,
         Via::Proxy => t.proxy_addr,
     };
     let mut tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
+    mark(0);
     let tls = match via {
         Via::Direct => &t.direct_tls,
         Via::Proxy => {
@@ -373,7 +381,13 @@ async fn open(t: &Target, via: Via) -> Result<Sender, BoxError> {
             &t.proxy_tls
         }
     };
+    mark(1);
     let stream = tls.connect(t.server_name.clone(), tcp).await?;
+    mark(2);
+    let steps = [marks[0], marks[1] - marks[0], marks[2] - marks[1]];
+    if let Ok(mut openings) = OPENINGS.lock() {
+        openings.push((via, steps));
+    }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -706,6 +720,30 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// The median of each step of opening a connection, per path: where the new-connection
+/// difference between direct and proxied comes from.
+fn print_openings() {
+    let Ok(openings) = OPENINGS.lock() else {
+        return;
+    };
+    for (via, name) in [(Via::Direct, "direct"), (Via::Proxy, "proxy")] {
+        let median = |step: usize| {
+            let mut v: Vec<u64> = openings
+                .iter()
+                .filter(|(v, _)| *v == via)
+                .map(|(_, s)| s[step])
+                .collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied()
+        };
+        if let (Some(tcp), Some(connect), Some(tls)) = (median(0), median(1), median(2)) {
+            println!(
+                "opening a connection, {name:6} p50 µs: TCP {tcp}, CONNECT {connect}, TLS {tls}"
+            );
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench` (and maybe filters); this bench takes none.
     let settings = Settings::from_env();
@@ -763,6 +801,7 @@ fn main() {
     }
     let token_requests = world.auth.token_requests();
     drop(client_rt);
+    print_openings();
     world.stop();
 
     println!();
