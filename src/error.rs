@@ -48,6 +48,15 @@ pub enum ProxyError {
         /// The token error (names client, endpoint and OAuth error).
         source: Arc<TokenError>,
     },
+    /// The authorization server refused to exchange the caller's own token (on-behalf-of): the
+    /// caller's credential is what is wrong, so the caller is told 401, not 502.
+    #[error("route {route}: the authorization server refused the caller's token: {source}")]
+    CallerTokenRefused {
+        /// Route name.
+        route: String,
+        /// The token error (names client, endpoint and OAuth error).
+        source: Arc<TokenError>,
+    },
     /// No subject token for a token-exchange route.
     #[error("route {route}: {source}")]
     Subject {
@@ -87,6 +96,9 @@ impl ProxyError {
                 (StatusCode::GATEWAY_TIMEOUT, "proxy_internal_error")
             }
             ProxyError::Token { .. } => (StatusCode::BAD_GATEWAY, "proxy_internal_error"),
+            ProxyError::CallerTokenRefused { .. } => {
+                (StatusCode::UNAUTHORIZED, "http_request_denied")
+            }
             ProxyError::Subject { source, .. } if source.is_callers() => {
                 (StatusCode::UNAUTHORIZED, "http_request_denied")
             }
@@ -115,7 +127,13 @@ pub fn response(err: &ProxyError) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&proxy_status) {
         headers.insert("proxy-status", v);
     }
-    if status == StatusCode::UNAUTHORIZED {
+    if let ProxyError::CallerTokenRefused { .. } = err {
+        // RFC 6750 §3.1: the presented token is not acceptable; the caller may get a new one.
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"oauth-egress\", error=\"invalid_token\""),
+        );
+    } else if status == StatusCode::UNAUTHORIZED {
         headers.insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"oauth-egress\""),

@@ -21,10 +21,11 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body, Outgoing};
+use crate::config::{Grant, SubjectSource};
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
 use crate::route::Route;
-use crate::token::{AccessToken, Lookup, TokenScheme};
+use crate::token::{AccessToken, Lookup, TokenError, TokenScheme};
 use crate::upstream::{is_upgrade, strip_hop_by_hop};
 
 /// Where a request is sent: decided before the request is read, never by it.
@@ -189,9 +190,19 @@ async fn send(
             source,
         })?;
     parts.headers.remove(header::AUTHORIZATION);
-    let token_error = |source| ProxyError::Token {
-        route: route.spec.name.clone(),
-        source,
+    let token_error = |source: Arc<TokenError>| {
+        let name = route.spec.name.clone();
+        if refuses_callers_token(&route.spec.grant, &source) {
+            ProxyError::CallerTokenRefused {
+                route: name,
+                source,
+            }
+        } else {
+            ProxyError::Token {
+                route: name,
+                source,
+            }
+        }
     };
     let (mut token, lookup) = slot.get().await.map_err(token_error)?;
     outcome.lookup = Some(lookup);
@@ -297,6 +308,21 @@ async fn send(
             .await
             .map_err(|e| upstream_error(proxy, target, &e))?;
     }
+}
+
+/// Whether `err` is the authorization server refusing the caller's own token on an
+/// on-behalf-of route: RFC 8693 §2.2.2 prescribes `invalid_request` for an invalid or
+/// unacceptable subject token, and servers also answer `invalid_grant` or `invalid_token`.
+/// Refusals that name the client, scope or target stay the operator's (502).
+fn refuses_callers_token(grant: &Grant, err: &TokenError) -> bool {
+    let Grant::TokenExchange(exchange) = grant else {
+        return false;
+    };
+    exchange.subject == SubjectSource::Inbound
+        && matches!(
+            err.oauth_error(),
+            Some("invalid_request" | "invalid_grant" | "invalid_token")
+        )
 }
 
 /// What a response asks of the forwarder.

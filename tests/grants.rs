@@ -334,6 +334,29 @@ async fn token_exchange_on_behalf_of_two_callers_never_shares_tokens() {
     let (status, body) = call(Some(expired)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(h.auth.token_requests(), 2);
+    // A token the authorization server refuses (an issuer it does not trust): the caller's
+    // problem, so 401 with RFC 6750's invalid_token and the server's error, not a 502.
+    let stranger = WorkloadIssuer::new("https://elsewhere.test")
+        .unwrap()
+        .mint("mallory", "proxy", Duration::from_secs(300))
+        .unwrap();
+    let res = client
+        .get(h.api_url())
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let challenge = res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    let body = res.text().await.unwrap();
+    assert!(body.contains("refused the caller's token"), "{body}");
+    assert!(body.contains("invalid_grant"), "{body}");
+    assert!(!body.contains(&stranger), "{body}");
+    assert_eq!(h.auth.token_requests(), 3);
     h.stop().await;
 }
 
@@ -411,6 +434,20 @@ async fn token_exchange_of_a_workload_token_file_follows_its_rotation() {
         "system:serviceaccount:b",
         "the rotated file was re-read"
     );
+    // A workload token the server refuses is the operator's problem: 502, not 401.
+    std::fs::write(
+        &token_file,
+        WorkloadIssuer::new("https://elsewhere.test")
+            .unwrap()
+            .mint("system:serviceaccount:c", "idp", Duration::from_secs(600))
+            .unwrap(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.api.revoke(json(&body)["jti"].as_str().unwrap());
+    let (status, body) = get(&h).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("invalid_grant"), "{body}");
     h.stop().await;
 }
 

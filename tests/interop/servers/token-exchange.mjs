@@ -8,7 +8,10 @@
 //   we can issue;
 // - the subject token is a JWT signed (ES256) by the separate "workload issuer" key, with
 //   iss https://workload.interop.test, aud oauth-egress, an unexpired exp and a known sub
-//   (alice or bob); anything else is invalid_grant;
+//   (alice or bob); anything else is invalid_request, as RFC 8693 §2.2.2 requires ("if either
+//   the subject_token or actor_token are invalid for any reason ... MUST be the
+//   invalid_request error code"; many servers answer invalid_grant instead, which the proxy
+//   treats alike);
 // - resource / audience, when sent, name the one resource server; scope is within what the
 //   client and the resource allow (default api:read).
 // It issues an RFC 9068 JWT access token through oidc-provider's own AccessToken model (so it
@@ -63,12 +66,12 @@ async function verifyWorkloadToken(token, workloadPublicKey, label) {
       clockTolerance: 5,
     });
     if (!SUBJECTS.includes(payload.sub)) {
-      throw new errors.InvalidGrant(`${label} subject is not known`);
+      throw new errors.InvalidRequest(`${label} subject is not known`);
     }
     return payload;
   } catch (err) {
     if (err instanceof errors.OIDCProviderError) throw err;
-    throw new errors.InvalidGrant(`${label} is invalid (${err.code || err.message})`);
+    throw new errors.InvalidRequest(`${label} is invalid (${err.code || err.message})`);
   }
 }
 
