@@ -89,6 +89,24 @@ async fn client_secret_jwt_sends_a_fresh_strict_assertion() {
     h.stop().await;
 }
 
+/// A harness whose client is `private_key_jwt` with `key` (PEM at `key_path`) plus `extra`
+/// TOML, registered at the authorization server for ES256.
+async fn es256_client(key: &rcgen::KeyPair, key_path: &str, extra: &str) -> Harness {
+    let h = Harness::start(Setup {
+        client_toml: client_toml(&format!(
+            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"private_key_jwt\"\nprivate_key = {{ file = \"{key_path}\" }}\n{extra}"
+        )),
+        ..Setup::default()
+    })
+    .await;
+    let public = JwtPublicKey::from_pem(&key.public_key_pem()).unwrap();
+    register(
+        &h,
+        ClientAuthSpec::private_key_jwt(public, &[Algorithm::ES256]),
+    );
+    h
+}
+
 #[tokio::test]
 async fn private_key_jwt_with_ec_keys_in_pkcs8_and_sec1() {
     use p256::pkcs8::DecodePrivateKey;
@@ -102,18 +120,7 @@ async fn private_key_jwt_with_ec_keys_in_pkcs8_and_sec1() {
     for (name, pem) in [("pkcs8", pkcs8), ("sec1", sec1)] {
         let dir = tempfile::tempdir().unwrap();
         let path = write(&dir, "key.pem", &pem);
-        let h = Harness::start(Setup {
-            client_toml: client_toml(&format!(
-                "token_endpoint = \"{{token_endpoint}}\"\nauth = \"private_key_jwt\"\nprivate_key = {{ file = \"{path}\" }}\nkey_id = \"k-{name}\""
-            )),
-            ..Setup::default()
-        })
-        .await;
-        let public = JwtPublicKey::from_pem(&key.public_key_pem()).unwrap();
-        register(
-            &h,
-            ClientAuthSpec::private_key_jwt(public, &[Algorithm::ES256]),
-        );
+        let h = es256_client(&key, &path, &format!("key_id = \"k-{name}\"")).await;
         let (status, body) = get(&h).await;
         assert_eq!(status, 200, "{name}: {body}");
         let assertion = h.auth.last_assertion().unwrap();
@@ -136,18 +143,12 @@ async fn private_key_jwt_names_its_certificate_by_thumbprint() {
     let dir = tempfile::tempdir().unwrap();
     let key_path = write(&dir, "key.pem", &key.serialize_pem());
     let cert_path = write(&dir, "cert.pem", &cert.pem());
-    let h = Harness::start(Setup {
-        client_toml: client_toml(&format!(
-            "token_endpoint = \"{{token_endpoint}}\"\nauth = \"private_key_jwt\"\nprivate_key = {{ file = \"{key_path}\" }}\nassertion_cert = \"{cert_path}\""
-        )),
-        ..Setup::default()
-    })
+    let h = es256_client(
+        &key,
+        &key_path,
+        &format!("assertion_cert = \"{cert_path}\""),
+    )
     .await;
-    let public = JwtPublicKey::from_pem(&key.public_key_pem()).unwrap();
-    register(
-        &h,
-        ClientAuthSpec::private_key_jwt(public, &[Algorithm::ES256]),
-    );
     let (status, body) = get(&h).await;
     assert_eq!(status, 200, "{body}");
     let header = &h.auth.last_assertion().unwrap()["header"];

@@ -16,13 +16,12 @@
 // secret, assertion or token), POST /_control/reset.
 
 import * as crypto from 'node:crypto';
-import * as https from 'node:https';
 import * as path from 'node:path';
 
 import Provider, { errors } from 'oidc-provider';
 
 import {
-  RESOURCE, RESOURCE_SCOPES, generateSigningKey, log, randomSecret, writePrivateFile,
+  RESOURCE, RESOURCE_SCOPES, generateSigningKey, listenHttps, log, randomSecret, writePrivateFile,
 } from './common.mjs';
 import {
   DUPLICATES_ALLOWED, PARAMETERS, SUBJECTS, TOKEN_EXCHANGE, mintSubjectToken, tokenExchangeHandler,
@@ -101,18 +100,7 @@ function certificateSubjectMatches(ctx, property, expected) {
  * private keys and the seeded refresh token into `dir` (0600). Returns what ready.json needs.
  */
 export async function startAuthorizationServer({ dir, tls }) {
-  const server = https.createServer({
-    cert: tls.cert,
-    key: tls.key,
-    ca: [tls.ca],
-    requestCert: true,
-    rejectUnauthorized: false,
-  });
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address();
+  const { server, port } = await listenHttps(tls);
   const issuer = `https://localhost:${port}`;
 
   // ---- key material -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as https from 'node:https';
 import * as path from 'node:path';
 
 /** The resource indicator (RFC 8707) the AS knows and the RS expects as `aud`. */
@@ -10,6 +11,26 @@ export const RESOURCE = 'https://api.interop.test/';
 export const REQUIRED_SCOPE = 'api:read';
 /** Scopes a client may be granted for RESOURCE. */
 export const RESOURCE_SCOPES = 'api:read api:write';
+
+/**
+ * An HTTPS server on 127.0.0.1:0 with the test PKI (`tls` = { cert, key, ca } PEM strings). It
+ * requests a client certificate without requiring one, so tls_client_auth and
+ * certificate-bound tokens can be checked while other clients connect without one.
+ */
+export async function listenHttps(tls) {
+  const server = https.createServer({
+    cert: tls.cert,
+    key: tls.key,
+    ca: [tls.ca],
+    requestCert: true,
+    rejectUnauthorized: false,
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  return { server, port: server.address().port };
+}
 
 /** One line to stderr, prefixed by the component (`as`, `rs`, `main`). */
 export function log(component, message) {

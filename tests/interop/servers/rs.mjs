@@ -19,12 +19,11 @@
 // GET /_control/seen, POST /_control/reset, POST /_control/revoke, POST /_control/rotate-nonce.
 
 import * as crypto from 'node:crypto';
-import * as https from 'node:https';
 
 import * as jose from 'jose';
 import { Agent, fetch as undiciFetch } from 'undici';
 
-import { RESOURCE, REQUIRED_SCOPE, log, readBody, sha256b64u } from './common.mjs';
+import { RESOURCE, REQUIRED_SCOPE, listenHttps, log, readBody, sha256b64u } from './common.mjs';
 
 const DPOP_ALGS = ['ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512', 'RS256', 'RS384', 'RS512', 'EdDSA', 'Ed25519'];
 const PRIVATE_JWK_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
@@ -67,18 +66,7 @@ export async function startResourceServer({ tls, issuer }) {
   const proofJtis = new Map(); // DPoP proof jti -> expiry (epoch s), replay cache
   const seen = [];
 
-  const server = https.createServer({
-    cert: tls.cert,
-    key: tls.key,
-    ca: [tls.ca],
-    requestCert: true,
-    rejectUnauthorized: false,
-  });
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address();
+  const { server, port } = await listenHttps(tls);
   const api = `https://localhost:${port}`;
 
   function sendJson(res, status, body, headers = {}) {
