@@ -568,11 +568,11 @@ pub fn routes_toml(ready: &Value) -> String {
             secret = path(name, "client_secret_file"),
         )
     };
-    let key_client = |name: &str, alg: &str| {
+    let key_client = |name: &str, alg: &str, extra: &str| {
         format!(
             "[clients.{name}]\nissuer = \"{issuer}\"\nclient_id = \"{id}\"\n\
              auth = \"private_key_jwt\"\nprivate_key = {{ file = \"{key}\" }}\n\
-             signing_alg = \"{alg}\"\nkey_id = \"{kid}\"\n\n",
+             signing_alg = \"{alg}\"\nkey_id = \"{kid}\"\n{extra}\n",
             id = id(name),
             key = path(name, "private_key_file"),
             kid = path(name, "key_id"),
@@ -594,14 +594,14 @@ retry_max_elapsed_ms = 2000
     toml += &secret_client("basic", "client_secret_basic", "");
     toml += &secret_client("post", "client_secret_post", "");
     toml += &secret_client("jwt", "client_secret_jwt", "");
-    toml += &key_client("es256", "ES256");
-    toml += &key_client("rs256", "RS256");
+    toml += &key_client("es256", "ES256", "");
+    toml += &key_client("rs256", "RS256", "");
     toml += &format!(
         "[clients.mtls]\nissuer = \"{issuer}\"\nclient_id = \"{}\"\nauth = \"tls_client_auth\"\n\
          client_cert = \"client.pem\"\nclient_key = {{ file = \"client-key.pem\" }}\n\n",
         id("mtls")
     );
-    toml += &secret_client("dpop", "client_secret_basic", "dpop = true");
+    toml += &key_client("dpop", "ES256", "dpop = true\n");
     toml += &secret_client("exchange", "client_secret_basic", "");
     toml += &secret_client("refresh", "client_secret_basic", "");
     for name in ROUTES {

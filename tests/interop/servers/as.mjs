@@ -7,7 +7,7 @@
 // required server nonce), RFC 8707 (resource indicators) and, through a registered grant handler,
 // RFC 8693 (token exchange). Access tokens are RFC 9068 JWTs (typ at+jwt, ES256).
 //
-// One client per authentication method, plus dpop / exchange / refresh clients. The refresh
+// One client per authentication method, plus dpop (private_key_jwt + DPoP) / exchange / refresh clients. The refresh
 // client's refresh token is seeded programmatically (a Grant for account "carol" plus a
 // RefreshToken bound to it); refresh tokens always rotate, and oidc-provider's own reuse
 // detection (a rotated token presented again is invalid_grant and revokes the grant) is kept.
@@ -107,12 +107,15 @@ export async function startAuthorizationServer({ dir, tls }) {
   const providerKey = generateSigningKey('ES256', `as-${crypto.randomBytes(4).toString('hex')}`);
   const es256 = generateSigningKey('ES256', `es256-${crypto.randomBytes(4).toString('hex')}`);
   const rs256 = generateSigningKey('RS256', `rs256-${crypto.randomBytes(4).toString('hex')}`);
+  // The DPoP client authenticates with private_key_jwt, so its token requests carry both a
+  // client assertion and a DPoP proof, and the nonce resend carries both again (oidc-provider
+  // refuses an assertion jti it has seen).
+  const dpopClientKey = generateSigningKey('ES256', `dpop-client-${crypto.randomBytes(4).toString('hex')}`);
   const workload = generateSigningKey('ES256', `workload-${crypto.randomBytes(4).toString('hex')}`);
   const secrets = {
     basic: randomSecret(),
     post: randomSecret(),
     jwt: randomSecret(),
-    dpop: randomSecret(),
     exchange: randomSecret(),
     refresh: randomSecret(),
   };
@@ -168,8 +171,9 @@ export async function startAuthorizationServer({ dir, tls }) {
     {
       ...common,
       client_id: ids.dpop,
-      client_secret: secrets.dpop,
-      token_endpoint_auth_method: 'client_secret_basic',
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: { keys: [dpopClientKey.publicJwk] },
       dpop_bound_access_tokens: true,
     },
     {
@@ -355,6 +359,7 @@ export async function startAuthorizationServer({ dir, tls }) {
   }
   writePrivateFile(file('es256.key'), es256.pkcs8Pem);
   writePrivateFile(file('rs256.key'), rs256.pkcs8Pem);
+  writePrivateFile(file('dpop.key'), dpopClientKey.pkcs8Pem);
   writePrivateFile(file('refresh.token'), refreshToken);
 
   const readyClients = {
@@ -364,7 +369,7 @@ export async function startAuthorizationServer({ dir, tls }) {
     es256: { client_id: ids.es256, private_key_file: file('es256.key'), key_id: es256.publicJwk.kid },
     rs256: { client_id: ids.rs256, private_key_file: file('rs256.key'), key_id: rs256.publicJwk.kid },
     mtls: { client_id: ids.mtls },
-    dpop: { client_id: ids.dpop, client_secret_file: file('dpop.secret') },
+    dpop: { client_id: ids.dpop, private_key_file: file('dpop.key'), key_id: dpopClientKey.publicJwk.kid },
     exchange: { client_id: ids.exchange, client_secret_file: file('exchange.secret') },
     refresh: {
       client_id: ids.refresh,
