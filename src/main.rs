@@ -54,7 +54,7 @@ enum Command {
     /// Serve the proxy.
     Run(ConfigArg),
     /// Validate the configuration and print the route table.
-    Check(ConfigArg),
+    Check(CheckArgs),
     /// The interception CA.
     Ca {
         #[command(subcommand)]
@@ -73,6 +73,18 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also get a token for every route from its authorization server, so wrong credentials,
+    /// scopes or audiences show now rather than on the first request. Skips refresh_token
+    /// routes (a refresh would rotate the token a running proxy holds) and routes that
+    /// exchange the caller's own token.
+    #[arg(long)]
+    fetch: bool,
 }
 
 #[derive(clap::Args)]
@@ -132,7 +144,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(arg) => run(&arg.config).await,
-            Command::Check(arg) => check(&arg.config).await,
+            Command::Check(args) => check(&args.config.config, args.fetch).await,
             Command::Ca {
                 command: CaCommand::Export(arg),
             } => ca_export(&arg.config),
@@ -301,10 +313,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn check(path: &std::path::Path) -> Result<(), Failure> {
+async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Failure> {
     let config = load(path)?;
     let mut problems = config.secret_problems();
     problems.extend(oauth_egress::token::key_problems(&config));
+    let mut fetched = Vec::new();
     let (cert, key) = (&config.proxy.ca_cert, &config.proxy.ca_key);
     let ca_state = if cert.exists() && key.exists() {
         match CertificateAuthority::load_or_create(cert, key) {
@@ -322,8 +335,14 @@ async fn check(path: &std::path::Path) -> Result<(), Failure> {
             match oauth_egress::proxy::Proxy::new(config.clone(), Arc::new(scratch_ca), &[]) {
                 Ok(proxy) => {
                     let (wrong, unreachable) = proxy.discover().await;
+                    let discovered = wrong.is_empty() && unreachable.is_empty();
                     problems.extend(wrong);
                     problems.extend(unreachable);
+                    if fetch && discovered && problems.is_empty() {
+                        let (lines, failed) = fetch_tokens(&proxy).await;
+                        fetched = lines;
+                        problems.extend(failed);
+                    }
                 }
                 Err(err) => problems.push(err.to_string()),
             }
@@ -377,10 +396,71 @@ async fn check(path: &std::path::Path) -> Result<(), Failure> {
             client.endpoint_label()
         );
     }
+    if !fetched.is_empty() {
+        println!("tokens:");
+        for line in &fetched {
+            println!("  {line}");
+        }
+    }
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
     Ok(())
+}
+
+/// `check --fetch`: one token per route (routes sharing a token share the request). Returns
+/// a line per route and the failures, which name the route and the OAuth error, never a
+/// token.
+async fn fetch_tokens(proxy: &oauth_egress::proxy::Proxy) -> (Vec<String>, Vec<String>) {
+    use oauth_egress::config::{Grant, SubjectSource};
+    let (mut lines, mut failed) = (Vec::new(), Vec::new());
+    for route in proxy.routes.routes() {
+        let name = &route.spec.name;
+        let skip = match &route.spec.grant {
+            Grant::RefreshToken { .. } => {
+                Some("skipped: a refresh would rotate the token a running proxy holds")
+            }
+            Grant::TokenExchange(exchange) if exchange.subject == SubjectSource::Inbound => {
+                Some("skipped: exchanges each caller's own token")
+            }
+            _ => None,
+        };
+        if let Some(why) = skip {
+            lines.push(format!("{name:<20} {why}"));
+            continue;
+        }
+        let slot = match route.token.slot(&http::HeaderMap::new()) {
+            Ok(slot) => slot,
+            Err(err) => {
+                failed.push(format!("route {name}: {err}"));
+                continue;
+            }
+        };
+        let started = std::time::Instant::now();
+        match slot.get().await {
+            Ok((token, _)) => {
+                let lifetime = token
+                    .usable_until
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs();
+                let scope = token
+                    .granted_scope
+                    .as_deref()
+                    .map(|s| format!(", scope \"{s}\""))
+                    .unwrap_or_default();
+                let scheme = match token.scheme {
+                    oauth_egress::token::TokenScheme::Bearer => "Bearer",
+                    oauth_egress::token::TokenScheme::Dpop => "DPoP",
+                };
+                lines.push(format!(
+                    "{name:<20} OK: {scheme} token, usable for {lifetime} s{scope} ({} ms)",
+                    started.elapsed().as_millis()
+                ));
+            }
+            Err(err) => failed.push(format!("route {name}: {err}")),
+        }
+    }
+    (lines, failed)
 }
 
 fn ca_export(path: &std::path::Path) -> Result<(), Failure> {

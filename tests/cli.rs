@@ -309,3 +309,83 @@ fn env_names_a_missing_system_bundle() {
         "{all}"
     );
 }
+
+/// `check --fetch` asks the authorization server for every route's token: a wrong secret is
+/// reported now, naming the route and the OAuth error (never the secret), and exits 64; a
+/// route that exchanges the caller's token is skipped; a good one says OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fetch_gets_a_token_per_route_and_names_failures() {
+    use oauth_egress::demo::{AuthServer, DevClient, TestPki};
+    let pki = TestPki::new("check CA").unwrap();
+    let auth = AuthServer::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        pki.server_config(&["localhost"]).unwrap(),
+        "localhost",
+        vec![DevClient {
+            id: "reports".into(),
+            secret: "right-secret-0123456789".into(),
+            allowed_scopes: None,
+        }],
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.ca_cert_pem()).unwrap();
+    std::fs::write(dir.path().join("good"), "right-secret-0123456789").unwrap();
+    std::fs::write(dir.path().join("bad"), "wrong-secret-9876543210").unwrap();
+    let cfg = |secret_file: &str| {
+        format!(
+            r#"
+[proxy]
+upstream_roots = ["ca.pem"]
+[clients.reports]
+token_endpoint = "{endpoint}"
+client_id = "reports"
+auth = "client_secret_basic"
+client_secret = {{ file = "{secret_file}" }}
+[[route]]
+name = "reports-api"
+host = "reports.example"
+client = "reports"
+scopes = ["reports:read"]
+[[route]]
+name = "on-behalf"
+host = "orders.example"
+client = "reports"
+grant = "token_exchange"
+subject_token = "inbound"
+"#,
+            endpoint = auth.token_endpoint()
+        )
+    };
+    let run = |text: String| {
+        let dir = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::fs::write(dir.join("r.toml"), text).unwrap();
+            oauth_egress(&dir, &["check", "--fetch", "-c", "r.toml"])
+        })
+    };
+
+    let out = run(cfg("good")).await.unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("reports-api") && all.contains("OK: Bearer token"),
+        "{all}"
+    );
+    assert!(
+        all.contains("skipped: exchanges each caller's own token"),
+        "{all}"
+    );
+    assert_eq!(auth.token_requests(), 1);
+
+    let out = run(cfg("bad")).await.unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{all}");
+    assert!(all.contains("route reports-api:"), "{all}");
+    assert!(all.contains("invalid_client"), "{all}");
+    assert!(
+        !all.contains("wrong-secret") && !all.contains("right-secret"),
+        "{all}"
+    );
+}
