@@ -448,8 +448,32 @@ async fn a_wrong_client_secret_is_reported_without_the_secret() {
         "{body}"
     );
     assert!(interop.seen().await.is_empty(), "nothing reached the API");
+    // `check --fetch` finds it before any caller does, and every other route is fine.
+    let (code, report) = interop.check_fetch().await;
+    assert_eq!(code, Some(64), "{report}");
+    assert!(
+        report.contains("route basic:") && report.contains("invalid_client"),
+        "{report}"
+    );
+    assert!(
+        !report.contains(wrong) && !report.contains(good.trim()),
+        "{report}"
+    );
 
-    std::fs::write(&file, good).unwrap();
+    std::fs::write(&file, &good).unwrap();
     let answers = interop.run(Client::Curl, &[Call::get("/basic/x")]).await;
     assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+    let (code, report) = interop.check_fetch().await;
+    assert_eq!(code, Some(0), "{report}");
+    for line in ["basic", "post", "jwt", "es256", "rs256", "mtls"] {
+        assert!(
+            report.contains(&format!("{line:<20} OK: Bearer token")),
+            "{line}: {report}"
+        );
+    }
+    assert!(
+        report.contains("dpop                 OK: DPoP token"),
+        "{report}"
+    );
+    assert!(report.contains("refresh              skipped"), "{report}");
 }

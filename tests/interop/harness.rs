@@ -403,6 +403,24 @@ impl Interop {
             .collect()
     }
 
+    /// `oauth-egress check --fetch` on this configuration: its exit code and output.
+    pub async fn check_fetch(&self) -> (Option<i32>, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_oauth-egress"));
+        command
+            .args(["check", "--fetch", "-c"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "warn");
+        let output = tokio::task::spawn_blocking(move || run_with_timeout(command))
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    }
+
     /// What `eval "$(oauth-egress env)"` sets, read from the real command's output.
     fn env_exports(&self) -> Vec<(String, String)> {
         let output = Command::new(env!("CARGO_BIN_EXE_oauth-egress"))
