@@ -11,7 +11,7 @@
 mod harness;
 
 use harness::{Call, Client, Interop, ROUTES};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// One call per route (the token exchange on behalf of alice), plus a POST with a body.
 fn every_route(interop: &Interop) -> Vec<Call> {
@@ -385,6 +385,7 @@ async fn token_exchange_acts_for_each_caller() {
                 Call::get("/exchange/c").with_authorization(&alice),
                 Call::get("/exchange/d"),
                 Call::get("/exchange/e").with_authorization(&forged),
+                Call::get("/actor/f").with_authorization(&alice),
             ],
         )
         .await;
@@ -393,6 +394,18 @@ async fn token_exchange_acts_for_each_caller() {
         .map(|a| a.json()["sub"].clone())
         .collect();
     assert_eq!(subs, ["alice", "bob", "alice"]);
+    // RFC 8693 §4.1: without an actor_token the exchanging client is the actor; with one
+    // (the `actor` route presents bob's workload token), its subject is.
+    assert_eq!(
+        answers[0].json()["act"]["sub"],
+        interop.client_id("exchange")
+    );
+    let acted = answers[5].json();
+    assert_eq!(answers[5].status, 200, "{acted}");
+    assert_eq!(
+        (&acted["sub"], &acted["act"]["sub"]),
+        (&json!("alice"), &json!("bob"))
+    );
     assert_ne!(answers[0].json()["jti"], answers[1].json()["jti"]);
     assert_eq!(
         answers[0].json()["jti"],
@@ -417,7 +430,7 @@ async fn token_exchange_acts_for_each_caller() {
     let seen = interop.seen().await;
     assert_eq!(
         seen.len(),
-        3,
+        4,
         "refused callers never reach the API: {seen:?}"
     );
     let tokens = interop.token_requests().await;
@@ -425,7 +438,10 @@ async fn token_exchange_acts_for_each_caller() {
         .iter()
         .filter(|r| r["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange")
         .count();
-    assert_eq!(exchanges, 3, "alice, bob, the forgery: {tokens:?}");
+    assert_eq!(
+        exchanges, 4,
+        "alice, bob, the forgery, alice with an actor: {tokens:?}"
+    );
 }
 
 /// A wrong client secret against a real server: the caller gets a 502 naming the route and

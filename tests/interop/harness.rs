@@ -206,6 +206,12 @@ impl Interop {
             .no_proxy()
             .build()
             .unwrap();
+        // The actor of the `actor` route: a workload token the proxy presents as actor_token.
+        std::fs::write(
+            dir.path().join("actor.jwt"),
+            ready["subject_tokens"]["bob"].as_str().unwrap(),
+        )
+        .unwrap();
         let config_path = dir.path().join("routes.toml");
         std::fs::write(&config_path, edit(routes_toml(&ready))).unwrap();
         let mut interop = Interop {
@@ -622,6 +628,14 @@ retry_max_elapsed_ms = 2000
     toml += &key_client("dpop", "ES256", "dpop = true\n");
     toml += &secret_client("exchange", "client_secret_basic", "");
     toml += &secret_client("refresh", "client_secret_basic", "");
+    // On behalf of the caller, with the proxy's own workload identity as the actor.
+    toml += &format!(
+        "[[route]]\nname = \"actor\"\nhost = \"localhost\"\nport = {port}\n\
+         path_prefix = \"/actor\"\nclient = \"exchange\"\nscopes = [\"{scope}\"]\n\
+         resource = \"{resource}\"\ngrant = \"token_exchange\"\nsubject_token = \"inbound\"\n\
+         subject_token_type = \"jwt\"\nactor_token = {{ file = \"actor.jwt\" }}\n\
+         actor_token_type = \"jwt\"\n\n"
+    );
     for name in ROUTES {
         let extra = match *name {
             "mtls" => "mtls_bound = true\n".to_string(),
