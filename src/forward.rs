@@ -191,17 +191,12 @@ async fn send(
         })?;
     parts.headers.remove(header::AUTHORIZATION);
     let token_error = |source: Arc<TokenError>| {
-        let name = route.spec.name.clone();
-        if refuses_callers_token(&route.spec.grant, &source) {
-            ProxyError::CallerTokenRefused {
-                route: name,
-                source,
-            }
+        let callers = refuses_callers_token(&route.spec.grant, &source);
+        let route = route.spec.name.clone();
+        if callers {
+            ProxyError::CallerTokenRefused { route, source }
         } else {
-            ProxyError::Token {
-                route: name,
-                source,
-            }
+            ProxyError::Token { route, source }
         }
     };
     let (mut token, lookup) = slot.get().await.map_err(token_error)?;
