@@ -271,13 +271,14 @@ async fn tls_client_auth_uses_the_discovered_mtls_alias() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn token_exchange_on_behalf_of_two_callers_never_shares_tokens() {
-    // The harness' in-memory secret only applies to its default client block: use a file.
+/// A harness whose route exchanges the caller's own token, the client authenticating with
+/// `auth` (its secret in a file: the harness' in-memory secret only applies to its default
+/// client block), and a workload issuer the authorization server trusts for subject tokens.
+async fn inbound_exchange(auth: &str) -> (Harness, WorkloadIssuer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let secret = write(&dir, "secret", support::CLIENT_SECRET);
     let h = Harness::start(Setup {
-        client_toml: secret_client("client_secret_basic", &secret),
+        client_toml: secret_client(auth, &secret),
         route_extra: format!(
             "scopes = [\"{SCOPE}\"]\ngrant = \"token_exchange\"\nsubject_token = \"inbound\""
         ),
@@ -287,6 +288,12 @@ async fn token_exchange_on_behalf_of_two_callers_never_shares_tokens() {
     let workload = WorkloadIssuer::new("https://workloads.test").unwrap();
     h.auth
         .trust_issuer(workload.iss(), workload.public_key().unwrap());
+    (h, workload, dir)
+}
+
+#[tokio::test]
+async fn token_exchange_on_behalf_of_two_callers_never_shares_tokens() {
+    let (h, workload, _dir) = inbound_exchange("client_secret_basic").await;
     let alice = workload
         .mint("alice", "proxy", Duration::from_secs(300))
         .unwrap();
@@ -363,19 +370,7 @@ async fn token_exchange_on_behalf_of_two_callers_never_shares_tokens() {
 
 #[tokio::test]
 async fn an_exchanged_token_never_outlives_its_subject() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = write(&dir, "secret", support::CLIENT_SECRET);
-    let h = Harness::start(Setup {
-        client_toml: secret_client("client_secret_post", &secret),
-        route_extra: format!(
-            "scopes = [\"{SCOPE}\"]\ngrant = \"token_exchange\"\nsubject_token = \"inbound\""
-        ),
-        ..Setup::default()
-    })
-    .await;
-    let workload = WorkloadIssuer::new("https://workloads.test").unwrap();
-    h.auth
-        .trust_issuer(workload.iss(), workload.public_key().unwrap());
+    let (h, workload, _dir) = inbound_exchange("client_secret_post").await;
     let short = workload
         .mint("dave", "proxy", Duration::from_secs(2))
         .unwrap();

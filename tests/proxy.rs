@@ -66,8 +66,9 @@ async fn concurrent_cold_requests_cause_one_token_request() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn token_is_renewed_ahead_of_expiry_without_waiting() {
+/// A harness whose 4 s tokens are renewed in the background during the second half of their
+/// life; one request fetches the first token (its jti returned), then `after` passes.
+async fn in_renewal_window(after: Duration) -> (Harness, reqwest::Client, String) {
     let h = Harness::start(Setup {
         tokens: "expiry_skew_secs = 0\nrefresh_ahead_percent = 50".into(),
         ..Setup::default()
@@ -76,7 +77,13 @@ async fn token_is_renewed_ahead_of_expiry_without_waiting() {
     h.auth.set_token_lifetime(4);
     let client = h.client();
     let first = support::jti_of(&client, h.api_url()).await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(after).await;
+    (h, client, first)
+}
+
+#[tokio::test]
+async fn token_is_renewed_ahead_of_expiry_without_waiting() {
+    let (h, client, first) = in_renewal_window(Duration::from_millis(2200)).await;
     // In the renewal window: served the current token at once while a slow renewal runs.
     h.auth.set_delay(Duration::from_millis(1000));
     let started = std::time::Instant::now();
@@ -654,15 +661,7 @@ async fn http2_callers_are_served_and_upstream_connections_are_pooled() {
 
 #[tokio::test]
 async fn a_fetch_started_before_an_invalidation_never_stores_its_token() {
-    let h = Harness::start(Setup {
-        tokens: "expiry_skew_secs = 0\nrefresh_ahead_percent = 50".into(),
-        ..Setup::default()
-    })
-    .await;
-    h.auth.set_token_lifetime(4);
-    let client = h.client();
-    let first = support::jti_of(&client, h.api_url()).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (h, client, first) = in_renewal_window(Duration::from_millis(2100)).await;
     // In the renewal window: this request starts a slow background renewal.
     h.auth.set_delay(Duration::from_millis(900));
     assert_eq!(support::jti_of(&client, h.api_url()).await, first);
