@@ -21,8 +21,8 @@ pub const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",                  // macOS, OpenBSD, Alpine
 ];
 
-/// How `env` prints its variables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How `env` prints its variables (`--format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// `export NAME='value'` lines, for `eval "$(oauth-egress env)"`.
     Sh,

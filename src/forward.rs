@@ -21,7 +21,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body, Outgoing};
-use crate::config::{Grant, SubjectSource};
+use crate::config::Grant;
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
 use crate::route::Route;
@@ -310,10 +310,7 @@ async fn send(
 /// unacceptable subject token, and servers also answer `invalid_grant` or `invalid_token`.
 /// Refusals that name the client, scope or target stay the operator's (502).
 fn refuses_callers_token(grant: &Grant, err: &TokenError) -> bool {
-    let Grant::TokenExchange(exchange) = grant else {
-        return false;
-    };
-    exchange.subject == SubjectSource::Inbound
+    grant.exchanges_callers_token()
         && matches!(
             err.oauth_error(),
             Some("invalid_request" | "invalid_grant" | "invalid_token")

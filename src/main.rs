@@ -104,13 +104,7 @@ struct EnvArgs {
     system_roots: Option<PathBuf>,
     /// `sh` prints `export NAME='value'`; `dotenv` prints `NAME=value` (Docker `--env-file`).
     #[arg(long, value_enum, default_value = "sh")]
-    format: EnvFormat,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum EnvFormat {
-    Sh,
-    Dotenv,
+    format: oauth_egress::client_env::Format,
 }
 
 #[derive(Subcommand)]
@@ -412,7 +406,7 @@ async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Failure> {
 /// a line per route and the failures, which name the route and the OAuth error, never a
 /// token.
 async fn fetch_tokens(proxy: &oauth_egress::proxy::Proxy) -> (Vec<String>, Vec<String>) {
-    use oauth_egress::config::{Grant, SubjectSource};
+    use oauth_egress::config::Grant;
     let (mut lines, mut failed) = (Vec::new(), Vec::new());
     for route in proxy.routes.routes() {
         let name = &route.spec.name;
@@ -420,7 +414,7 @@ async fn fetch_tokens(proxy: &oauth_egress::proxy::Proxy) -> (Vec<String>, Vec<S
             Grant::RefreshToken { .. } => {
                 Some("skipped: a refresh would rotate the token a running proxy holds")
             }
-            Grant::TokenExchange(exchange) if exchange.subject == SubjectSource::Inbound => {
+            grant if grant.exchanges_callers_token() => {
                 Some("skipped: exchanges each caller's own token")
             }
             _ => None,
@@ -448,12 +442,9 @@ async fn fetch_tokens(proxy: &oauth_egress::proxy::Proxy) -> (Vec<String>, Vec<S
                     .as_deref()
                     .map(|s| format!(", scope \"{s}\""))
                     .unwrap_or_default();
-                let scheme = match token.scheme {
-                    oauth_egress::token::TokenScheme::Bearer => "Bearer",
-                    oauth_egress::token::TokenScheme::Dpop => "DPoP",
-                };
                 lines.push(format!(
-                    "{name:<20} OK: {scheme} token, usable for {lifetime} s{scope} ({} ms)",
+                    "{name:<20} OK: {} token, usable for {lifetime} s{scope} ({} ms)",
+                    token.scheme.name(),
                     started.elapsed().as_millis()
                 ));
             }
@@ -471,7 +462,7 @@ fn ca_export(path: &std::path::Path) -> Result<(), Failure> {
 }
 
 fn env(args: &EnvArgs) -> Result<(), Failure> {
-    use oauth_egress::client_env::{self, ClientEnv, Format};
+    use oauth_egress::client_env::{self, ClientEnv};
     let config = load(&args.config.config)?;
     let ca = load_ca(&config)?;
     let ca_cert = absolute(&config.proxy.ca_cert);
@@ -501,11 +492,7 @@ fn env(args: &EnvArgs) -> Result<(), Failure> {
         ca_cert,
         bundle,
     };
-    let format = match args.format {
-        EnvFormat::Sh => Format::Sh,
-        EnvFormat::Dotenv => Format::Dotenv,
-    };
-    print!("{}", env.render(format));
+    print!("{}", env.render(args.format));
     Ok(())
 }
 

@@ -72,6 +72,11 @@ impl Grant {
             Grant::JwtBearer(_) => "jwt_bearer",
         }
     }
+
+    /// Whether the grant exchanges each caller's own token (`subject_token = "inbound"`).
+    pub fn exchanges_callers_token(&self) -> bool {
+        matches!(self, Grant::TokenExchange(e) if e.subject == SubjectSource::Inbound)
+    }
 }
 
 /// Token exchange parameters.

@@ -150,6 +150,16 @@ pub enum TokenScheme {
     Dpop,
 }
 
+impl TokenScheme {
+    /// The `Authorization` scheme name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenScheme::Bearer => "Bearer",
+            TokenScheme::Dpop => "DPoP",
+        }
+    }
+}
+
 /// An access token in hand. Its value is zeroized on drop and never printed.
 pub struct AccessToken {
     value: SecretString,
@@ -196,11 +206,10 @@ impl AccessToken {
     /// The `Authorization` header value, marked sensitive so hyper never logs or indexes it.
     pub fn authorization(&self) -> HeaderValue {
         let secret = self.value.expose_secret();
-        let mut bytes = Vec::with_capacity(7 + secret.len());
-        bytes.extend_from_slice(match self.scheme {
-            TokenScheme::Bearer => b"Bearer ",
-            TokenScheme::Dpop => b"DPoP ",
-        });
+        let scheme = self.scheme.name();
+        let mut bytes = Vec::with_capacity(scheme.len() + 1 + secret.len());
+        bytes.extend_from_slice(scheme.as_bytes());
+        bytes.push(b' ');
         bytes.extend_from_slice(secret.as_bytes());
         // Checked by `new`: token68 bytes are always valid header bytes.
         let mut header = HeaderValue::from_bytes(&bytes).unwrap_or(HeaderValue::from_static(""));
