@@ -189,6 +189,67 @@ where
     }
 }
 
+/// Passes a request body through without the trailer fields that carry credentials
+/// (`authorization`, `dpop`, `proxy-*`): on a route the proxy owns the credential, and a
+/// trailer is as good as a header to many servers. Other trailers pass.
+pub struct StripCredentialTrailers<B> {
+    inner: B,
+}
+
+impl<B> StripCredentialTrailers<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        StripCredentialTrailers { inner }
+    }
+}
+
+/// Whether a trailer field names a credential the proxy owns on a route.
+fn is_credential_field(name: &http::HeaderName) -> bool {
+    let name = name.as_str();
+    name == "authorization" || name == "dpop" || name.starts_with("proxy-")
+}
+
+impl<B> HttpBody for StripCredentialTrailers<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Poll::Ready(Some(Ok(frame))) = polled else {
+            return polled;
+        };
+        let frame = match frame.into_trailers() {
+            Ok(mut trailers) => {
+                let names: Vec<http::HeaderName> = trailers
+                    .keys()
+                    .filter(|name| is_credential_field(name))
+                    .cloned()
+                    .collect();
+                for name in names {
+                    trailers.remove(name);
+                }
+                Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
-//! The proxy's own HTTP/1.1 front door: `CONNECT host:port` (intercept when a route covers
-//! the host, else tunnel or deny by policy) and absolute-form `http://` requests.
+//! The proxy's own HTTP/1.1 front door: `CONNECT host:port` and absolute-form `http://` and
+//! `https://` requests. Whichever way a destination is named, one rule ([`admit`]) decides
+//! what happens to it: a routed destination is intercepted or forwarded with its route's
+//! token; any other is tunnelled or forwarded untouched, or denied, by `proxy.unmatched`.
 
 use std::sync::Arc;
 
@@ -15,6 +17,47 @@ use crate::error::{self, ProxyError};
 use crate::forward::{forward, Target};
 use crate::listener::Drain;
 use crate::proxy::{Proxy, SharedProxy};
+use crate::route::RouteTable;
+
+/// How a destination was named to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `CONNECT host:port`.
+    Connect,
+    /// An absolute-form request, `http://` or `https://`.
+    Absolute,
+}
+
+/// What the proxy does with a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A routed CONNECT: terminate TLS and serve the requests inside.
+    Intercept,
+    /// An absolute-form request: send it on (with the route's token when a route matches).
+    Forward,
+    /// An unrouted CONNECT: splice the bytes untouched.
+    Tunnel,
+    /// An unrouted destination under `unmatched = "deny"`: 403.
+    Deny,
+}
+
+/// The one rule for every entry point: a destination is routed when any route covers its
+/// host and port (whatever the path), and `unmatched` decides for every other, so the policy
+/// cannot be bypassed by naming the destination another way.
+pub fn admit(
+    routes: &RouteTable,
+    host: &str,
+    port: u16,
+    form: Form,
+    unmatched: Unmatched,
+) -> Admission {
+    match (routes.intercepts(host, port), unmatched, form) {
+        (true, _, Form::Connect) => Admission::Intercept,
+        (false, Unmatched::Deny, _) => Admission::Deny,
+        (false, Unmatched::Tunnel, Form::Connect) => Admission::Tunnel,
+        (_, _, Form::Absolute) => Admission::Forward,
+    }
+}
 
 /// Answers one request received on the proxy port.
 pub async fn handle(shared: SharedProxy, req: Request<Incoming>, drain: Drain) -> Response<Body> {
@@ -49,26 +92,24 @@ async fn connect(
     })?;
     let target = Target::new(Scheme::HTTPS, authority.host(), port)?;
 
-    if proxy.routes.intercepts(&target.host, port) {
-        crate::metrics::connect("intercept");
-        let on_upgrade = hyper::upgrade::on(req);
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => crate::intercept::serve(shared, upgraded, target, drain).await,
-                Err(err) => tracing::debug!(error = %err, "CONNECT upgrade failed"),
-            }
-        });
-        return Ok(Response::new(body::empty()));
-    }
-
-    match proxy.config.proxy.unmatched {
-        Unmatched::Deny => {
-            crate::metrics::connect("deny");
-            Err(ProxyError::Denied {
-                host: format!("{}:{port}", target.host),
-            })
+    let unmatched = proxy.config.proxy.unmatched;
+    match admit(&proxy.routes, &target.host, port, Form::Connect, unmatched) {
+        Admission::Intercept => {
+            crate::metrics::connect("intercept");
+            let on_upgrade = hyper::upgrade::on(req);
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => crate::intercept::serve(shared, upgraded, target, drain).await,
+                    Err(err) => tracing::debug!(error = %err, "CONNECT upgrade failed"),
+                }
+            });
+            Ok(Response::new(body::empty()))
         }
-        Unmatched::Tunnel => {
+        Admission::Deny | Admission::Forward => {
+            crate::metrics::connect("deny");
+            Err(denied(&target))
+        }
+        Admission::Tunnel => {
             crate::metrics::connect("tunnel");
             let addr = (target.host.as_str(), port);
             let upstream =
@@ -122,6 +163,13 @@ async fn absolute_form(
     };
     let port = explicit_port.unwrap_or(default_port);
     let host = crate::route::normalize_host(authority.host()).into_owned();
+    let unmatched = proxy.config.proxy.unmatched;
+    if admit(&proxy.routes, &host, port, Form::Absolute, unmatched) == Admission::Deny {
+        let target = Target::new(scheme.clone(), &host, port)?;
+        let err = denied(&target);
+        tracing::info!(error = %err, "request refused");
+        return Err(err);
+    }
     let route = proxy.routes.find(&host, port, uri.path()).cloned();
     let target = match (&route, secure) {
         (_, true) | (None, false) => Target::new(scheme.clone(), &host, port)?,
@@ -142,5 +190,55 @@ async fn absolute_form(
             })
         }
     };
-    Ok(forward(proxy, req, &target, route, true).await)
+    Ok(forward(proxy, req, &target, route).await)
+}
+
+fn denied(target: &Target) -> ProxyError {
+    ProxyError::Denied {
+        host: format!("{}:{}", target.host, target.port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intercept::ca::CertificateAuthority;
+
+    #[test]
+    fn every_form_of_naming_a_destination_gets_the_same_policy() {
+        let toml = r#"
+[clients.c]
+token_endpoint = "https://idp.example/token"
+client_id = "c"
+auth = "client_secret_basic"
+client_secret = { env = "UNUSED" }
+
+[[route]]
+name = "api"
+host = "api.example"
+path_prefix = "/v1"
+client = "c"
+"#;
+        let config = crate::config::from_toml(toml, std::path::Path::new("."), "t").unwrap();
+        let ca = std::sync::Arc::new(CertificateAuthority::generate().unwrap());
+        let proxy = Proxy::new(config, ca, &[]).unwrap();
+        use Admission as A;
+        use Form::{Absolute, Connect};
+        use Unmatched as U;
+        let cases = [
+            ("api.example", Connect, U::Tunnel, A::Intercept),
+            ("api.example", Connect, U::Deny, A::Intercept),
+            ("api.example", Absolute, U::Tunnel, A::Forward),
+            // A routed host is routed whatever the path (the route may not match it).
+            ("api.example", Absolute, U::Deny, A::Forward),
+            ("other.example", Connect, U::Tunnel, A::Tunnel),
+            ("other.example", Connect, U::Deny, A::Deny),
+            ("other.example", Absolute, U::Tunnel, A::Forward),
+            ("other.example", Absolute, U::Deny, A::Deny),
+        ];
+        for (host, form, policy, want) in cases {
+            let got = admit(&proxy.routes, host, 443, form, policy);
+            assert_eq!(got, want, "{host} {form:?} {policy:?}");
+        }
+    }
 }

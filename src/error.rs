@@ -18,7 +18,8 @@ pub enum ProxyError {
     /// The request cannot be understood or forwarded as it is.
     #[error("malformed request: {0}")]
     BadRequest(String),
-    /// A CONNECT to a host without a route, under `unmatched = "deny"`.
+    /// A destination without a route, under `unmatched = "deny"`, however it was named
+    /// (`CONNECT`, absolute-form `http://` or `https://`).
     #[error("{host}: no route matches and this proxy denies unmatched hosts (proxy.unmatched = \"deny\")")]
     Denied {
         /// `host:port` asked for.
@@ -35,10 +36,20 @@ pub enum ProxyError {
     Misdirected {
         /// The CONNECT authority.
         expected: String,
-        /// `TLS SNI` or `Host`.
+        /// `TLS SNI`, `request-target`, `:authority` or `Host`.
         what: &'static str,
         /// What the request said.
         got: String,
+    },
+    /// A method refused on a route: `TRACE` would echo the injected token back to the caller.
+    #[error("route {route}: {method} is refused on routes, its answer would show the caller the token the proxy adds; allowed: {allowed}")]
+    MethodNotAllowed {
+        /// Route name.
+        route: String,
+        /// The method asked for.
+        method: String,
+        /// The methods allowed, as in the `Allow` header.
+        allowed: &'static str,
     },
     /// No token could be had for the route.
     #[error("route {route}: {source}")]
@@ -92,6 +103,9 @@ impl ProxyError {
             ProxyError::Misdirected { .. } => {
                 (StatusCode::MISDIRECTED_REQUEST, "http_request_denied")
             }
+            ProxyError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "http_request_denied")
+            }
             ProxyError::Token { source, .. } if source.is_timeout() => {
                 (StatusCode::GATEWAY_TIMEOUT, "proxy_internal_error")
             }
@@ -126,6 +140,9 @@ pub fn response(err: &ProxyError) -> Response<Body> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&proxy_status) {
         headers.insert("proxy-status", v);
+    }
+    if let ProxyError::MethodNotAllowed { allowed, .. } = err {
+        headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
     if let ProxyError::CallerTokenRefused { .. } = err {
         // RFC 6750 §3.1: the presented token is not acceptable; the caller may get a new one.

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body, Outgoing};
@@ -79,6 +79,46 @@ impl Target {
     }
 }
 
+/// The request's one `Host` header, if any: more than one is a 400 (RFC 9112 §3.2), since
+/// a proxy and an upstream could each believe a different one.
+pub fn single_host(headers: &HeaderMap) -> Result<Option<&HeaderValue>, ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "more than one Host header; send exactly one".into(),
+        ));
+    }
+    Ok(first)
+}
+
+/// The one authority rule, for every request (intercepted or absolute-form): the URI becomes
+/// the target's and no caller `Host` goes upstream; the upstream client writes `Host`
+/// (HTTP/1.1) or `:authority` (HTTP/2) from the URI, so the upstream sees exactly one
+/// authority, the target's.
+fn bind_authority(parts: &mut http::request::Parts, target: &Target) -> Result<(), ProxyError> {
+    single_host(&parts.headers)?;
+    parts.headers.remove(header::HOST);
+    parts.uri = target.uri(parts.uri.path_and_query())?;
+    Ok(())
+}
+
+/// What the `Allow` of a refused `TRACE` lists (other methods than these pass too).
+const ROUTE_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Refused on a route before any token is fetched: `TRACE` echoes the request it received
+/// (RFC 9110 §9.3.8), so its answer would show the caller the token the proxy injected.
+fn refuse_on_route(route: &Route, method: &Method) -> Result<(), ProxyError> {
+    if method == Method::TRACE {
+        return Err(ProxyError::MethodNotAllowed {
+            route: route.spec.name.clone(),
+            method: method.to_string(),
+            allowed: ROUTE_ALLOW,
+        });
+    }
+    Ok(())
+}
+
 /// What happened to a request, for the access log.
 struct Outcome {
     lookup: Option<Lookup>,
@@ -95,7 +135,6 @@ pub async fn forward(
     req: Request<Incoming>,
     target: &Target,
     route: Option<Arc<Route>>,
-    rewrite_host: bool,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
@@ -105,15 +144,7 @@ pub async fn forward(
         retried: false,
         nonce_resent: false,
     };
-    let result = send(
-        proxy,
-        req,
-        target,
-        route.as_deref(),
-        rewrite_host,
-        &mut outcome,
-    )
-    .await;
+    let result = send(proxy, req, target, route.as_deref(), &mut outcome).await;
     let response = match result {
         Ok(response) => response,
         Err(err) => {
@@ -151,21 +182,17 @@ async fn send(
     mut req: Request<Incoming>,
     target: &Target,
     route: Option<&Route>,
-    rewrite_host: bool,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
+    if let Some(route) = route {
+        refuse_on_route(route, req.method())?;
+    }
     let upgrade = is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
+    bind_authority(&mut parts, target)?;
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    parts.uri = target.uri(parts.uri.path_and_query())?;
     parts.version = Version::HTTP_11;
-    if rewrite_host {
-        // Absolute-form: the URI's authority is the host (RFC 9112 §3.2.2).
-        let host = HeaderValue::from_str(target.authority.as_str())
-            .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
-        parts.headers.insert(header::HOST, host);
-    }
     let identity = route
         .filter(|r| r.spec.mtls_bound)
         .map(|r| r.client.name.as_str());
@@ -179,6 +206,8 @@ async fn send(
             .map_err(|e| upstream_error(proxy, target, &e))?;
         return Ok(finish(response, downstream_upgrade));
     };
+    // Nor in trailers, where a caller-chosen `Authorization` would reach the upstream too.
+    let incoming = body::StripCredentialTrailers::new(incoming);
 
     // The proxy owns the credential on a route: the caller's own is never forwarded (a
     // token-exchange route reads it first, as the subject).

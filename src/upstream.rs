@@ -85,6 +85,9 @@ fn build(tls: rustls::ClientConfig, h2: bool, settings: &ProxySettings) -> Https
         builder.enable_http1().wrap_connector(http)
     };
     Client::builder(TokioExecutor::new())
+        // `forward::send` removes the caller's `Host`: the client writes it from the URI,
+        // which is the target's (HTTP/2 carries the URI's authority as `:authority`).
+        .set_host(true)
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

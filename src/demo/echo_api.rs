@@ -53,6 +53,10 @@ pub struct Seen {
     pub dpop: bool,
     /// The request was answered with a `use_dpop_nonce` challenge.
     pub dpop_nonce_challenged: bool,
+    /// Every `Host` header, in order (a proxy must send at most one).
+    pub hosts: Vec<String>,
+    /// The request trailers, as (name, value) pairs.
+    pub trailers: Vec<(String, String)>,
 }
 
 /// At most this many requests are kept for [`EchoApi::seen`].
@@ -188,6 +192,13 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
         version: format!("{:?}", req.version()),
         dpop: false,
         dpop_nonce_challenged: false,
+        hosts: req
+            .headers()
+            .get_all(HOST)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect(),
+        trailers: Vec::new(),
     };
     let dpop_values: Vec<HeaderValue> = req.headers().get_all(DPOP).iter().cloned().collect();
     let proof = shared.dpop.observe(&dpop_values);
@@ -219,6 +230,17 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
             "request body unreadable or too large\n",
         ),
         Ok(collected) => {
+            seen.trailers = collected
+                .trailers()
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| {
+                            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                            (k.as_str().to_string(), value)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             seen.body = collected.to_bytes();
             match authorize(shared, seen.authorization.as_deref(), &possession) {
                 Err((denial, jti)) => {

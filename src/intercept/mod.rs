@@ -1,16 +1,19 @@
 //! Interception: after `CONNECT host:port` for a routed host, terminate the caller's TLS with
 //! a leaf minted for that host, and serve the decrypted HTTP/1.1 or HTTP/2 requests.
 //!
-//! Host binding: the tunnel was opened for one host. A TLS SNI or a `Host`/`:authority` that
-//! names another host gets `421 Misdirected Request`; such a request is never injected and
-//! never sent anywhere.
+//! Host binding: the tunnel was opened for one host, and every authority a request carries
+//! must name it: the TLS SNI, the request-target's authority (absolute form, or HTTP/2
+//! `:authority`) and the `Host` header (HTTP/2 `host` field). One that names another host
+//! gets `421 Misdirected Request`, more than one `Host` gets `400`; such a request is never
+//! injected and never sent anywhere. What goes upstream carries one authority, the target's
+//! (`forward::send`).
 
 pub mod ca;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{header, Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
@@ -20,7 +23,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::Body;
 use crate::error::{self, ProxyError};
-use crate::forward::{forward, Target};
+use crate::forward::{forward, single_host, Target};
 use crate::listener::Drain;
 use crate::proxy::{Proxy, SharedProxy};
 use crate::route::normalize_host;
@@ -80,28 +83,39 @@ async fn request(
     sni_mismatch: Option<&str>,
 ) -> Response<Body> {
     if let Some(sni) = sni_mismatch {
-        return misdirected(target, "TLS SNI", sni);
+        return refuse(misdirected(target, "TLS SNI", sni));
     }
-    // HTTP/2 carries the authority in the URI; HTTP/1.1 in Host.
-    let named = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        });
-    if let Some(named) = named {
-        if !names_target(&named, target) {
-            return misdirected(target, "Host", &named);
-        }
+    if let Err(err) = bound_to(&req, target) {
+        return refuse(err);
     }
     let route = proxy
         .routes
         .find(&target.host, target.port, req.uri().path())
         .cloned();
-    forward(&proxy, req, target, route, false).await
+    forward(&proxy, req, target, route).await
+}
+
+/// Checks that every authority `req` carries names the tunnel's host: the request-target's
+/// (absolute form; `:authority` in HTTP/2) and the `Host` header (at most one).
+fn bound_to(req: &Request<Incoming>, target: &Target) -> Result<(), ProxyError> {
+    let host = single_host(req.headers())?;
+    if let Some(authority) = req.uri().authority() {
+        let what = if req.version() == Version::HTTP_2 {
+            ":authority"
+        } else {
+            "request-target"
+        };
+        if !names_target(authority.as_str(), target) {
+            return Err(misdirected(target, what, authority.as_str()));
+        }
+    }
+    if let Some(host) = host {
+        let host = String::from_utf8_lossy(host.as_bytes());
+        if !names_target(&host, target) {
+            return Err(misdirected(target, "Host", &host));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a `Host` value names the tunnel's host (a missing port means the tunnel's).
@@ -113,12 +127,15 @@ fn names_target(named: &str, target: &Target) -> bool {
         && authority.port_u16().is_none_or(|p| p == target.port)
 }
 
-fn misdirected(target: &Target, what: &'static str, got: &str) -> Response<Body> {
-    let err = ProxyError::Misdirected {
+fn misdirected(target: &Target, what: &'static str, got: &str) -> ProxyError {
+    ProxyError::Misdirected {
         expected: target.authority.to_string(),
         what,
         got: got.chars().filter(|c| !c.is_control()).take(256).collect(),
-    };
-    tracing::warn!(error = %err, "refused a misdirected request");
+    }
+}
+
+fn refuse(err: ProxyError) -> Response<Body> {
+    tracing::warn!(error = %err, "refused a request in an intercepted tunnel");
     error::response(&err)
 }
