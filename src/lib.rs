@@ -7,7 +7,7 @@
 //! | step | file |
 //! |---|---|
 //! | accept a caller connection, drain on shutdown | `listener.rs` |
-//! | `CONNECT` → intercept / tunnel / deny; absolute-form `http://` | `connect.rs` |
+//! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept/mod.rs`, `intercept/ca.rs` |
 //! | pick the route for host, port and path | `route.rs` |
 //! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |

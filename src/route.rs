@@ -180,7 +180,8 @@ impl RouteTable {
             .find(|r| r.spec.host.matches(&host) && r.matches(port, path))
     }
 
-    /// Whether any route (with any path) covers `host:port`: CONNECTs to it are intercepted.
+    /// Whether any route (with any path) covers `host:port`: CONNECTs to it are intercepted,
+    /// and `unmatched` never applies to it (`connect::admit`).
     pub fn intercepts(&self, host: &str, port: u16) -> bool {
         let host = normalize_host(host);
         let port_ok = |r: &&Arc<Route>| r.spec.port.is_none_or(|p| p == port);
