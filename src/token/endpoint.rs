@@ -567,15 +567,19 @@ impl Fetcher {
             })?,
         };
         // Never outlive the token's own `exp` (a JWT) nor the subject token it was exchanged
-        // for: both shorten the lifetime, so the skew and renewal apply to what is left.
-        let now_unix = SystemTime::now()
+        // for: both shorten the lifetime, so the skew and renewal apply to what is left. `exp`
+        // counts whole seconds (servers round their clock down), so an own `exp` less than a
+        // second short of `expires_in` is that rounding, not a shorter life.
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let own_exp = super::assertion::unverified_exp(value.expose_secret());
-        let lifetime = [own_exp, request.subject_exp]
+            .unwrap_or_default();
+        let left = |exp: u64| Duration::from_secs(exp).saturating_sub(now);
+        let own = super::assertion::unverified_exp(value.expose_secret())
+            .map(left)
+            .filter(|left| *left + Duration::from_secs(1) < expires_in);
+        let lifetime = [own, request.subject_exp.map(left)]
             .into_iter()
             .flatten()
-            .map(|exp| Duration::from_secs(exp.saturating_sub(now_unix)))
             .fold(expires_in, Duration::min);
         if lifetime.is_zero() {
             return Err(bad(
