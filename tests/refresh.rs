@@ -266,3 +266,219 @@ async fn a_slow_token_endpoint_renews_before_the_usable_end() {
         assert_eq!(r.late, 0, "{} s", r.lifetime);
     }
 }
+
+/// Issue 18, path 1: a 2xx answer that is refused (`expires_in: 0`, an unknown `token_type`,
+/// an access token that cannot go in a header, none at all) still carried the rotated
+/// refresh token, and the old one is spent: the new one must be saved, or the next refresh
+/// is a reuse and the server revokes the family.
+#[tokio::test]
+async fn a_rotated_refresh_token_is_saved_even_when_the_answer_is_refused() {
+    let env = Env::start().await;
+    let cases = [
+        serde_json::json!({ "expires_in": 0 }),
+        serde_json::json!({ "token_type": "mac" }),
+        serde_json::json!({ "access_token": "not token68" }),
+        serde_json::json!({ "access_token": null }),
+    ];
+    for (i, patch) in cases.iter().enumerate() {
+        let file = env.refresh_file(&format!("refused-{i}"));
+        let config = env.config("", &refresh_route("r", "s", &file));
+        let cache = env.cache(&config);
+        let slot = env.slot(&cache, &config, "r", None);
+        env.auth.patch_next_answers(1, patch.clone());
+        let err = slot.get().await.unwrap_err();
+        assert_eq!(err.kind(), "bad_response", "{patch}: {err}");
+        slot.get()
+            .await
+            .unwrap_or_else(|e| panic!("after {patch}, the next refresh failed: {e}"));
+    }
+}
+
+/// Issue 18, path 2: a rotated token that cannot be written (here: its directory vanished,
+/// as a full disk or a read-only mount would refuse it) is kept in memory and used; the
+/// save is retried and succeeds once the directory is back.
+#[tokio::test]
+async fn a_rotated_refresh_token_that_cannot_be_saved_is_used_and_saved_later() {
+    let env = Env::start().await;
+    let dir = env.dir.path().join("volume");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("refresh");
+    let first = env.auth.issue_refresh_token(CLIENT_ID, None);
+    std::fs::write(&file, format!("{first}\n")).unwrap();
+    env.auth.set_token_lifetime(2);
+    let config = env.config("", &refresh_route("r", "s", &file));
+    let cache = env.cache(&config);
+    let slot = env.slot(&cache, &config, "r", None);
+
+    env.auth.set_delay(Duration::from_millis(400));
+    let fetch = tokio::spawn({
+        let slot = slot.clone();
+        async move { slot.get().await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    fetch.await.unwrap().unwrap_or_else(|e| {
+        panic!("the access token was dropped with the unsaved refresh token: {e}")
+    });
+    env.auth.set_delay(Duration::ZERO);
+
+    // The token expires; the next refresh uses the rotated token held in memory.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    slot.get()
+        .await
+        .unwrap_or_else(|e| panic!("the in-memory refresh token was not used: {e}"));
+
+    // The directory is back: the save is retried in the background.
+    std::fs::create_dir(&dir).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !file.exists() {
+        assert!(std::time::Instant::now() < deadline, "never saved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A restarted proxy (a new cache and fetcher) redeems the saved token.
+    let cache = env.cache(&config);
+    let slot = env.slot(&cache, &config, "r", None);
+    slot.get()
+        .await
+        .unwrap_or_else(|e| panic!("the saved refresh token is not the live one: {e}"));
+}
+
+/// Issue 18, path 3: after a reload, a route carried over and a changed route share one
+/// refresh file; their refreshes must still take turns (one lock per file for the process),
+/// or the second sends the token the first just spent and the family is revoked.
+#[tokio::test]
+async fn routes_sharing_a_refresh_file_take_turns_across_a_reload() {
+    let env = Env::start().await;
+    let file = env.refresh_file("shared");
+    env.auth.set_token_lifetime(1);
+    let routes = |b_scope: &str| {
+        format!(
+            "{}\n{}",
+            refresh_route("a", "scope-a", &file),
+            refresh_route("b", b_scope, &file)
+        )
+    };
+    let old_config = env.config("", &routes("scope-b"));
+    let old = env.cache(&old_config);
+    env.slot(&old, &old_config, "a", None).get().await.unwrap();
+    env.slot(&old, &old_config, "b", None);
+
+    let new_config = env.config("", &routes("scope-b2"));
+    let new = env.cache(&new_config);
+    let a = env.slot(&new, &new_config, "a", Some(&old));
+    let b = env.slot(&new, &new_config, "b", Some(&old));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.auth.set_delay(Duration::from_millis(300));
+    let (ra, rb) = tokio::join!(a.get(), b.get());
+    env.auth.set_delay(Duration::ZERO);
+    ra.unwrap_or_else(|e| panic!("route a: {e}"));
+    rb.unwrap_or_else(|e| panic!("route b: {e}"));
+    // The family is alive: a fresh start redeems the file's token.
+    let cache = env.cache(&new_config);
+    env.slot(&cache, &new_config, "a", None)
+        .get()
+        .await
+        .unwrap_or_else(|e| panic!("family revoked: {e}"));
+}
+
+/// Issue 18: a slot carried over a reload runs with the new configuration's fetcher (here:
+/// its `[tokens]` request timeout), keeping only its cached token.
+#[tokio::test]
+async fn a_reload_applies_new_token_settings_to_unchanged_routes() {
+    let env = Env::start().await;
+    env.auth.set_token_lifetime(1);
+    let route = cc_route("r", "reload-settings");
+    let old_config = env.config("request_timeout_ms = 10000", &route);
+    let old = env.cache(&old_config);
+    let (token, _) = env.slot(&old, &old_config, "r", None).get().await.unwrap();
+
+    let new_config = env.config("request_timeout_ms = 200\nretry_max_elapsed_ms = 0", &route);
+    let new = env.cache(&new_config);
+    let slot = env.slot(&new, &new_config, "r", Some(&old));
+    let (carried, lookup) = slot.get().await.unwrap();
+    assert!(
+        Arc::ptr_eq(&token, &carried) && lookup == Lookup::Hit,
+        "token carried over"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.auth.set_delay(Duration::from_millis(1500));
+    let started = Instant::now();
+    let err = slot.get().await.unwrap_err();
+    env.auth.set_delay(Duration::ZERO);
+    assert!(err.is_timeout(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "old timeout used"
+    );
+}
+
+/// Issue 18: `dpop_required` is part of the token's identity: a route that refuses Bearer
+/// tokens never shares a slot with one that accepts them.
+#[tokio::test]
+async fn dpop_required_is_part_of_the_token_key() {
+    let env = Env::start().await;
+    let routes = format!(
+        "{}dpop = true\ndpop_required = true\n\n{}dpop = true\ndpop_required = false\n",
+        cc_route("strict", "same"),
+        cc_route("lenient", "same")
+    );
+    let config = env.config("", &routes);
+    let cache = env.cache(&config);
+    let strict = env.slot(&cache, &config, "strict", None);
+    let lenient = env.slot(&cache, &config, "lenient", None);
+    assert!(!Arc::ptr_eq(&strict, &lenient), "one slot for both");
+}
+
+/// Issue 18: a generated DPoP key (no `dpop_key` file) survives a reload, and so does the
+/// token bound to it.
+#[tokio::test]
+async fn a_generated_dpop_key_and_its_token_survive_a_reload() {
+    let env = Env::start().await;
+    let route = format!("{}dpop = true\n", cc_route("d", "dpop-reload"));
+    let old_config = env.config("", &route);
+    let old = env.cache(&old_config);
+    let before = env.slot(&old, &old_config, "d", None);
+    let (token, _) = before.get().await.unwrap();
+
+    let new_config = env.config("", &route);
+    let new = env.cache(&new_config);
+    let after = env.slot(&new, &new_config, "d", Some(&old));
+    assert_eq!(after.key().dpop, before.key().dpop, "the DPoP key changed");
+    let (carried, lookup) = after.get().await.unwrap();
+    assert!(Arc::ptr_eq(&token, &carried) && lookup == Lookup::Hit);
+}
+
+/// Issue 18: an answer over the size limit is final (not retried: it would be as large next
+/// time) and the error says which status it had.
+#[tokio::test]
+async fn an_oversized_answer_is_final_and_names_its_status() {
+    let env = Env::start().await;
+    let config = env.config("", &cc_route("big", "oversized"));
+    let cache = env.cache(&config);
+    let slot = env.slot(&cache, &config, "big", None);
+    env.auth
+        .patch_next_answers(5, serde_json::json!({ "padding": "x".repeat(300 * 1024) }));
+    let before = env.auth.token_requests();
+    let err = slot.get().await.unwrap_err();
+    env.auth.patch_next_answers(0, serde_json::json!({}));
+    assert!(err.to_string().contains("HTTP 200"), "{err}");
+    assert_eq!(env.auth.token_requests() - before, 1, "retried: {err}");
+}
+
+/// Issue 18: a JWT access token's own `exp` wins over a longer `expires_in`.
+#[tokio::test]
+async fn a_jwt_access_tokens_own_exp_is_respected() {
+    let env = Env::start().await;
+    env.auth.set_token_lifetime(30);
+    env.auth
+        .patch_next_answers(1, serde_json::json!({ "expires_in": 3600 }));
+    let config = env.config("", &cc_route("jwt", "own-exp"));
+    let cache = env.cache(&config);
+    let (token, _) = env.slot(&cache, &config, "jwt", None).get().await.unwrap();
+    let left = token.usable_until - Instant::now();
+    assert!(
+        left <= Duration::from_secs(30),
+        "used for {left:?} past its exp"
+    );
+}
