@@ -482,3 +482,58 @@ async fn a_jwt_access_tokens_own_exp_is_respected() {
         "used for {left:?} past its exp"
     );
 }
+
+/// Issue 18: an exchanged token is used no longer than the subject token's `exp` minus the
+/// skew (here 4 % of what is left of the subject's life).
+#[tokio::test]
+async fn an_exchanged_token_stops_a_skew_before_its_subject_expires() {
+    let env = Env::start().await;
+    let workload = oauth_egress::demo::WorkloadIssuer::new("https://kubernetes.test").unwrap();
+    env.auth
+        .trust_issuer(workload.iss(), workload.public_key().unwrap());
+    let subject = workload
+        .mint("system:serviceaccount:x", "idp", Duration::from_secs(20))
+        .unwrap();
+    let subject_file = env.dir.path().join("sa-token");
+    std::fs::write(&subject_file, &subject).unwrap();
+    let exp = oauth_egress::token::assertion::unverified_exp(&subject).unwrap();
+    let route = format!(
+        "{}grant = \"token_exchange\"\nsubject_token = {{ file = \"{}\" }}\n",
+        cc_route("x", "exchange"),
+        subject_file.display()
+    );
+    let config = env.config("", &route);
+    let cache = env.cache(&config);
+    let (token, _) = env.slot(&cache, &config, "x", None).get().await.unwrap();
+    let left = token.usable_until - Instant::now();
+    let subject_left = Duration::from_secs(exp)
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+    assert!(
+        left + Duration::from_millis(500) <= subject_left,
+        "used for {left:?}, the subject expires in {subject_left:?}"
+    );
+}
+
+/// Issue 10 item 11: a refresh-token file in a directory the proxy cannot write (a read-only
+/// mount) is reported at start, naming the route, before the server rotates the token.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_refresh_file_on_a_read_only_directory_is_reported_with_its_route() {
+    let env = Env::start().await;
+    let writable = env.refresh_file("ok");
+    let routes = format!(
+        "{}\n{}",
+        refresh_route("fine", "a", &writable),
+        // Nobody, root included, may create files in /proc.
+        refresh_route("crm", "b", std::path::Path::new("/proc/crm.refresh"))
+    );
+    let config = env.config("", &routes);
+    let problems = oauth_egress::token::refresh_problems(&config);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("route crm") && problems[0].contains("not writable"),
+        "{problems:?}"
+    );
+}
