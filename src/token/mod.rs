@@ -118,7 +118,7 @@ impl TokenKey {
             resource: spec.resource.clone(),
             subject: None,
             dpop: None,
-            dpop_required: spec.dpop_required,
+            dpop_required: spec.dpop && spec.dpop_required,
         }
     }
 }
@@ -157,7 +157,7 @@ impl TokenRequest {
             subject: None,
             subject_exp: None,
             dpop: None,
-            dpop_required: spec.dpop_required,
+            dpop_required: spec.dpop && spec.dpop_required,
         }
     }
 }
