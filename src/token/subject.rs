@@ -126,8 +126,8 @@ impl SubjectSlots {
         }
     }
 
-    /// These slots, carrying over `previous`'s cached tokens (each in a new slot with this
-    /// configuration's request and fetcher) and its workload token state.
+    /// These slots, carrying over `previous`'s cached tokens, each in a new slot with this
+    /// configuration's request and fetcher.
     pub(super) fn carrying(self, previous: &SubjectSlots) -> SubjectSlots {
         {
             let old = previous.slots.lock().unwrap_or_else(|e| e.into_inner());
