@@ -71,6 +71,10 @@ fn describe() {
         "oauth_egress_token_refresh_ahead_total",
         "Background renewals started before expiry, by client"
     );
+    describe_gauge!(
+        "oauth_egress_refresh_token_unsaved",
+        "1 while a rotated refresh token could not be saved to its file (kept in memory, save retried; a restart would lose it)"
+    );
     describe_counter!(
         "oauth_egress_retries_total",
         "Requests resent, by route and reason (401: fresh token; dpop_nonce: new proof)"
@@ -149,6 +153,15 @@ pub fn token_request(client: &str, outcome: &'static str, error: Option<&str>, e
 /// A background renewal started.
 pub fn refresh_ahead(client: &str) {
     counter!("oauth_egress_token_refresh_ahead_total", "client" => client.to_string()).increment(1);
+}
+
+/// Whether the rotated refresh token of `file` is held in memory only (its save failed).
+pub fn refresh_token_unsaved(file: &str, unsaved: bool) {
+    gauge!("oauth_egress_refresh_token_unsaved", "file" => file.to_string()).set(if unsaved {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// A request was resent (`reason`: `401` with a fresh token, `dpop_nonce` with a new proof).

@@ -91,11 +91,14 @@ pub struct AdminSettings {
 pub struct TokenSettings {
     /// Bound on one token request (connect, send, read the answer).
     pub request_timeout: Duration,
-    /// A token is used until `expires_in` minus this skew (capped at half its lifetime).
+    /// A token is used until `expires_in` minus this skew, capped at
+    /// [`crate::token::MAX_SKEW_SHARE`] of its lifetime (see [`crate::token::schedule`]).
     pub expiry_skew: Duration,
     /// Lifetime assumed when the server sends no `expires_in`.
     pub default_expires_in: Duration,
-    /// Renew in the background during this last fraction (0..1) of a token's usable life.
+    /// The largest fraction (0..=0.5) of a token's lifetime that its background renewal may
+    /// start ahead of the usable end: the renewal starts `request_timeout` (plus jitter) ahead,
+    /// never more than this (see [`crate::token::schedule`]).
     pub refresh_ahead: f64,
     /// Retries of a failed token request (network errors, 5xx, 429) stop once this much time
     /// has passed since the first attempt; zero disables retries.
@@ -108,7 +111,7 @@ impl Default for TokenSettings {
             request_timeout: Duration::from_secs(10),
             expiry_skew: Duration::from_secs(60),
             default_expires_in: Duration::from_secs(300),
-            refresh_ahead: 0.2,
+            refresh_ahead: 0.08,
             retry_max_elapsed: Duration::from_secs(5),
         }
     }
@@ -241,7 +244,7 @@ impl Default for RawTokens {
             request_timeout_ms: 10_000,
             expiry_skew_secs: 60,
             default_expires_in_secs: 300,
-            refresh_ahead_percent: 20,
+            refresh_ahead_percent: 8,
             retry_max_elapsed_ms: 5_000,
         }
     }
@@ -410,8 +413,8 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     if t.request_timeout_ms == 0 {
         problems.push("tokens.request_timeout_ms must be greater than 0".into());
     }
-    if t.refresh_ahead_percent >= 100 {
-        problems.push("tokens.refresh_ahead_percent must be below 100".into());
+    if t.refresh_ahead_percent > 50 {
+        problems.push("tokens.refresh_ahead_percent must be at most 50".into());
     }
     if t.default_expires_in_secs == 0 {
         problems.push("tokens.default_expires_in_secs must be greater than 0".into());

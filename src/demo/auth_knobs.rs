@@ -59,6 +59,17 @@ impl AuthServer {
         self.shared.settings().rotate_refresh_tokens = rotate;
     }
 
+    /// Sets `fields` in the next `n` success answers of any grant, after the grant ran (a
+    /// refresh token is rotated all the same); a `null` field is removed. Simulates servers
+    /// whose answers are odd: `expires_in: 0`, an unknown `token_type`, a huge body.
+    pub fn patch_next_answers(&self, n: usize, fields: serde_json::Value) {
+        let fields = match fields {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        self.shared.settings().answer_patch = (n > 0).then_some((n, fields));
+    }
+
     /// How many `refresh_token` grant requests reached the grant (any outcome;
     /// successes are counted in [`AuthServer::grants`]).
     pub fn refresh_grants(&self) -> usize {

@@ -99,6 +99,8 @@ pub(super) struct Settings {
     pub(super) discovery: DiscoveryMode,
     pub(super) advertised_issuer: Option<String>,
     pub(super) advertised_auth_methods: Option<Vec<String>>,
+    /// Fields set in (or, when `null`, removed from) the next n success answers.
+    pub(super) answer_patch: Option<(usize, serde_json::Map<String, serde_json::Value>)>,
 }
 
 /// State shared by the request handlers and the [`AuthServer`] handle.
@@ -207,6 +209,7 @@ impl AuthServer {
                 discovery: DiscoveryMode::Both,
                 advertised_issuer: None,
                 advertised_auth_methods: None,
+                answer_patch: None,
             }),
             dpop: DpopState::default(),
         });

@@ -87,6 +87,26 @@ fn issue(shared: &Shared, grant: Grant, arrival: &Arrival<'_>) -> Result<HttpRes
     if let Some(issued) = grant.issued_token_type {
         body["issued_token_type"] = json!(issued);
     }
+    let patch = {
+        let mut settings = shared.settings();
+        settings.answer_patch.take().map(|(n, fields)| {
+            if n > 1 {
+                settings.answer_patch = Some((n - 1, fields.clone()));
+            }
+            fields
+        })
+    };
+    for (name, value) in patch.into_iter().flatten() {
+        match (value, body.as_object_mut()) {
+            (Value::Null, Some(body)) => {
+                body.remove(&name);
+            }
+            (value, Some(body)) => {
+                body.insert(name, value);
+            }
+            (_, None) => {}
+        }
+    }
     let mut response = json_response(StatusCode::OK, &body);
     response
         .headers_mut()

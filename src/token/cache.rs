@@ -8,6 +8,8 @@
 //! - Single flight: while a fetch is under way every caller awaits the same future.
 //! - Refresh ahead: in the last part of its usable life the token keeps being served while one
 //!   background fetch replaces it; a failed renewal is retried after a short pause.
+//! - A waiter never gets a token already past its usable end (a fetch slower than the
+//!   token's life): it gets [`TokenError::Late`] instead.
 //! - Invalidation (after a 401) clears the token only if it is still the cached one, and bumps
 //!   an epoch so that a fetch that started before it can never put its result back.
 
@@ -110,7 +112,27 @@ impl TokenSlot {
                 None => self.start_fetch(&mut st, false),
             }
         };
-        pending.await.map(|t| (t, Lookup::Miss))
+        let token = pending.await?;
+        // A fetch slower than the token's usable life (or a token capped by an `exp` that is
+        // nearly past) must not hand a waiter a token it may no longer send.
+        if !token.is_usable_at(Instant::now()) {
+            return Err(Arc::new(TokenError::Late {
+                client: self.key.client.clone(),
+            }));
+        }
+        Ok((token, Lookup::Miss))
+    }
+
+    /// A slot for the same key in a new configuration: its own (current) request and fetcher,
+    /// carrying over only `previous`'s cached token, if still usable.
+    pub(super) fn carrying(self, previous: &TokenSlot) -> TokenSlot {
+        let token = previous
+            .lock()
+            .token
+            .clone()
+            .filter(|t| t.is_usable_at(Instant::now()));
+        self.lock().token = token;
+        self
     }
 
     /// Whether a usable token is cached right now (readiness; never waits or fetches).

@@ -25,7 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 pub use cache::{Lookup, TokenSlot};
-pub use endpoint::{DiscoveryCheck, Fetcher, FetcherError};
+pub use endpoint::{schedule, DiscoveryCheck, Fetcher, FetcherError, Schedule, MAX_SKEW_SHARE};
 pub use subject::{RouteToken, SubjectError, SubjectSlots};
 
 use crate::config::{ClientConfig, Grant, RouteSpec};
@@ -44,6 +44,23 @@ pub fn key_problems(config: &crate::config::Config) -> Vec<String> {
                 .err()
                 .map(|err| format!("clients.{}: {err}", c.name))
         })
+        .collect()
+}
+
+/// Problems that would make a `refresh_token` route lose its only valid token: a token file
+/// that is a symbolic link, or in a directory the proxy cannot write (a read-only mount: the
+/// server rotates the token, and its successor could not be saved). Each names the route.
+pub fn refresh_problems(config: &crate::config::Config) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    config
+        .routes
+        .iter()
+        .filter_map(|r| match &r.grant {
+            Grant::RefreshToken { file } => Some((r, file)),
+            _ => None,
+        })
+        .filter(|(_, file)| seen.insert(file.to_path_buf()))
+        .flat_map(|(r, file)| refresh_store::file_problems(&r.name, file))
         .collect()
 }
 
@@ -70,6 +87,9 @@ pub struct TokenKey {
     pub subject: Option<[u8; 32]>,
     /// The DPoP key's thumbprint, for DPoP routes.
     pub dpop: Option<String>,
+    /// `dpop_required`: a route that refuses Bearer tokens never shares one with a route
+    /// that accepts them.
+    pub dpop_required: bool,
 }
 
 impl TokenKey {
@@ -98,6 +118,7 @@ impl TokenKey {
             resource: spec.resource.clone(),
             subject: None,
             dpop: None,
+            dpop_required: spec.dpop && spec.dpop_required,
         }
     }
 }
@@ -136,7 +157,7 @@ impl TokenRequest {
             subject: None,
             subject_exp: None,
             dpop: None,
-            dpop_required: spec.dpop_required,
+            dpop_required: spec.dpop && spec.dpop_required,
         }
     }
 }
@@ -332,6 +353,13 @@ pub enum TokenError {
         /// What is wrong.
         detail: String,
     },
+    /// The token arrived already past its usable end (the token request took longer than
+    /// the token lives, or its `exp` was nearly past).
+    #[error("client {client}: the token arrived already past its usable end (a token request slower than the token's lifetime?)")]
+    Late {
+        /// Client name.
+        client: String,
+    },
     /// A bug or a cancelled fetch.
     #[error("token fetch for client {client} failed: {detail}")]
     Internal {
@@ -362,6 +390,7 @@ impl TokenError {
             TokenError::Secret { .. } | TokenError::Config { .. } => "config",
             TokenError::Discovery { .. } => "discovery",
             TokenError::Refresh { .. } => "refresh_store",
+            TokenError::Late { .. } => "late",
             TokenError::Internal { .. } => "internal",
         }
     }
@@ -395,7 +424,10 @@ impl TokenCache {
     }
 
     /// Where this route's tokens come from, created on first use; with `previous` (the
-    /// cache of the configuration being replaced), an unchanged key keeps its cached token.
+    /// cache of the configuration being replaced), an unchanged key keeps its cached token,
+    /// and only that: the slot is new, with this configuration's request and fetcher (its
+    /// `[tokens]` settings, client certificate and DPoP nonces). A generated DPoP key is
+    /// kept too, so the token bound to it stays usable.
     pub fn route_token(
         &self,
         client: &Arc<ClientConfig>,
@@ -405,6 +437,10 @@ impl TokenCache {
         let mut key = TokenKey::for_route(client, spec);
         let mut request = TokenRequest::for_route(client, spec);
         if spec.dpop {
+            if let Some(previous) = previous {
+                self.fetcher
+                    .adopt_generated_dpop_key(&client.name, &previous.fetcher);
+            }
             if let Some(dpop) = self.fetcher.dpop_key(&client.name) {
                 key.dpop = Some(dpop.thumbprint().to_string());
                 request.dpop = Some(dpop);
@@ -415,9 +451,11 @@ impl TokenCache {
             let slots = lock(&self.subjects)
                 .entry(key.clone())
                 .or_insert_with(|| {
-                    inherited.unwrap_or_else(|| {
-                        let fetcher = self.fetcher.clone();
-                        Arc::new(SubjectSlots::new(request, key, &exchange.subject, fetcher))
+                    let fetcher = self.fetcher.clone();
+                    let slots = SubjectSlots::new(request, key, &exchange.subject, fetcher);
+                    Arc::new(match inherited {
+                        Some(old) => slots.carrying(&old),
+                        None => slots,
                     })
                 })
                 .clone();
@@ -427,8 +465,10 @@ impl TokenCache {
         let slot = lock(&self.slots)
             .entry(key.clone())
             .or_insert_with(|| {
-                inherited.unwrap_or_else(|| {
-                    Arc::new(TokenSlot::new(key, Arc::new(request), self.fetcher.clone()))
+                let slot = TokenSlot::new(key, Arc::new(request), self.fetcher.clone());
+                Arc::new(match inherited {
+                    Some(old) => slot.carrying(&old),
+                    None => slot,
                 })
             })
             .clone();

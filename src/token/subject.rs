@@ -126,6 +126,24 @@ impl SubjectSlots {
         }
     }
 
+    /// These slots, carrying over `previous`'s cached tokens, each in a new slot with this
+    /// configuration's request and fetcher.
+    pub(super) fn carrying(self, previous: &SubjectSlots) -> SubjectSlots {
+        {
+            let old = previous.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut new = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            for (hash, slot) in old.iter() {
+                let mut request = self.template.clone();
+                request.subject = slot.request().subject.clone();
+                request.subject_exp = slot.request().subject_exp;
+                let fresh =
+                    TokenSlot::new(slot.key().clone(), Arc::new(request), self.fetcher.clone());
+                new.insert(*hash, Arc::new(fresh.carrying(slot)));
+            }
+        }
+        self
+    }
+
     fn slot(&self, headers: &HeaderMap) -> Result<Arc<TokenSlot>, SubjectError> {
         let subject = match &self.workload {
             None => Arc::new(inbound_bearer(headers).ok_or(SubjectError::Missing)?),
