@@ -35,6 +35,7 @@ pub mod forward;
 pub mod intercept;
 pub mod listener;
 pub mod metrics;
+pub mod preflight;
 pub mod proxy;
 pub mod route;
 pub mod secret;

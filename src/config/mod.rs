@@ -21,7 +21,7 @@ use crate::secret::SecretSource;
 mod client;
 mod route;
 
-pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
+pub use client::{is_loopback, AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
 pub use route::{Grant, JwtBearer, RouteSpec, SubjectSource, TokenExchange};
 
 /// The example configuration shipped in the repository; `demo` runs on it.
@@ -154,21 +154,6 @@ impl Config {
             }
             None => false,
         }
-    }
-
-    /// Reads every client secret once and reports those that cannot be read (`check` and
-    /// `run` refuse to start with any; secrets are read again on every use).
-    pub fn secret_problems(&self) -> Vec<String> {
-        self.clients
-            .values()
-            .filter_map(|c| {
-                let source = c.client_secret.as_ref()?;
-                source
-                    .load()
-                    .err()
-                    .map(|err| format!("clients.{}.client_secret: {err}", c.name))
-            })
-            .collect()
     }
 }
 

@@ -39,12 +39,17 @@ pub fn key_problems(config: &crate::config::Config) -> Vec<String> {
         .clients
         .values()
         .filter(|c| c.private_key.is_some())
-        .filter_map(|c| {
-            client_auth::private_key(c)
-                .err()
-                .map(|err| format!("clients.{}: {err}", c.name))
-        })
+        .filter_map(|c| key_problem(c).map(|err| format!("clients.{}: {err}", c.name)))
         .collect()
+}
+
+/// Why this client's private key (or its `assertion_cert`) cannot be used, if it cannot;
+/// `None` for a good key or a client without one. Never includes key material.
+pub fn key_problem(client: &ClientConfig) -> Option<String> {
+    client.private_key.as_ref()?;
+    client_auth::private_key(client)
+        .err()
+        .map(|err| err.to_string())
 }
 
 /// Everything that changes which token the authorization server issues. Two routes with the
