@@ -223,7 +223,10 @@ mod tests {
             route: "r".into(),
             source: Arc::new(source),
         });
-        let header = response.headers()["proxy-status"].to_str().unwrap().to_string();
+        let header = response.headers()["proxy-status"]
+            .to_str()
+            .unwrap()
+            .to_string();
         (response.status().as_u16(), header)
     }
 

@@ -117,8 +117,7 @@ pub fn register(config: &crate::config::Config) {
             "error" => ""
         )
         .increment(0);
-        counter!("oauth_egress_token_refresh_ahead_total", "client" => client.clone())
-            .increment(0);
+        counter!("oauth_egress_token_refresh_ahead_total", "client" => client.clone()).increment(0);
     }
     for action in ["intercept", "tunnel", "deny"] {
         counter!("oauth_egress_connects_total", "action" => action).increment(0);

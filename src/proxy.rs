@@ -87,7 +87,11 @@ impl Proxy {
         extra_roots: &[CertificateDer<'static>],
         previous: Option<&TokenCache>,
     ) -> Result<Arc<Proxy>, StartError> {
-        let roots = crate::tls::root_store(&config.proxy.upstream_roots, extra_roots)?;
+        let roots = crate::tls::root_store(
+            &config.proxy.upstream_roots,
+            extra_roots,
+            config.proxy.system_roots,
+        )?;
         let fetcher = Fetcher::new(config.tokens.clone(), roots.clone(), &config.clients)?;
         let tokens = Arc::new(TokenCache::new(Arc::new(fetcher)));
         let routes = config
