@@ -89,7 +89,7 @@ fn describe() {
 /// Registers every series a scrape should show before the first request: each metric
 /// family, at zero, for every route and client of `config` (called at start and after each
 /// reload, so new routes and clients show at once; series of removed ones keep their last
-/// value, as Prometheus counters should). Latency histograms appear with their first sample.
+/// value, as Prometheus counters should). Histograms start with empty buckets.
 pub fn register(config: &crate::config::Config) {
     if init().is_none() {
         return;
@@ -108,6 +108,7 @@ pub fn register(config: &crate::config::Config) {
             counter!("oauth_egress_retries_total", "route" => name.clone(), "reason" => reason)
                 .increment(0);
         }
+        let _ = histogram!("oauth_egress_request_duration_seconds", "route" => name);
     }
     for client in config.clients.keys() {
         counter!(
@@ -118,6 +119,8 @@ pub fn register(config: &crate::config::Config) {
         )
         .increment(0);
         counter!("oauth_egress_token_refresh_ahead_total", "client" => client.clone()).increment(0);
+        let _ =
+            histogram!("oauth_egress_token_request_duration_seconds", "client" => client.clone());
     }
     for action in ["intercept", "tunnel", "deny"] {
         counter!("oauth_egress_connects_total", "action" => action).increment(0);

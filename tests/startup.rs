@@ -163,12 +163,24 @@ async fn metrics_show_every_family_before_the_first_request_and_new_routes_after
         ("oauth_egress_connects_total", &["action=\"intercept\""]),
         ("oauth_egress_config_reloads_total", &["outcome=\"ok\""]),
         ("oauth_egress_open_connections", &[]),
+        (
+            "oauth_egress_request_duration_seconds_count",
+            &["route=\"fresh\""],
+        ),
+        (
+            "oauth_egress_token_request_duration_seconds_count",
+            &["client=\"ops\""],
+        ),
     ] {
         assert!(
             sample(&text, name, labels).is_some(),
             "{name} {labels:?} missing before the first request:\n{text}"
         );
-        assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+        let family = name.trim_end_matches("_count");
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{name}: {text}"
+        );
     }
     assert_eq!(
         sample(&text, "oauth_egress_requests_total", &["route=\"fresh\""]),

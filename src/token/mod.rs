@@ -31,20 +31,10 @@ pub use subject::{RouteToken, SubjectError, SubjectSlots};
 use crate::config::{ClientConfig, Grant, RouteSpec};
 use crate::secret::SecretError;
 
-/// Problems with the clients' private keys and `assertion_cert`s, read now (a key that does
-/// not parse, a certificate that is not the key's), so `check` and start-up report them
-/// instead of the first token request. Never includes key material.
-pub fn key_problems(config: &crate::config::Config) -> Vec<String> {
-    config
-        .clients
-        .values()
-        .filter(|c| c.private_key.is_some())
-        .filter_map(|c| key_problem(c).map(|err| format!("clients.{}: {err}", c.name)))
-        .collect()
-}
-
 /// Why this client's private key (or its `assertion_cert`) cannot be used, if it cannot;
-/// `None` for a good key or a client without one. Never includes key material.
+/// `None` for a good key or a client without one. Read now, so `check`, start-up and reload
+/// ([`crate::preflight`]) report it instead of the first token request. Never includes key
+/// material.
 pub fn key_problem(client: &ClientConfig) -> Option<String> {
     client.private_key.as_ref()?;
     client_auth::private_key(client)
