@@ -191,9 +191,11 @@ async fn run(path: &std::path::Path) -> Result<(), Failure> {
         tracing::warn!("{warning}");
     }
     let ca = load_ca(&config)?;
-    let running = start(config, ca, &[]).await?;
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    // Before serving: a SIGHUP or SIGTERM that arrives once "listening" is logged must
+    // reload or stop cleanly, not kill the process (their default action).
     let mut reloads = reload_triggers(path.to_owned());
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let running = start(config, ca, &[]).await?;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -221,18 +223,23 @@ fn reload_triggers(path: PathBuf) -> tokio::sync::mpsc::Receiver<&'static str> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     #[cfg(unix)]
     {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                if tx.send("SIGHUP").await.is_err() {
-                    return;
-                }
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered here, not in the task, so the handler is in place when this returns.
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send("SIGHUP").await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-        });
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP; reload by changing the file")
+            }
+        }
     }
     tokio::spawn(async move {
         let stamp = |p: &std::path::Path| {
@@ -271,25 +278,35 @@ async fn start(
         })
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future
+/// is first polled, so a signal that arrives while the proxy starts stops it cleanly instead
+/// of killing it (the default action).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                () = recv(term) => {}
+                () = recv(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

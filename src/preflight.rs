@@ -14,7 +14,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::config::Config;
 use crate::intercept::ca::CertificateAuthority;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, StartError};
 
 /// One reason a configuration cannot be used, named by its config key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub async fn preflight(config: Config, basis: Basis<'_>) -> Result<Checked, Prob
     let proxy = match built {
         Ok(proxy) => proxy,
         Err(err) => {
-            problems.push(Problem::new("proxy", err));
+            problems.push(start_problem(err));
             return Err(Problems(problems));
         }
     };
@@ -98,6 +98,25 @@ pub async fn preflight(config: Config, basis: Basis<'_>) -> Result<Checked, Prob
         Ok(Checked { proxy, unreachable })
     } else {
         Err(Problems(problems))
+    }
+}
+
+/// A failure to assemble the proxy, named by the key it is about.
+fn start_problem(err: StartError) -> Problem {
+    use crate::token::FetcherError;
+    match err {
+        StartError::Ca(err) => Problem::new("proxy.ca_cert", err),
+        StartError::Roots(err) => Problem::new("proxy.upstream_roots", err),
+        StartError::Identity { client, detail } => {
+            Problem::new(format!("clients.{client}"), detail)
+        }
+        StartError::TokenClient(FetcherError::Dpop { client, source }) => {
+            Problem::new(format!("clients.{client}.dpop_key"), source)
+        }
+        StartError::TokenClient(FetcherError::ClientCert { client, detail }) => {
+            Problem::new(format!("clients.{client}"), detail)
+        }
+        StartError::TokenClient(err @ FetcherError::Http(_)) => Problem::new("tokens", err),
     }
 }
 
