@@ -203,7 +203,10 @@ async fn run(path: &std::path::Path) -> Result<(), Failure> {
                 tracing::info!(trigger = why, config = %path.display(), "reloading configuration");
                 let result = match config::load(path) {
                     Ok(config) => running.reload(config).await,
-                    Err(err) => Err(err.to_string()),
+                    Err(err) => {
+                        oauth_egress::metrics::reload("rejected");
+                        Err(err.to_string())
+                    }
                 };
                 if let Err(err) = result {
                     let err = err.replace(":\n  - ", ": ").replace("\n  - ", "; ");

@@ -275,7 +275,8 @@ fn sighup_with_a_broken_private_key_is_refused_with_a_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     std::fs::write(dir.path().join("signer.key"), key.serialize_pem()).unwrap();
-    let cfg = "[proxy]\nlisten = \"127.0.0.1:0\"\n[clients.signer]\n\
+    let cfg =
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[clients.signer]\n\
                token_endpoint = \"https://idp.example/token\"\nclient_id = \"s\"\n\
                auth = \"private_key_jwt\"\nprivate_key = { file = \"signer.key\" }\n\
                [[route]]\nhost = \"api.example\"\nclient = \"signer\"\n";
@@ -296,18 +297,52 @@ fn sighup_with_a_broken_private_key_is_refused_with_a_log_line() {
             let _ = tx.send(line);
         }
     });
-    wait_for(&logs, "oauth-egress listening");
+    let listening = wait_for(&logs, "oauth-egress listening");
+    let admin = listening
+        .split("Some(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no admin address in {listening}"))
+        .to_string();
+    let rejected = || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&admin).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        sample(
+            &text,
+            "oauth_egress_config_reloads_total",
+            &["outcome=\"rejected\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    assert_eq!(rejected(), 0.0);
 
     std::fs::write(dir.path().join("signer.key"), "garbage, not a key\n").unwrap();
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    hup();
     let line = wait_for(&logs, "configuration rejected");
     assert!(line.contains("clients.signer"), "{line}");
     assert!(!line.contains("garbage"), "{line}");
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rejected(), 1.0);
+
+    // A file that does not parse is counted the same way.
+    std::fs::write(dir.path().join("routes.toml"), "[proxy\n").unwrap();
+    hup();
+    wait_for(&logs, "configuration rejected");
+    assert_eq!(rejected(), 2.0);
     let mut child = child;
     assert!(child.0.try_wait().unwrap().is_none(), "still serving");
 }
