@@ -350,13 +350,17 @@ async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Failure> {
         }
         Err(err) => problems.push(Problem::new("proxy", err)),
     }
-    if !fetched.is_empty() {
-        println!("tokens:");
-        for result in &fetched {
-            println!("  {result}");
+    let print_tokens = |fetched: &[Fetched]| {
+        if !fetched.is_empty() {
+            println!("tokens:");
+            for result in fetched {
+                println!("  {result}");
+            }
         }
-    }
+    };
     if !problems.is_empty() {
+        // Every route's result, not only the failures, then the problems.
+        print_tokens(&fetched);
         return Err(Failure::Config(format!(
             "{}: {}",
             config.origin,
@@ -402,6 +406,7 @@ async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Failure> {
             client.endpoint_label()
         );
     }
+    print_tokens(&fetched);
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
