@@ -20,12 +20,10 @@ use crate::proxy::SharedProxy;
 pub async fn run(listener: TcpListener, proxy: SharedProxy, shutdown: impl Future<Output = ()>) {
     crate::metrics::init();
     let mut shutdown = pin!(shutdown);
+    let mut backoff = crate::listener::AcceptBackoff::default();
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
+        let (stream, _) = tokio::select! {
+            accepted = crate::listener::accept(&listener, &mut backoff, "admin") => accepted,
             () = &mut shutdown => return,
         };
         let proxy = proxy.clone();

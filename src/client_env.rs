@@ -78,18 +78,40 @@ pub fn write_bundle(system: &Path, ca_pem: &str, out: &Path) -> io::Result<()> {
     }
     bundle.push_str("# oauth-egress interception CA\n");
     bundle.push_str(ca_pem);
-    let tmp = out.with_extension("pem.tmp");
-    std::fs::write(&tmp, bundle)
-        .and_then(|()| std::fs::rename(&tmp, out))
-        .map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!(
-                    "cannot write the CA bundle {}: {err} (choose another place with --bundle)",
-                    out.display()
-                ),
-            )
-        })
+    write_atomically(out, bundle.as_bytes()).map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!(
+                "cannot write the CA bundle {}: {err} (choose another place with --bundle)",
+                out.display()
+            ),
+        )
+    })
+}
+
+/// Writes `bytes` to a fresh, unpredictably named file beside `out` (created with O_EXCL, so
+/// a planted file or symlink is never written through), makes it world-readable (a bundle
+/// of public certificates), and renames it over `out`.
+fn write_atomically(out: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let dir = match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ca-bundle.")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.persist(out).map_err(|err| err.error)?;
+    Ok(())
 }
 
 impl ClientEnv {
@@ -228,5 +250,31 @@ mod tests {
         );
         let err = write_bundle(&dir.path().join("absent"), "CA", &out).unwrap_err();
         assert!(err.to_string().contains("cannot read the system CA bundle"));
+    }
+
+    /// The bundle goes through an unpredictable temporary file: one planted at the name a
+    /// predictable scheme would use (here a symlink to another file) is never written.
+    #[cfg(unix)]
+    #[test]
+    fn the_bundle_is_never_written_through_a_planted_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("system.pem");
+        std::fs::write(&system, "SYSTEM").unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let out = dir.path().join("bundle.pem");
+        std::os::unix::fs::symlink(&victim, out.with_extension("pem.tmp")).unwrap();
+        write_bundle(&system, "CA\n", &out).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(std::fs::read_to_string(&out).unwrap().ends_with("CA\n"));
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".ca-bundle."))
+            .collect();
+        assert!(left.is_empty(), "temporary file left behind");
     }
 }

@@ -107,9 +107,9 @@ impl ProxyError {
                 (StatusCode::METHOD_NOT_ALLOWED, "http_request_denied")
             }
             ProxyError::Token { source, .. } if source.is_timeout() => {
-                (StatusCode::GATEWAY_TIMEOUT, "proxy_internal_error")
+                (StatusCode::GATEWAY_TIMEOUT, token_error_type(source))
             }
-            ProxyError::Token { .. } => (StatusCode::BAD_GATEWAY, "proxy_internal_error"),
+            ProxyError::Token { source, .. } => (StatusCode::BAD_GATEWAY, token_error_type(source)),
             ProxyError::CallerTokenRefused { .. } => {
                 (StatusCode::UNAUTHORIZED, "http_request_denied")
             }
@@ -123,13 +123,71 @@ impl ProxyError {
             ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "destination_unavailable"),
         }
     }
+
+    /// `details` for `Proxy-Status`: for token failures, the OAuth error code or the kind of
+    /// failure (short, bounded, never a secret or a description the server wrote).
+    fn details(&self) -> Option<String> {
+        let token = match self {
+            ProxyError::Token { source, .. } | ProxyError::CallerTokenRefused { source, .. } => {
+                source
+            }
+            _ => return None,
+        };
+        Some(match token.oauth_error() {
+            Some(code) => format!("token endpoint: {code}"),
+            None => format!("token endpoint: {}", token.kind()),
+        })
+    }
+}
+
+/// The RFC 9209 §2.3 error type for a failure to get a token. The token endpoint is a hop
+/// the proxy makes on its own, so the types describe that hop: `proxy_internal_error` is
+/// kept for the proxy's own faults, and a refusal is the proxy's registration at the
+/// authorization server being wrong, not the caller's request.
+fn token_error_type(err: &TokenError) -> &'static str {
+    match err {
+        // invalid_client, invalid_scope, unauthorized_client...: credentials, scopes or
+        // audiences the configuration names do not work at the authorization server.
+        TokenError::OAuth { error, .. }
+            if error != "server_error" && error != "temporarily_unavailable" =>
+        {
+            "proxy_configuration_error"
+        }
+        TokenError::OAuth { .. } | TokenError::Unreachable { .. } => "destination_unavailable",
+        // Discovery problems that make the config wrong are refused at start; at run time
+        // this is the metadata server not answering.
+        TokenError::Discovery { .. } => "destination_unavailable",
+        TokenError::BadStatus { .. } | TokenError::BadResponse { .. } => "http_protocol_error",
+        // Late: the answer came, but after the token it carried was no longer usable.
+        TokenError::Timeout { .. } | TokenError::Late { .. } => "http_response_timeout",
+        TokenError::Secret { .. } | TokenError::Config { .. } => "proxy_configuration_error",
+        TokenError::Refresh { .. } | TokenError::Internal { .. } => "proxy_internal_error",
+    }
+}
+
+/// An RFC 8941 sf-string: printable ASCII, `"` and `\` escaped, anything else dropped.
+fn sf_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars().filter(|c| (' '..='~').contains(c)).take(200) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// The response the caller gets for `err`.
 pub fn response(err: &ProxyError) -> Response<Body> {
     let (status, kind) = err.classify();
     let message = format!("oauth-egress: {err}\n");
-    let proxy_status = format!("oauth-egress; error={kind}");
+    let mut proxy_status = format!("oauth-egress; error={kind}");
+    if let Some(details) = err.details() {
+        proxy_status.push_str("; details=");
+        proxy_status.push_str(&sf_string(&details));
+    }
     let mut response = Response::new(full(message));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -172,4 +230,126 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy_status(source: TokenError) -> (u16, String) {
+        let response = response(&ProxyError::Token {
+            route: "r".into(),
+            source: Arc::new(source),
+        });
+        let header = response.headers()["proxy-status"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        (response.status().as_u16(), header)
+    }
+
+    #[test]
+    fn token_failures_get_their_rfc_9209_type_and_the_oauth_error_in_details() {
+        let (client, endpoint) = (|| "c".to_string(), || "https://idp/token".to_string());
+        let oauth = |error: &str| TokenError::OAuth {
+            client: client(),
+            endpoint: endpoint(),
+            status: 400,
+            error: error.into(),
+            description: Some("the secret is hunter2".into()),
+        };
+        let cases = [
+            (
+                oauth("invalid_client"),
+                502,
+                "error=proxy_configuration_error; details=\"token endpoint: invalid_client\"",
+            ),
+            (
+                oauth("temporarily_unavailable"),
+                502,
+                "error=destination_unavailable; details=\"token endpoint: temporarily_unavailable\"",
+            ),
+            (
+                oauth("x\"\\\r\n"),
+                502,
+                "error=proxy_configuration_error; details=\"token endpoint: x\\\"\\\\\"",
+            ),
+            (
+                TokenError::BadStatus {
+                    client: client(),
+                    endpoint: endpoint(),
+                    status: 503,
+                    detail: "html".into(),
+                },
+                502,
+                "error=http_protocol_error; details=\"token endpoint: bad_status\"",
+            ),
+            (
+                TokenError::BadResponse {
+                    client: client(),
+                    endpoint: endpoint(),
+                    detail: "no access_token".into(),
+                },
+                502,
+                "error=http_protocol_error; details=\"token endpoint: bad_response\"",
+            ),
+            (
+                TokenError::Timeout {
+                    client: client(),
+                    endpoint: endpoint(),
+                    after_ms: 10,
+                },
+                504,
+                "error=http_response_timeout; details=\"token endpoint: timeout\"",
+            ),
+            (
+                TokenError::Unreachable {
+                    client: client(),
+                    endpoint: endpoint(),
+                    detail: "refused".into(),
+                },
+                502,
+                "error=destination_unavailable; details=\"token endpoint: unreachable\"",
+            ),
+            (
+                TokenError::Discovery {
+                    client: client(),
+                    detail: "down".into(),
+                },
+                502,
+                "error=destination_unavailable; details=\"token endpoint: discovery\"",
+            ),
+            (
+                TokenError::Config {
+                    client: client(),
+                    detail: "key".into(),
+                },
+                502,
+                "error=proxy_configuration_error; details=\"token endpoint: config\"",
+            ),
+            (
+                TokenError::Refresh {
+                    client: client(),
+                    detail: "unwritable".into(),
+                },
+                502,
+                "error=proxy_internal_error; details=\"token endpoint: refresh_store\"",
+            ),
+            (
+                TokenError::Internal {
+                    client: client(),
+                    detail: "cancelled".into(),
+                },
+                502,
+                "error=proxy_internal_error; details=\"token endpoint: internal\"",
+            ),
+        ];
+        for (source, status, want) in cases {
+            let what = format!("{source:?}");
+            let (got_status, header) = proxy_status(source);
+            assert_eq!(got_status, status, "{what}");
+            assert_eq!(header, format!("oauth-egress; {want}"), "{what}");
+            assert!(!header.contains("hunter2"), "{header}");
+        }
+    }
 }

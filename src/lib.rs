@@ -17,7 +17,7 @@
 //! | turn any failure into the caller's response | `error.rs` |
 //!
 //! Around it: `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment → validate → [`config::Config`]; `client.rs`, `route.rs`), `secret.rs` (secret
-//! sources, never printable), `client_env.rs` (what `oauth-egress env` prints), `proxy.rs` (the assembled state), `admin.rs` (health), and
+//! sources, never printable), `client_env.rs` (what `oauth-egress env` prints), `proxy.rs` (the assembled state), `preflight.rs` (the start-up checks `check`, `run` and reload share), `admin.rs` (health), and
 //! `demo/` (a development authorization server and echo API used by `oauth-egress demo` and
 //! the tests).
 
@@ -35,6 +35,7 @@ pub mod forward;
 pub mod intercept;
 pub mod listener;
 pub mod metrics;
+pub mod preflight;
 pub mod proxy;
 pub mod route;
 pub mod secret;

@@ -185,31 +185,17 @@ fn load_ca(config: &Config) -> Result<Arc<CertificateAuthority>, Failure> {
     Ok(Arc::new(ca))
 }
 
-fn refuse_unreadable_secrets(config: &Config) -> Result<(), Failure> {
-    let mut problems = config.secret_problems();
-    problems.extend(oauth_egress::token::key_problems(config));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Config(format!(
-            "{}: {} problem(s):\n  - {}",
-            config.origin,
-            problems.len(),
-            problems.join("\n  - ")
-        )))
-    }
-}
-
 async fn run(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
-    refuse_unreadable_secrets(&config)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     let ca = load_ca(&config)?;
-    let running = start(config, ca, &[]).await?;
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    // Before serving: a SIGHUP or SIGTERM that arrives once "listening" is logged must
+    // reload or stop cleanly, not kill the process (their default action).
     let mut reloads = reload_triggers(path.to_owned());
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let running = start(config, ca, &[]).await?;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -217,7 +203,10 @@ async fn run(path: &std::path::Path) -> Result<(), Failure> {
                 tracing::info!(trigger = why, config = %path.display(), "reloading configuration");
                 let result = match config::load(path) {
                     Ok(config) => running.reload(config).await,
-                    Err(err) => Err(err.to_string()),
+                    Err(err) => {
+                        oauth_egress::metrics::reload("rejected");
+                        Err(err.to_string())
+                    }
                 };
                 if let Err(err) = result {
                     let err = err.replace(":\n  - ", ": ").replace("\n  - ", "; ");
@@ -237,18 +226,23 @@ fn reload_triggers(path: PathBuf) -> tokio::sync::mpsc::Receiver<&'static str> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     #[cfg(unix)]
     {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                if tx.send("SIGHUP").await.is_err() {
-                    return;
-                }
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered here, not in the task, so the handler is in place when this returns.
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send("SIGHUP").await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-        });
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP; reload by changing the file")
+            }
+        }
     }
     tokio::spawn(async move {
         let stamp = |p: &std::path::Path| {
@@ -276,79 +270,101 @@ async fn start(
     ca: Arc<CertificateAuthority>,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<oauth_egress::server::Running, Failure> {
+    let origin = config.origin.clone();
     oauth_egress::server::start(config, ca, extra_roots)
         .await
         .map_err(|err| match err {
-            oauth_egress::server::ServeError::Start(e) => Failure::Config(e.to_string()),
-            e @ oauth_egress::server::ServeError::Discovery(_) => Failure::Config(e.to_string()),
+            oauth_egress::server::ServeError::Preflight(problems) => {
+                Failure::Config(format!("{origin}: {problems}"))
+            }
             other => Failure::Other(other.into()),
         })
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future
+/// is first polled, so a signal that arrives while the proxy starts stops it cleanly instead
+/// of killing it (the default action).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                () = recv(term) => {}
+                () = recv(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Failure> {
+    use oauth_egress::preflight::{preflight, Basis, Problem};
     let config = load(path)?;
-    let mut problems = config.secret_problems();
-    problems.extend(oauth_egress::token::key_problems(&config));
-    let mut fetched = Vec::new();
+    let mut problems = Vec::new();
     let (cert, key) = (&config.proxy.ca_cert, &config.proxy.ca_key);
     let ca_state = if cert.exists() && key.exists() {
         match CertificateAuthority::load_or_create(cert, key) {
             Ok(_) => format!("{} (loaded)", cert.display()),
             Err(err) => {
-                problems.push(format!("interception CA: {err}"));
+                problems.push(Problem::new("proxy.ca_cert", err));
                 String::new()
             }
         }
     } else {
         format!("{} (absent: generated on first start)", cert.display())
     };
+    let mut fetched = Vec::new();
     match CertificateAuthority::generate() {
         Ok(scratch_ca) => {
-            match oauth_egress::proxy::Proxy::new(config.clone(), Arc::new(scratch_ca), &[]) {
-                Ok(proxy) => {
-                    let (wrong, unreachable) = proxy.discover().await;
-                    let discovered = wrong.is_empty() && unreachable.is_empty();
-                    problems.extend(wrong);
-                    problems.extend(unreachable);
-                    if fetch && discovered && problems.is_empty() {
-                        let (lines, failed) = fetch_tokens(&proxy).await;
-                        fetched = lines;
-                        problems.extend(failed);
+            let basis = Basis::Start {
+                ca: Arc::new(scratch_ca),
+                extra_roots: &[],
+            };
+            match preflight(config.clone(), basis).await {
+                Ok(checked) => {
+                    problems.extend(checked.unreachable);
+                    if fetch && problems.is_empty() {
+                        let results = fetch_tokens(&checked.proxy).await;
+                        problems.extend(results.iter().filter_map(|r| r.problem()));
+                        fetched = results;
                     }
                 }
-                Err(err) => problems.push(err.to_string()),
+                Err(found) => problems.extend(found.0),
             }
         }
-        Err(err) => problems.push(err.to_string()),
+        Err(err) => problems.push(Problem::new("proxy", err)),
     }
+    let print_tokens = |fetched: &[Fetched]| {
+        if !fetched.is_empty() {
+            println!("tokens:");
+            for result in fetched {
+                println!("  {result}");
+            }
+        }
+    };
     if !problems.is_empty() {
+        // Every route's result, not only the failures, then the problems.
+        print_tokens(&fetched);
         return Err(Failure::Config(format!(
-            "{}: {} problem(s):\n  - {}",
+            "{}: {}",
             config.origin,
-            problems.len(),
-            problems.join("\n  - ")
+            oauth_egress::preflight::Problems(problems)
         )));
     }
     println!("{}: OK", config.origin);
@@ -390,68 +406,100 @@ async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Failure> {
             client.endpoint_label()
         );
     }
-    if !fetched.is_empty() {
-        println!("tokens:");
-        for line in &fetched {
-            println!("  {line}");
-        }
-    }
+    print_tokens(&fetched);
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
     Ok(())
 }
 
-/// `check --fetch`: one token per route (routes sharing a token share the request). Returns
-/// a line per route and the failures, which name the route and the OAuth error, never a
-/// token.
-async fn fetch_tokens(proxy: &oauth_egress::proxy::Proxy) -> (Vec<String>, Vec<String>) {
-    use oauth_egress::config::Grant;
-    let (mut lines, mut failed) = (Vec::new(), Vec::new());
-    for route in proxy.routes.routes() {
-        let name = &route.spec.name;
-        let skip = match &route.spec.grant {
-            Grant::RefreshToken { .. } => {
-                Some("skipped: a refresh would rotate the token a running proxy holds")
-            }
-            grant if grant.exchanges_callers_token() => {
-                Some("skipped: exchanges each caller's own token")
-            }
+/// One route's line in `check --fetch`'s table.
+struct Fetched {
+    route: String,
+    outcome: FetchOutcome,
+}
+
+enum FetchOutcome {
+    Ok(String),
+    Skipped(&'static str),
+    Failed(String),
+}
+
+impl Fetched {
+    /// The failure as a problem, naming the route.
+    fn problem(&self) -> Option<oauth_egress::preflight::Problem> {
+        match &self.outcome {
+            FetchOutcome::Failed(why) => Some(oauth_egress::preflight::Problem::new(
+                format!("route {}", self.route),
+                why,
+            )),
             _ => None,
-        };
-        if let Some(why) = skip {
-            lines.push(format!("{name:<20} {why}"));
-            continue;
-        }
-        let slot = match route.token.slot(&http::HeaderMap::new()) {
-            Ok(slot) => slot,
-            Err(err) => {
-                failed.push(format!("route {name}: {err}"));
-                continue;
-            }
-        };
-        let started = std::time::Instant::now();
-        match slot.get().await {
-            Ok((token, _)) => {
-                let lifetime = token
-                    .usable_until
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .as_secs();
-                let scope = token
-                    .granted_scope
-                    .as_deref()
-                    .map(|s| format!(", scope \"{s}\""))
-                    .unwrap_or_default();
-                lines.push(format!(
-                    "{name:<20} OK: {} token, usable for {lifetime} s{scope} ({} ms)",
-                    token.scheme.name(),
-                    started.elapsed().as_millis()
-                ));
-            }
-            Err(err) => failed.push(format!("route {name}: {err}")),
         }
     }
-    (lines, failed)
+}
+
+impl std::fmt::Display for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = &self.route;
+        match &self.outcome {
+            FetchOutcome::Ok(what) => write!(f, "{name:<20} OK: {what}"),
+            FetchOutcome::Skipped(why) => write!(f, "{name:<20} skipped: {why}"),
+            FetchOutcome::Failed(why) => write!(f, "{name:<20} FAILED: {why}"),
+        }
+    }
+}
+
+/// `check --fetch`: one token per route (routes sharing a token share the request), and a
+/// result for every route: ok, skipped and why, or failed and why (naming the OAuth error,
+/// never a token).
+async fn fetch_tokens(proxy: &oauth_egress::proxy::Proxy) -> Vec<Fetched> {
+    use oauth_egress::config::Grant;
+    let mut results = Vec::new();
+    for route in proxy.routes.routes() {
+        let skip = match &route.spec.grant {
+            Grant::RefreshToken { .. } => {
+                Some("a refresh would rotate the token a running proxy holds")
+            }
+            grant if grant.exchanges_callers_token() => Some("exchanges each caller's own token"),
+            _ => None,
+        };
+        let outcome = match skip {
+            Some(why) => FetchOutcome::Skipped(why),
+            None => fetch_one(route).await,
+        };
+        results.push(Fetched {
+            route: route.spec.name.clone(),
+            outcome,
+        });
+    }
+    results
+}
+
+async fn fetch_one(route: &oauth_egress::route::Route) -> FetchOutcome {
+    let slot = match route.token.slot(&http::HeaderMap::new()) {
+        Ok(slot) => slot,
+        Err(err) => return FetchOutcome::Failed(err.to_string()),
+    };
+    let started = std::time::Instant::now();
+    match slot.get().await {
+        Ok((token, _)) => {
+            let lifetime = token
+                .usable_until
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs();
+            let scope = token
+                .granted_scope
+                .as_deref()
+                .map(|s| format!(", scope \"{s}\""))
+                .unwrap_or_default();
+            FetchOutcome::Ok(format!(
+                "{} token, usable for {lifetime} s{scope} ({} ms)",
+                token.scheme.name(),
+                started.elapsed().as_millis()
+            ))
+        }
+        Err(err) => FetchOutcome::Failed(err.to_string()),
+    }
 }
 
 fn ca_export(path: &std::path::Path) -> Result<(), Failure> {

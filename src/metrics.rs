@@ -90,6 +90,51 @@ fn describe() {
     );
 }
 
+/// Registers every series a scrape should show before the first request: each metric
+/// family, at zero, for every route and client of `config` (called at start and after each
+/// reload, so new routes and clients show at once; series of removed ones keep their last
+/// value, as Prometheus counters should). Histograms start with empty buckets.
+pub fn register(config: &crate::config::Config) {
+    if init().is_none() {
+        return;
+    }
+    for route in &config.routes {
+        let name = route.name.clone();
+        for status in ["2xx", "4xx", "5xx"] {
+            counter!("oauth_egress_requests_total", "route" => name.clone(), "status" => status)
+                .increment(0);
+        }
+        for result in ["hit", "miss"] {
+            counter!("oauth_egress_token_cache_total", "route" => name.clone(), "result" => result)
+                .increment(0);
+        }
+        for reason in ["401", "dpop_nonce"] {
+            counter!("oauth_egress_retries_total", "route" => name.clone(), "reason" => reason)
+                .increment(0);
+        }
+        let _ = histogram!("oauth_egress_request_duration_seconds", "route" => name);
+    }
+    for client in config.clients.keys() {
+        counter!(
+            "oauth_egress_token_requests_total",
+            "client" => client.clone(),
+            "outcome" => "ok",
+            "error" => ""
+        )
+        .increment(0);
+        counter!("oauth_egress_token_refresh_ahead_total", "client" => client.clone()).increment(0);
+        let _ =
+            histogram!("oauth_egress_token_request_duration_seconds", "client" => client.clone());
+    }
+    for action in ["intercept", "tunnel", "deny"] {
+        counter!("oauth_egress_connects_total", "action" => action).increment(0);
+    }
+    for outcome in ["ok", "rejected"] {
+        counter!("oauth_egress_config_reloads_total", "outcome" => outcome).increment(0);
+    }
+    gauge!("oauth_egress_open_connections").increment(0.0);
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",

@@ -87,7 +87,11 @@ impl Proxy {
         extra_roots: &[CertificateDer<'static>],
         previous: Option<&TokenCache>,
     ) -> Result<Arc<Proxy>, StartError> {
-        let roots = crate::tls::root_store(&config.proxy.upstream_roots, extra_roots)?;
+        let roots = crate::tls::root_store(
+            &config.proxy.upstream_roots,
+            extra_roots,
+            config.proxy.system_roots,
+        )?;
         let fetcher = Fetcher::new(config.tokens.clone(), roots.clone(), &config.clients)?;
         let tokens = Arc::new(TokenCache::new(Arc::new(fetcher)));
         let routes = config
@@ -131,25 +135,12 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Fetches the metadata of every client configured with an `issuer` and checks it. The
-    /// result per client: problems that make the config wrong (a mismatched issuer, an `auth`
-    /// the server does not support) and failures to reach the server, kept apart so `run`
-    /// can start anyway (discovery is retried on first use) while `check` reports both.
+    /// [`crate::preflight::discovery`] as sentences: the problems that make the config wrong,
+    /// then the clients whose server did not answer.
     pub async fn discover(&self) -> (Vec<String>, Vec<String>) {
-        let (mut wrong, mut unreachable) = (Vec::new(), Vec::new());
-        for client in self.config.clients.values() {
-            match self.tokens.fetcher().discover(client).await {
-                Ok(Some(endpoint)) => {
-                    tracing::info!(client = %client.name, %endpoint, "discovered token endpoint")
-                }
-                Ok(None) => {}
-                Err(err) if err.is_misconfiguration() => {
-                    wrong.push(format!("clients.{}: {err}", client.name))
-                }
-                Err(err) => unreachable.push(format!("clients.{}: {err}", client.name)),
-            }
-        }
-        (wrong, unreachable)
+        let (wrong, unreachable) = crate::preflight::discovery(self).await;
+        let text = |v: Vec<crate::preflight::Problem>| v.iter().map(|p| p.to_string()).collect();
+        (text(wrong), text(unreachable))
     }
 }
 

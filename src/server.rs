@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::intercept::ca::CertificateAuthority;
-use crate::proxy::{Proxy, SharedProxy, StartError};
+use crate::preflight::{preflight, Basis, Checked, Problems};
+use crate::proxy::SharedProxy;
 
 /// A proxy that is serving.
 pub struct Running {
@@ -28,12 +29,10 @@ pub struct Running {
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The config or its files do not make a proxy.
+    /// The config, its files or its authorization servers' metadata do not make a proxy
+    /// (every problem [`preflight`] found).
     #[error(transparent)]
-    Start(#[from] StartError),
-    /// Discovery showed that a client's configuration cannot work.
-    #[error("{} problem(s):\n  - {}", .0.len(), .0.join("\n  - "))]
-    Discovery(Vec<String>),
+    Preflight(#[from] Problems),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
@@ -55,9 +54,9 @@ pub async fn start(
     let listen = config.proxy.listen;
     let grace = config.proxy.shutdown_grace;
     let admin = config.admin.as_ref().map(|a| a.listen);
-    let proxy = Proxy::new(config, ca, extra_roots)?;
-    checked_discovery(&proxy).await?;
+    let proxy = ready(preflight(config, Basis::Start { ca, extra_roots }).await?);
     proxy.prefetch();
+    crate::metrics::register(&proxy.config);
     let routes = proxy.routes.routes().len();
     let proxy = crate::proxy::shared(proxy);
     let bind = |addr, key| async move {
@@ -103,19 +102,16 @@ pub async fn start(
     })
 }
 
-async fn checked_discovery(proxy: &Proxy) -> Result<(), ServeError> {
-    let (wrong, unreachable) = proxy.discover().await;
-    if !wrong.is_empty() {
-        return Err(ServeError::Discovery(wrong));
-    }
-    for problem in unreachable {
+/// The checked proxy, after warning about the discovery servers that did not answer.
+fn ready(checked: Checked) -> std::sync::Arc<crate::proxy::Proxy> {
+    for problem in &checked.unreachable {
         tracing::warn!("{problem}; discovery will be retried on first use");
     }
-    Ok(())
+    checked.proxy
 }
 
 impl Running {
-    /// Validates `config` as `check` does and, if it is good, swaps it in atomically:
+    /// Validates `config` with the same [`preflight`] as `check` and `run` and, if it is good, swaps it in atomically:
     /// requests in flight finish on the old configuration, cached tokens whose key did not
     /// change are kept. A bad configuration is refused and the old one keeps serving.
     /// Listen addresses and the CA are fixed at start: changing them needs a restart.
@@ -126,10 +122,6 @@ impl Running {
     }
 
     async fn try_reload(&self, config: Config) -> Result<(), String> {
-        let problems = config.secret_problems();
-        if !problems.is_empty() {
-            return Err(problems.join("; "));
-        }
         let current = self.proxy.load_full();
         if config.proxy.listen != current.config.proxy.listen
             || config.proxy.ca_cert != current.config.proxy.ca_cert
@@ -138,8 +130,12 @@ impl Running {
         {
             tracing::warn!("proxy.listen, admin.listen and the CA files are only read at start; restart to change them");
         }
-        let next = current.reloaded(config).map_err(|e| e.to_string())?;
-        checked_discovery(&next).await.map_err(|e| e.to_string())?;
+        let next = ready(
+            preflight(config, Basis::Reload(&current))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        crate::metrics::register(&next.config);
         next.prefetch();
         let routes = next.routes.routes().len();
         self.proxy.store(next);

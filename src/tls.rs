@@ -33,14 +33,19 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, RootsErro
     Ok(certs)
 }
 
-/// The webpki roots plus the certificates in `files` and `extra`.
+/// The webpki roots plus the certificates in `files` and `extra`, and with `system` the
+/// operating system's store too (`proxy.system_roots`: corporate CAs are installed there).
 pub fn root_store(
     files: &[PathBuf],
     extra: &[CertificateDer<'static>],
+    system: bool,
 ) -> Result<Arc<RootCertStore>, RootsError> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if system {
+        add_system_roots(&mut roots)?;
+    }
     for file in files {
         for cert in load_certs(file)? {
             roots.add(cert).map_err(|e| RootsError {
@@ -56,6 +61,39 @@ pub fn root_store(
         })?;
     }
     Ok(Arc::new(roots))
+}
+
+/// Adds the OS store (rustls-native-certs: the platform's store, or the files named by
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR` when set). Certificates the store holds but webpki cannot
+/// use are skipped with a warning; a store that yields nothing at all is an error, since
+/// `system_roots = true` was asked for.
+fn add_system_roots(roots: &mut RootCertStore) -> Result<(), RootsError> {
+    let found = rustls_native_certs::load_native_certs();
+    for err in &found.errors {
+        tracing::warn!(error = %err, "proxy.system_roots: part of the system store could not be read");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if ignored > 0 {
+        tracing::warn!(
+            ignored,
+            "proxy.system_roots: some system certificates are not usable CA certificates"
+        );
+    }
+    if added == 0 {
+        return Err(RootsError {
+            path: "(system store)".into(),
+            detail: format!(
+                "proxy.system_roots = true, but no usable certificate was found{}",
+                found
+                    .errors
+                    .first()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    tracing::debug!(added, "trusting the system store");
+    Ok(())
 }
 
 /// A TLS client config verifying servers against `roots` (no ALPN set).

@@ -78,7 +78,7 @@ client_secret = {{ env = "SET_IN_MEMORY" }}
 
     /// The token cache a proxy on `config` would build (`previous`: the one it replaces).
     fn cache(&self, config: &Config) -> TokenCache {
-        let roots = oauth_egress::tls::root_store(&[], &[self.pki.ca_cert_der()]).unwrap();
+        let roots = oauth_egress::tls::root_store(&[], &[self.pki.ca_cert_der()], false).unwrap();
         let fetcher = Fetcher::new(config.tokens.clone(), roots, &config.clients).unwrap();
         TokenCache::new(Arc::new(fetcher))
     }
@@ -533,7 +533,7 @@ async fn a_refresh_file_on_a_read_only_directory_is_reported_with_its_route() {
     let problems = oauth_egress::token::refresh_problems(&config);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].contains("route crm") && problems[0].contains("not writable"),
+        problems[0].0 == "crm" && problems[0].1.contains("not writable"),
         "{problems:?}"
     );
 }

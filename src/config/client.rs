@@ -151,6 +151,17 @@ pub(super) struct RawClient {
     dpop_key: Option<RawSecret>,
 }
 
+/// Whether `url`'s host is `localhost` or a loopback IP: the only hosts plain http may go
+/// to, configured or discovered.
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 /// An https URL (plain http only for loopback hosts, with a warning).
 pub(super) fn https_url(
     at: &str,
@@ -165,12 +176,7 @@ pub(super) fn https_url(
             return None;
         }
     };
-    let loopback = url.host_str().is_some_and(|h| {
-        h.eq_ignore_ascii_case("localhost")
-            || h.trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
+    let loopback = is_loopback(&url);
     match url.scheme() {
         "https" => {}
         "http" if loopback => warnings.push(format!(

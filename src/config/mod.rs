@@ -21,7 +21,7 @@ use crate::secret::SecretSource;
 mod client;
 mod route;
 
-pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
+pub use client::{is_loopback, AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
 pub use route::{Grant, JwtBearer, RouteSpec, SubjectSource, TokenExchange};
 
 /// The example configuration shipped in the repository; `demo` runs on it.
@@ -69,6 +69,8 @@ pub struct ProxySettings {
     pub ca_key: PathBuf,
     /// Extra CA files trusted for upstream TLS and token endpoints, besides webpki roots.
     pub upstream_roots: Vec<PathBuf>,
+    /// Also trust the operating system's store (for corporate CAs installed there).
+    pub system_roots: bool,
     /// Bytes of request body kept so the one 401 retry can replay it.
     pub retry_body_limit: usize,
     /// Upstream TCP connect timeout (also used for CONNECT tunnels).
@@ -158,21 +160,6 @@ impl Config {
             None => false,
         }
     }
-
-    /// Reads every client secret once and reports those that cannot be read (`check` and
-    /// `run` refuse to start with any; secrets are read again on every use).
-    pub fn secret_problems(&self) -> Vec<String> {
-        self.clients
-            .values()
-            .filter_map(|c| {
-                let source = c.client_secret.as_ref()?;
-                source
-                    .load()
-                    .err()
-                    .map(|err| format!("clients.{}.client_secret: {err}", c.name))
-            })
-            .collect()
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -200,6 +187,7 @@ struct RawProxy {
     ca_cert: PathBuf,
     ca_key: PathBuf,
     upstream_roots: Vec<PathBuf>,
+    system_roots: bool,
     retry_body_limit: u64,
     connect_timeout_ms: u64,
     pool_idle_timeout_secs: u64,
@@ -214,6 +202,7 @@ impl Default for RawProxy {
             ca_cert: "ca/ca.pem".into(),
             ca_key: "ca/ca.key".into(),
             upstream_roots: Vec::new(),
+            system_roots: false,
             retry_body_limit: 1 << 20,
             connect_timeout_ms: 5_000,
             pool_idle_timeout_secs: 90,
@@ -386,6 +375,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
             .into_iter()
             .map(|r| resolve(base, r))
             .collect(),
+        system_roots: p.system_roots,
         retry_body_limit: usize::try_from(p.retry_body_limit).unwrap_or(usize::MAX),
         connect_timeout: Duration::from_millis(p.connect_timeout_ms),
         pool_idle_timeout: Duration::from_secs(p.pool_idle_timeout_secs),

@@ -87,12 +87,78 @@ pub enum DiscoveryError {
         /// What it said.
         found: String,
     },
+    /// The document names a token endpoint that is not `https` (RFC 8414 §2 requires it;
+    /// plain http only on loopback, as for a configured `token_endpoint`).
+    #[error("metadata at {url} for issuer {issuer} names {field} = {value:?}, which is not an https URL (plain http only on loopback); refusing it")]
+    NotHttps {
+        /// The configured issuer.
+        issuer: String,
+        /// Where the document came from.
+        url: String,
+        /// `token_endpoint` or `mtls_endpoint_aliases.token_endpoint`.
+        field: &'static str,
+        /// What it said.
+        value: String,
+    },
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("metadata at {url} for issuer {issuer} is larger than {} KiB; refusing it", MAX_DOCUMENT_BYTES / 1024)]
+    TooLarge {
+        /// The configured issuer.
+        issuer: String,
+        /// Where the document came from.
+        url: String,
+    },
 }
+
+/// The largest metadata document read: real ones are a few KiB, and the proxy holds the
+/// document in memory for as long as it runs.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
 impl DiscoveryError {
     /// Whether the server said something wrong (as opposed to not answering).
     pub fn is_misconfiguration(&self) -> bool {
-        matches!(self, DiscoveryError::IssuerMismatch { .. })
+        !matches!(self, DiscoveryError::Unavailable { .. })
+    }
+}
+
+/// The body of `response`, refused once it passes `limit` bytes (by `Content-Length` or
+/// as it streams). `Ok(None)` when it is too large.
+async fn capped_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// Refuses a discovered endpoint that is not https (plain http only to a loopback host).
+fn check_https(
+    issuer: &str,
+    url: &str,
+    field: &'static str,
+    value: &str,
+) -> Result<(), DiscoveryError> {
+    let ok = reqwest::Url::parse(value).is_ok_and(|u| {
+        u.scheme() == "https" || (u.scheme() == "http" && crate::config::is_loopback(&u))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(DiscoveryError::NotHttps {
+            issuer: issuer.to_string(),
+            url: url.to_string(),
+            field,
+            value: value.to_string(),
+        })
     }
 }
 
@@ -165,13 +231,29 @@ impl Discovery {
                 tried.push(format!("{url}: HTTP {}", response.status().as_u16()));
                 continue;
             }
-            let doc: Metadata = match response.json().await {
+            let body = match capped_body(response, MAX_DOCUMENT_BYTES).await {
+                Ok(Some(body)) => body,
+                Ok(None) => {
+                    return Err(DiscoveryError::TooLarge {
+                        issuer: self.issuer.to_string(),
+                        url,
+                    })
+                }
+                Err(e) => {
+                    tried.push(format!("{url}: {}", crate::error::chain(&e)));
+                    continue;
+                }
+            };
+            let doc: Metadata = match serde_json::from_slice(&body) {
                 Ok(doc) => doc,
                 Err(e) => {
                     tried.push(format!("{url}: not a metadata document ({e})"));
                     continue;
                 }
             };
+            // RFC 8414 §3.3 and OIDC Discovery §4.3 want the issuer identical; a trailing
+            // slash is ignored (Auth0 publishes `https://tenant.auth0.com/`, and people
+            // write it without): the same origin and path, so no other server's metadata.
             let want = self.issuer.as_str().trim_end_matches('/');
             if doc.issuer.trim_end_matches('/') != want {
                 return Err(DiscoveryError::IssuerMismatch {
@@ -179,6 +261,14 @@ impl Discovery {
                     url,
                     found: doc.issuer,
                 });
+            }
+            check_https(want, &url, "token_endpoint", &doc.token_endpoint)?;
+            if let Some(alias) = doc
+                .mtls_endpoint_aliases
+                .as_ref()
+                .and_then(|a| a.token_endpoint.as_deref())
+            {
+                check_https(want, &url, "mtls_endpoint_aliases.token_endpoint", alias)?;
             }
             return Ok(doc);
         }

@@ -31,26 +31,21 @@ pub use subject::{RouteToken, SubjectError, SubjectSlots};
 use crate::config::{ClientConfig, Grant, RouteSpec};
 use crate::secret::SecretError;
 
-/// Problems with the clients' private keys and `assertion_cert`s, read now (a key that does
-/// not parse, a certificate that is not the key's), so `check` and start-up report them
-/// instead of the first token request. Never includes key material.
-pub fn key_problems(config: &crate::config::Config) -> Vec<String> {
-    config
-        .clients
-        .values()
-        .filter(|c| c.private_key.is_some())
-        .filter_map(|c| {
-            client_auth::private_key(c)
-                .err()
-                .map(|err| format!("clients.{}: {err}", c.name))
-        })
-        .collect()
+/// Why this client's private key (or its `assertion_cert`) cannot be used, if it cannot;
+/// `None` for a good key or a client without one. Read now, so `check`, start-up and reload
+/// ([`crate::preflight`]) report it instead of the first token request. Never includes key
+/// material.
+pub fn key_problem(client: &ClientConfig) -> Option<String> {
+    client.private_key.as_ref()?;
+    client_auth::private_key(client)
+        .err()
+        .map(|err| err.to_string())
 }
 
 /// Problems that would make a `refresh_token` route lose its only valid token: a token file
 /// that is a symbolic link, or in a directory the proxy cannot write (a read-only mount: the
-/// server rotates the token, and its successor could not be saved). Each names the route.
-pub fn refresh_problems(config: &crate::config::Config) -> Vec<String> {
+/// server rotates the token, and its successor could not be saved): `(route, problem)`.
+pub fn refresh_problems(config: &crate::config::Config) -> Vec<(String, String)> {
     let mut seen = std::collections::HashSet::new();
     config
         .routes
@@ -60,7 +55,11 @@ pub fn refresh_problems(config: &crate::config::Config) -> Vec<String> {
             _ => None,
         })
         .filter(|(_, file)| seen.insert(file.to_path_buf()))
-        .flat_map(|(r, file)| refresh_store::file_problems(&r.name, file))
+        .flat_map(|(r, file)| {
+            refresh_store::file_problems(file)
+                .into_iter()
+                .map(|problem| (r.name.clone(), problem))
+        })
         .collect()
 }
 

@@ -205,10 +205,10 @@ pub fn write_atomic(path: &Path, token: &SecretString) -> std::io::Result<()> {
 /// Problems that would make a refresh-token route lose its token: the file is a symbolic
 /// link, or its directory is not writable (a read-only mount: the server would rotate the
 /// token and its successor could not be saved). `route` names the route in the message.
-pub fn file_problems(route: &str, path: &Path) -> Vec<String> {
+pub fn file_problems(path: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(why) = refuse_symlink(path) {
-        problems.push(format!("route {route}: refresh_token: {why}"));
+        problems.push(format!("refresh_token: {why}"));
         return problems;
     }
     let dir = directory(path);
@@ -217,7 +217,7 @@ pub fn file_problems(route: &str, path: &Path) -> Vec<String> {
         .tempfile_in(dir)
     {
         problems.push(format!(
-            "route {route}: refresh_token file {}: its directory {} is not writable ({err}); \
+            "refresh_token file {}: its directory {} is not writable ({err}); \
              the server rotates refresh tokens and the new one could not be saved. Put the \
              file in a writable directory (a volume, not a read-only Secret or ConfigMap mount)",
             path.display(),
@@ -285,20 +285,20 @@ mod tests {
         assert!(err.contains("symbolic link"), "{err}");
         assert!(write_atomic(&link, &SecretString::from("new")).is_err());
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "token\n");
-        let problems = file_problems("r", &link);
-        assert!(problems[0].contains("route r") && problems[0].contains("symbolic link"));
+        let problems = file_problems(&link);
+        assert!(problems[0].contains("symbolic link"), "{problems:?}");
     }
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_read_only_directory_is_a_problem_naming_the_route() {
+    fn a_read_only_directory_is_a_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refresh");
         std::fs::write(&path, "token\n").unwrap();
-        assert!(file_problems("crm", &path).is_empty());
+        assert!(file_problems(&path).is_empty());
         // Nobody, root included, creates files in /proc: a read-only directory.
-        let problems = file_problems("crm", Path::new("/proc/refresh-token"));
+        let problems = file_problems(Path::new("/proc/refresh-token"));
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("route crm") && problems[0].contains("not writable"));
+        assert!(problems[0].contains("not writable"), "{problems:?}");
     }
 }
