@@ -5,9 +5,13 @@
 //!   │yes
 //!   ▼
 //! token (cache) ──► replace Authorization ──► upstream ──► 401? ──no──► response
-//!                                                           │yes, body replayable, first time
+//!                                                           │yes, token refused (RFC 6750),
+//!                                                           │body replayable, first time
 //!                                                           ▼
-//!                        invalidate that token ──► fresh token ──► resend once ──► response
+//!          invalidate that token (once per cooldown) ──► newer token? ──no──► response
+//!                                                           │yes
+//!                                                           ▼
+//!                                 rest of the body (≤ limit) ──► resend once ──► response
 //! ```
 //! The destination is fixed by the [`Target`] (the CONNECT authority or the absolute-form
 //! URI); nothing in the request can send it, or its token, elsewhere.
@@ -383,9 +387,7 @@ fn challenges(value: &str) -> Vec<(&str, Option<String>)> {
             return out;
         }
         // A token: a scheme name, or a parameter name when followed by `=`.
-        let end = rest
-            .find(|c: char| c == ' ' || c == '\t' || c == ',' || c == '=')
-            .unwrap_or(rest.len());
+        let end = rest.find([' ', '\t', ',', '=']).unwrap_or(rest.len());
         let (word, after) = rest.split_at(end);
         let after_ws = after.trim_start_matches([' ', '\t']);
         let is_param = after_ws.starts_with('=') && !after_ws.starts_with("==");
@@ -439,9 +441,7 @@ fn challenges(value: &str) -> Vec<(&str, Option<String>)> {
 
 /// Whether `s` starts with `token =` (an auth-param rather than a token68).
 fn token_then_equals(s: &str) -> bool {
-    let end = s
-        .find(|c: char| c == ' ' || c == '\t' || c == ',' || c == '=')
-        .unwrap_or(s.len());
+    let end = s.find([' ', '\t', ',', '=']).unwrap_or(s.len());
     end > 0 && {
         let after = s[end..].trim_start_matches([' ', '\t']);
         after.starts_with('=') && !after.starts_with("==")
