@@ -55,8 +55,21 @@ where
 }
 
 /// How long a replay waits for the rest of a caller's body after a 401 that arrived before
-/// the upstream had read it (it often answers from the headers alone).
-pub const REPLAY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// the upstream had read it (APIs often answer from the headers alone).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBounds {
+    /// At most this long in all.
+    pub total: Duration,
+    /// At most this long without a new frame: a caller that stopped sending (a bidirectional
+    /// stream waiting for the answer) gets the 401 soon.
+    pub idle: Duration,
+}
+
+/// The bounds the forwarder uses.
+pub const REPLAY_READ: ReadBounds = ReadBounds {
+    total: Duration::from_secs(10),
+    idle: Duration::from_secs(2),
+};
 
 /// A request body on its way upstream, and whether it can be sent a second time.
 pub enum Outgoing {
@@ -73,7 +86,7 @@ pub enum Outgoing {
 pub enum NoReplay {
     /// Longer than `retry_body_limit` (or it carried trailers, or failed).
     TooLarge,
-    /// The caller had not finished sending it within [`REPLAY_READ_TIMEOUT`].
+    /// The caller had not finished sending it within the [`ReadBounds`].
     TimedOut,
 }
 
@@ -84,9 +97,9 @@ impl Outgoing {
     }
 
     /// The body for a second attempt. A streamed body the upstream answered before reading
-    /// to its end is read to its end now (up to the limit, for at most `wait`), and the first
+    /// to its end is read to its end now (up to the limit, within `bounds`), and the first
     /// attempt's body stops there: it is being abandoned.
-    pub async fn replay(&self, wait: Duration) -> Result<Body, NoReplay> {
+    pub async fn replay(&self, bounds: ReadBounds) -> Result<Body, NoReplay> {
         match self {
             Outgoing::Buffered(bytes) => Ok(full(bytes.clone())),
             Outgoing::Teed(copy) => {
@@ -100,10 +113,8 @@ impl Outgoing {
                     }
                 };
                 if let Some(source) = source {
-                    if tokio::time::timeout(wait, read_rest(source, copy))
-                        .await
-                        .is_err()
-                    {
+                    let read = read_rest(source, copy, bounds.idle);
+                    if !matches!(tokio::time::timeout(bounds.total, read).await, Ok(true)) {
                         return Err(NoReplay::TimedOut);
                     }
                 }
@@ -123,18 +134,21 @@ impl Outgoing {
     }
 }
 
-/// Reads what is left of `source` into the copy, stopping at its end or the limit.
-async fn read_rest(mut source: Body, copy: &Mutex<TeeCopy>) {
+/// Reads what is left of `source` into the copy, stopping at its end or the limit; false if
+/// no frame came for `idle`.
+async fn read_rest(mut source: Body, copy: &Mutex<TeeCopy>, idle: Duration) -> bool {
     loop {
         if source.is_end_stream() {
             lock(copy).complete = true;
-            return;
+            return true;
         }
-        let frame = source.frame().await;
+        let Ok(frame) = tokio::time::timeout(idle, source.frame()).await else {
+            return false;
+        };
         let mut st = lock(copy);
         st.record(frame.as_ref(), source.is_end_stream());
         if st.complete || st.overflowed {
-            return;
+            return true;
         }
     }
 }
@@ -286,7 +300,10 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
-    const WAIT: Duration = Duration::from_secs(5);
+    const WAIT: ReadBounds = ReadBounds {
+        total: Duration::from_secs(5),
+        idle: Duration::from_secs(5),
+    };
 
     async fn text(body: Result<Body, NoReplay>) -> Bytes {
         body.unwrap().collect().await.unwrap().to_bytes()
@@ -361,8 +378,31 @@ mod tests {
         );
         let (_body, out) = prepare(StreamBody::new(endless), None, 10).await.unwrap();
         let started = std::time::Instant::now();
-        let got = out.replay(Duration::from_millis(100)).await;
-        assert_eq!(got.err(), Some(NoReplay::TimedOut));
+        let total = ReadBounds {
+            total: Duration::from_millis(100),
+            idle: Duration::from_secs(5),
+        };
+        assert_eq!(out.replay(total).await.err(), Some(NoReplay::TimedOut));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_pauses_longer_than_the_idle_bound_gets_no_replay() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let (_body, out) = prepare(StreamBody::new(Box::pin(stream)), None, 100)
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from("ab")))).await.unwrap();
+        let bounds = ReadBounds {
+            total: Duration::from_secs(10),
+            idle: Duration::from_millis(100),
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(out.replay(bounds).await.err(), Some(NoReplay::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(tx);
     }
 }

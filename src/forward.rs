@@ -301,7 +301,7 @@ async fn send(
             }
             token = newer;
         }
-        let body = match replay.replay(body::REPLAY_READ_TIMEOUT).await {
+        let body = match replay.replay(body::REPLAY_READ).await {
             Ok(body) => body,
             Err(why) => {
                 tracing::debug!(route = %route.spec.name, ?why, "401 not retried: body not replayable");
