@@ -91,9 +91,14 @@ pub enum NoReplay {
 }
 
 impl Outgoing {
-    /// Whether a second attempt may be possible at all (no copy kept means never).
+    /// Whether a second attempt may still be possible (no copy kept, or a copy that passed
+    /// the limit, means never).
     pub fn may_replay(&self) -> bool {
-        !matches!(self, Outgoing::Streamed)
+        match self {
+            Outgoing::Buffered(_) => true,
+            Outgoing::Teed(copy) => !lock(copy).overflowed,
+            Outgoing::Streamed => false,
+        }
     }
 
     /// The body for a second attempt. A streamed body the upstream answered before reading
@@ -336,7 +341,9 @@ mod tests {
         let (body, out) = prepare(chunked(&["abcdef", "ghijkl"]), None, 10)
             .await
             .unwrap();
+        assert!(out.may_replay(), "not over the limit yet");
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdefghijkl");
+        assert!(!out.may_replay());
         assert_eq!(out.replay(WAIT).await.err(), Some(NoReplay::TooLarge));
     }
 

@@ -285,7 +285,7 @@ async fn send(
         if decision == Retry::No {
             return Ok(finish(response, downstream_upgrade));
         }
-        let Some((method, uri, headers)) = &head else {
+        let (Some((method, uri, headers)), true) = (&head, replay.may_replay()) else {
             tracing::debug!(route = %route.spec.name, "401 not retried: body not replayable");
             return Ok(finish(response, downstream_upgrade));
         };
