@@ -288,3 +288,46 @@ async fn a_401_naming_another_error_than_invalid_token_fetches_no_token() {
     assert_eq!(h.api.requests(), 4, "no resends");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn on_a_refresh_token_route_a_path_refusing_every_token_rotates_the_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, support::CLIENT_SECRET).unwrap();
+    let refresh_file = dir.path().join("refresh");
+    let h = Harness::start(Setup {
+        client_toml: Some(format!(
+            "client_id = \"{}\"\ntoken_endpoint = \"{{token_endpoint}}\"\n\
+             auth = \"client_secret_basic\"\nclient_secret = {{ file = \"{}\" }}",
+            support::CLIENT_ID,
+            secret.display()
+        )),
+        route_extra: format!(
+            "scopes = [\"{}\"]\ngrant = \"refresh_token\"\nrefresh_token = {{ file = \"{}\" }}",
+            support::SCOPE,
+            refresh_file.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let original = h
+        .auth
+        .issue_refresh_token(support::CLIENT_ID, Some(support::SCOPE));
+    std::fs::write(&refresh_file, &original).unwrap();
+    h.api.refuse_path("/always-401", "invalid_token");
+    let client = h.client();
+    for i in 0..20 {
+        let res = client
+            .get(format!("{}/always-401/{i}", h.api_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "call {i}");
+    }
+    assert_eq!(
+        h.auth.refresh_grants(),
+        2,
+        "the first token and one rotation, not one per call"
+    );
+    h.stop().await;
+}
