@@ -526,6 +526,13 @@ mod tests {
                 No,
             ),
             (401, &[r#"Bearer error="invalid_request""#], Bearer, No),
+            (401, &["Bearer\terror=\"invalid_request\""], Bearer, No),
+            (
+                401,
+                &[r#"Bearer error="a", error="invalid_token""#],
+                Bearer,
+                No,
+            ),
             (
                 401,
                 &[r#"Bearer error_description="x, y", error="invalid_request""#],
@@ -579,6 +586,29 @@ mod tests {
                 No,
             ),
         ];
+        // Whatever the header says, the parser ends and does not panic.
+        for junk in [
+            "",
+            "=",
+            "==",
+            ",,,",
+            "\"",
+            "Bearer =",
+            "Bearer error",
+            "Bearer error=",
+            "Bearer error=\"unterminated",
+            "Bearer error=\"a\\",
+            "= Bearer error=x",
+            "Bearer a==, b=\"c\", error=,",
+            "Bearer\terror=\"invalid_request\"",
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_str(junk).unwrap(),
+            );
+            let _ = retry_decision(StatusCode::UNAUTHORIZED, &headers, Bearer);
+        }
         for (status, challenges, scheme, want) in cases {
             let mut headers = http::HeaderMap::new();
             for c in *challenges {
