@@ -233,15 +233,22 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
         .iter()
         .find(|(prefix, _)| seen.path.starts_with(prefix.as_str()))
         .map(|(_, error)| error.clone());
+    // Decided from the headers alone: a refused path, or (with the knob) the token. A token
+    // checked here is not checked again (a DPoP proof may be used once).
+    let mut checked = None;
     let early = if let Some(error) = refused_path {
         Some(challenge_401(&error, "this path refuses every token"))
     } else if shared.refuse_before_body.load(Ordering::SeqCst) {
-        authorize(shared, seen.authorization.as_deref(), &possession)
-            .err()
-            .map(|(denial, jti)| {
+        match authorize(shared, seen.authorization.as_deref(), &possession) {
+            Ok(ok) => {
+                checked = Some(Ok(ok));
+                None
+            }
+            Err((denial, jti)) => {
                 seen.jti = jti;
-                denial.response()
-            })
+                Some(denial.response())
+            }
+        }
     } else {
         None
     };
@@ -258,7 +265,10 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
             ),
             Ok(collected) => {
                 seen.body = collected.to_bytes();
-                match authorize(shared, seen.authorization.as_deref(), &possession) {
+                let checked = checked.unwrap_or_else(|| {
+                    authorize(shared, seen.authorization.as_deref(), &possession)
+                });
+                match checked {
                     Err((denial, jti)) => {
                         seen.jti = jti;
                         seen.dpop_nonce_challenged =
