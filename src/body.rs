@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -53,36 +54,112 @@ where
     body.map_err(|e| BodyError(e.into())).boxed_unsync()
 }
 
+/// How long a replay waits for the rest of a caller's body after a 401 that arrived before
+/// the upstream had read it (APIs often answer from the headers alone).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBounds {
+    /// At most this long in all.
+    pub total: Duration,
+    /// At most this long without a new frame: a caller that stopped sending (a bidirectional
+    /// stream waiting for the answer) gets the 401 soon.
+    pub idle: Duration,
+}
+
+/// The bounds the forwarder uses.
+pub const REPLAY_READ: ReadBounds = ReadBounds {
+    total: Duration::from_secs(10),
+    idle: Duration::from_secs(2),
+};
+
 /// A request body on its way upstream, and whether it can be sent a second time.
 pub enum Outgoing {
     /// Buffered (no body, or a known length within the limit): replayable.
     Buffered(Bytes),
-    /// Streamed while a copy is kept up to the limit: replayable if it ended within it.
+    /// Streamed while a copy is kept up to the limit: replayable once it has ended within it.
     Teed(Arc<Mutex<TeeCopy>>),
     /// Streamed with no copy: not replayable.
     Streamed,
 }
 
+/// Why a body cannot be sent a second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoReplay {
+    /// Longer than `retry_body_limit` (or it carried trailers, or failed).
+    TooLarge,
+    /// The caller had not finished sending it within the [`ReadBounds`].
+    TimedOut,
+}
+
 impl Outgoing {
-    /// The body for a second attempt, if the first one's body can be replayed.
-    pub fn replay(&self) -> Option<Body> {
+    /// Whether a second attempt may still be possible (no copy kept, or a copy that passed
+    /// the limit, means never).
+    pub fn may_replay(&self) -> bool {
         match self {
-            Outgoing::Buffered(bytes) => Some(full(bytes.clone())),
-            Outgoing::Teed(copy) => {
-                let copy = copy.lock().unwrap_or_else(|e| e.into_inner());
-                if copy.complete && !copy.overflowed {
-                    let mut all = BytesMut::with_capacity(copy.len);
-                    for chunk in &copy.chunks {
-                        all.extend_from_slice(chunk);
-                    }
-                    Some(full(all.freeze()))
-                } else {
-                    None
-                }
-            }
-            Outgoing::Streamed => None,
+            Outgoing::Buffered(_) => true,
+            Outgoing::Teed(copy) => !lock(copy).overflowed,
+            Outgoing::Streamed => false,
         }
     }
+
+    /// The body for a second attempt. A streamed body the upstream answered before reading
+    /// to its end is read to its end now (up to the limit, within `bounds`), and the first
+    /// attempt's body stops there: it is being abandoned.
+    pub async fn replay(&self, bounds: ReadBounds) -> Result<Body, NoReplay> {
+        match self {
+            Outgoing::Buffered(bytes) => Ok(full(bytes.clone())),
+            Outgoing::Teed(copy) => {
+                let source = {
+                    let mut st = lock(copy);
+                    st.detached = true;
+                    if st.complete || st.overflowed {
+                        None
+                    } else {
+                        st.source.take()
+                    }
+                };
+                if let Some(source) = source {
+                    let read = read_rest(source, copy, bounds.idle);
+                    if !matches!(tokio::time::timeout(bounds.total, read).await, Ok(true)) {
+                        return Err(NoReplay::TimedOut);
+                    }
+                }
+                let st = lock(copy);
+                if st.complete && !st.overflowed {
+                    let mut all = BytesMut::with_capacity(st.len);
+                    for chunk in &st.chunks {
+                        all.extend_from_slice(chunk);
+                    }
+                    Ok(full(all.freeze()))
+                } else {
+                    Err(NoReplay::TooLarge)
+                }
+            }
+            Outgoing::Streamed => Err(NoReplay::TooLarge),
+        }
+    }
+}
+
+/// Reads what is left of `source` into the copy, stopping at its end or the limit; false if
+/// no frame came for `idle`.
+async fn read_rest(mut source: Body, copy: &Mutex<TeeCopy>, idle: Duration) -> bool {
+    loop {
+        if source.is_end_stream() {
+            lock(copy).complete = true;
+            return true;
+        }
+        let Ok(frame) = tokio::time::timeout(idle, source.frame()).await else {
+            return false;
+        };
+        let mut st = lock(copy);
+        st.record(frame.as_ref(), source.is_end_stream());
+        if st.complete || st.overflowed {
+            return true;
+        }
+    }
+}
+
+fn lock(copy: &Mutex<TeeCopy>) -> std::sync::MutexGuard<'_, TeeCopy> {
+    copy.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Prepares a request body for a route whose 401 may be retried.
@@ -115,77 +192,103 @@ where
         None => {
             let copy = Arc::new(Mutex::new(TeeCopy {
                 limit,
+                source: Some(boxed(body)),
                 ..TeeCopy::default()
             }));
-            let tee = Tee {
-                inner: body,
-                copy: copy.clone(),
-            };
-            Ok((boxed(tee), Outgoing::Teed(copy)))
+            let tee = Tee { copy: copy.clone() };
+            Ok((tee.boxed_unsync(), Outgoing::Teed(copy)))
         }
     }
 }
 
-/// The copy a [`Tee`] keeps.
+/// The caller's body of unknown length and the copy kept of it. The body lives here, not in
+/// the [`Tee`], so that a replay can finish reading it after the upstream stopped.
 #[derive(Default)]
 pub struct TeeCopy {
+    source: Option<Body>,
     chunks: Vec<Bytes>,
     len: usize,
     limit: usize,
     overflowed: bool,
     complete: bool,
+    /// A replay took over: the first attempt's body ends with an error.
+    detached: bool,
 }
 
-/// Passes a body through, keeping a copy of its data up to a limit.
-struct Tee<B> {
-    inner: B,
-    copy: Arc<Mutex<TeeCopy>>,
-}
-
-impl<B> HttpBody for Tee<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
+impl TeeCopy {
+    /// Records one polled frame; `ended` is the source's `is_end_stream()` after it.
+    fn record(&mut self, frame: Option<&Result<Frame<Bytes>, BodyError>>, ended: bool) {
+        match frame {
+            Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    if !copy.overflowed {
-                        if copy.len + data.len() > copy.limit {
-                            copy.overflowed = true;
-                            copy.chunks = Vec::new();
+                    if !self.overflowed {
+                        if self.len + data.len() > self.limit {
+                            self.overflowed = true;
+                            self.chunks = Vec::new();
                         } else {
-                            copy.len += data.len();
-                            copy.chunks.push(data.clone());
+                            self.len += data.len();
+                            self.chunks.push(data.clone());
                         }
+                    }
+                    // HTTP/2 marks the last DATA frame: the body may never be polled to `None`.
+                    if ended {
+                        self.complete = true;
                     }
                 } else {
                     // Trailers cannot be replayed from a plain copy.
-                    copy.overflowed = true;
+                    self.overflowed = true;
                 }
             }
-            Poll::Ready(None) => copy.complete = true,
-            Poll::Ready(Some(Err(_))) => copy.overflowed = true,
-            Poll::Pending => {}
+            None => self.complete = true,
+            Some(Err(_)) => self.overflowed = true,
         }
-        drop(copy);
+    }
+}
+
+/// The first attempt's body: passes the caller's body through, keeping a copy of its data up
+/// to a limit.
+struct Tee {
+    copy: Arc<Mutex<TeeCopy>>,
+}
+
+/// The first attempt's body was taken over by the replay.
+#[derive(Debug, thiserror::Error)]
+#[error("request body taken over by the retry")]
+struct Detached;
+
+impl HttpBody for Tee {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut st = lock(&self.copy);
+        if st.detached {
+            return Poll::Ready(Some(Err(BodyError(Box::new(Detached)))));
+        }
+        let Some(source) = st.source.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *source).poll_frame(cx);
+        if let Poll::Ready(frame) = &polled {
+            let ended = source.is_end_stream();
+            st.record(frame.as_ref(), ended);
+        }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let st = lock(&self.copy);
+        st.complete || st.source.as_ref().is_none_or(|s| s.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        lock(&self.copy)
+            .source
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |s| s.size_hint())
     }
 }
 
@@ -263,14 +366,22 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
+    const WAIT: ReadBounds = ReadBounds {
+        total: Duration::from_secs(5),
+        idle: Duration::from_secs(5),
+    };
+
+    async fn text(body: Result<Body, NoReplay>) -> Bytes {
+        body.unwrap().collect().await.unwrap().to_bytes()
+    }
+
     #[tokio::test]
     async fn known_small_body_is_buffered_and_replayable() {
         let (body, out) = prepare(Full::new(Bytes::from("hello")), Some(5), 10)
             .await
             .unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
-        let again = out.replay().unwrap().collect().await.unwrap().to_bytes();
-        assert_eq!(again, "hello");
+        assert_eq!(text(out.replay(WAIT).await).await, "hello");
     }
 
     #[tokio::test]
@@ -278,21 +389,88 @@ mod tests {
         let (_, out) = prepare(Full::new(Bytes::from("hello world")), Some(11), 10)
             .await
             .unwrap();
-        assert!(out.replay().is_none());
+        assert!(!out.may_replay());
+        assert_eq!(out.replay(WAIT).await.err(), Some(NoReplay::TooLarge));
     }
 
     #[tokio::test]
-    async fn chunked_body_replays_only_once_complete_and_within_limit() {
+    async fn chunked_body_replays_when_within_limit() {
         let (body, out) = prepare(chunked(&["ab", "cd"]), None, 10).await.unwrap();
-        assert!(out.replay().is_none(), "not complete yet");
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcd");
-        let again = out.replay().unwrap().collect().await.unwrap().to_bytes();
-        assert_eq!(again, "abcd");
+        assert_eq!(text(out.replay(WAIT).await).await, "abcd");
 
         let (body, out) = prepare(chunked(&["abcdef", "ghijkl"]), None, 10)
             .await
             .unwrap();
+        assert!(out.may_replay(), "not over the limit yet");
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdefghijkl");
-        assert!(out.replay().is_none(), "over the limit");
+        assert!(!out.may_replay());
+        assert_eq!(out.replay(WAIT).await.err(), Some(NoReplay::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn a_body_the_upstream_stopped_reading_is_read_to_its_end_for_the_replay() {
+        let (mut body, out) = prepare(chunked(&["ab", "cd", "ef"]), None, 10)
+            .await
+            .unwrap();
+        // The upstream answered after one chunk.
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "ab");
+        assert_eq!(text(out.replay(WAIT).await).await, "abcdef");
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "the abandoned attempt's body stops with an error"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_read_up_to_its_end_of_stream_mark_is_complete() {
+        // HTTP/2: the last DATA frame carries END_STREAM; hyper never polls for `None`.
+        let (mut body, out) = prepare(Full::new(Bytes::from("abcd")), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "abcd"
+        );
+        assert!(body.is_end_stream());
+        assert_eq!(text(out.replay(WAIT).await).await, "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_never_finishes_its_body_gets_no_replay() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Ok(Frame::data(Bytes::from("ab")))];
+        let endless = futures_util::StreamExt::chain(
+            futures_util::stream::iter(frames),
+            futures_util::stream::pending(),
+        );
+        let (_body, out) = prepare(StreamBody::new(endless), None, 10).await.unwrap();
+        let started = std::time::Instant::now();
+        let total = ReadBounds {
+            total: Duration::from_millis(100),
+            idle: Duration::from_secs(5),
+        };
+        assert_eq!(out.replay(total).await.err(), Some(NoReplay::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_pauses_longer_than_the_idle_bound_gets_no_replay() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let (_body, out) = prepare(StreamBody::new(Box::pin(stream)), None, 100)
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from("ab")))).await.unwrap();
+        let bounds = ReadBounds {
+            total: Duration::from_secs(10),
+            idle: Duration::from_millis(100),
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(out.replay(bounds).await.err(), Some(NoReplay::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(tx);
     }
 }

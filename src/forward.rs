@@ -5,9 +5,13 @@
 //!   │yes
 //!   ▼
 //! token (cache) ──► replace Authorization ──► upstream ──► 401? ──no──► response
-//!                                                           │yes, body replayable, first time
+//!                                                           │yes, token refused (RFC 6750),
+//!                                                           │body replayable, first time
 //!                                                           ▼
-//!                        invalidate that token ──► fresh token ──► resend once ──► response
+//!          invalidate that token (once per cooldown) ──► newer token? ──no──► response
+//!                                                           │yes
+//!                                                           ▼
+//!                                 rest of the body (≤ limit) ──► resend once ──► response
 //! ```
 //! The destination is fixed by the [`Target`] (the CONNECT authority or the absolute-form
 //! URI); nothing in the request can send it, or its token, elsewhere.
@@ -20,7 +24,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::body::{self, Body, Outgoing};
+use crate::body::{self, Body};
 use crate::config::Grant;
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
@@ -253,7 +257,7 @@ async fn send(
     });
     let nonces = proxy.tokens.fetcher().nonces();
     // Everything but the credentials, kept for a resend when the body can be replayed.
-    let head = (!matches!(replay, Outgoing::Streamed)).then(|| {
+    let head = replay.may_replay().then(|| {
         (
             parts.method.clone(),
             parts.uri.clone(),
@@ -289,13 +293,14 @@ async fn send(
         .map_err(|e| upstream_error(proxy, target, &e))?;
 
     // At most one resend of each kind: a DPoP nonce challenge (same token, new proof), then a
-    // 401 (that token invalidated, a fresh one).
+    // 401 (a newer token: fetched after invalidating this one at most once per cooldown, or
+    // one already cached).
     let (mut nonce_retried, mut token_retried) = (false, false);
     loop {
         if let (Some((_, _, origin)), Some(nonce)) = (&dpop, response.headers().get("dpop-nonce")) {
             nonces.remember(origin, nonce);
         }
-        let decision = match retry_decision(&response, token.scheme) {
+        let decision = match retry_decision(response.status(), response.headers(), token.scheme) {
             Retry::Nonce if !nonce_retried => {
                 nonce_retried = true;
                 Retry::Nonce
@@ -309,14 +314,31 @@ async fn send(
         if decision == Retry::No {
             return Ok(finish(response, downstream_upgrade));
         }
-        let (Some((method, uri, headers)), Some(body)) = (&head, replay.replay()) else {
+        let (Some((method, uri, headers)), true) = (&head, replay.may_replay()) else {
             tracing::debug!(route = %route.spec.name, "401 not retried: body not replayable");
             return Ok(finish(response, downstream_upgrade));
         };
+        if decision == Retry::Token {
+            slot.invalidate(&token, proxy.config.tokens.invalidate_cooldown);
+            let (newer, _) = slot.get().await.map_err(token_error)?;
+            if Arc::ptr_eq(&newer, &token) {
+                tracing::debug!(
+                    route = %route.spec.name,
+                    "401 not retried: this token was refused again within tokens.invalidate_cooldown_secs"
+                );
+                return Ok(finish(response, downstream_upgrade));
+            }
+            token = newer;
+        }
+        let body = match replay.replay(body::REPLAY_READ).await {
+            Ok(body) => body,
+            Err(why) => {
+                tracing::debug!(route = %route.spec.name, ?why, "401 not retried: body not replayable");
+                return Ok(finish(response, downstream_upgrade));
+            }
+        };
         drop(response);
         if decision == Retry::Token {
-            slot.invalidate(&token);
-            token = slot.get().await.map_err(token_error)?.0;
             outcome.retried = true;
         } else {
             outcome.nonce_resent = true;
@@ -353,19 +375,105 @@ enum Retry {
     No,
     /// A DPoP nonce challenge: resend with a proof carrying the nonce, same token.
     Nonce,
-    /// A 401: invalidate the token and resend with a fresh one.
+    /// The token was refused: resend with a newer one (see `TokenSlot::invalidate`).
     Token,
 }
 
-fn retry_decision(response: &Response<Incoming>, scheme: TokenScheme) -> Retry {
-    if response.status() != StatusCode::UNAUTHORIZED {
-        Retry::No
-    } else if scheme == TokenScheme::Dpop
-        && crate::sender::dpop::is_nonce_challenge(response.headers())
-    {
-        Retry::Nonce
-    } else {
+/// Classifies a response to a request carrying a token of `scheme`. A 401 means the token was
+/// refused unless its challenge for that scheme names an RFC 6750 §3.1 error other than
+/// `invalid_token` (`invalid_request`, `insufficient_scope`, ...): then a new token would not
+/// help, and none is fetched.
+fn retry_decision(status: StatusCode, headers: &http::HeaderMap, scheme: TokenScheme) -> Retry {
+    if status != StatusCode::UNAUTHORIZED {
+        return Retry::No;
+    }
+    if scheme == TokenScheme::Dpop && crate::sender::dpop::is_nonce_challenge(headers) {
+        return Retry::Nonce;
+    }
+    let mut errors = headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(challenges)
+        .filter(|(name, _)| name.eq_ignore_ascii_case(scheme.name()))
+        .filter_map(|(_, error)| error)
+        .peekable();
+    if errors.peek().is_none() || errors.any(|e| e == "invalid_token") {
         Retry::Token
+    } else {
+        Retry::No
+    }
+}
+
+/// The challenges of one `WWW-Authenticate` value (RFC 9110 §11.6.1): each scheme name and
+/// its `error` parameter, if any. Lenient: a value it cannot follow yields what it read so far.
+fn challenges(value: &str) -> Vec<(&str, Option<String>)> {
+    let mut out: Vec<(&str, Option<String>)> = Vec::new();
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return out;
+        }
+        // A token: a scheme name, or a parameter name when followed by `=`.
+        let end = rest.find([' ', '\t', ',', '=']).unwrap_or(rest.len());
+        let (word, after) = rest.split_at(end);
+        let after_ws = after.trim_start_matches([' ', '\t']);
+        let is_param = after_ws.starts_with('=') && !after_ws.starts_with("==");
+        if !is_param || out.is_empty() {
+            if word.is_empty() {
+                return out;
+            }
+            out.push((word, None));
+            rest = after;
+            // token68 (e.g. `Basic abc==`): skip to the next comma.
+            let t = rest.trim_start_matches([' ', '\t']);
+            if !t.is_empty() && !t.starts_with(',') && !token_then_equals(t) {
+                rest = t.find(',').map_or("", |i| &t[i..]);
+            }
+            continue;
+        }
+        let value_text = after_ws[1..].trim_start_matches([' ', '\t']);
+        let (param, next) = if let Some(quoted) = value_text.strip_prefix('"') {
+            let mut text = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            text.push(escaped);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => text.push(c),
+                }
+            }
+            (text, &quoted[end.min(quoted.len())..])
+        } else {
+            let end = value_text
+                .find([',', ' ', '\t'])
+                .unwrap_or(value_text.len());
+            (value_text[..end].to_string(), &value_text[end..])
+        };
+        if word.eq_ignore_ascii_case("error") {
+            if let Some(last) = out.last_mut() {
+                last.1.get_or_insert(param);
+            }
+        }
+        rest = next;
+    }
+}
+
+/// Whether `s` starts with `token =` (an auth-param rather than a token68).
+fn token_then_equals(s: &str) -> bool {
+    let end = s.find([' ', '\t', ',', '=']).unwrap_or(s.len());
+    end > 0 && {
+        let after = s[end..].trim_start_matches([' ', '\t']);
+        after.starts_with('=') && !after.starts_with("==")
     }
 }
 
@@ -414,6 +522,133 @@ fn upstream_error(
         ProxyError::Upstream {
             authority: target.authority.to_string(),
             detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_401s_are_worth_a_new_token() {
+        use Retry::{No, Nonce, Token};
+        use TokenScheme::{Bearer, Dpop};
+        let cases: &[(u16, &[&str], TokenScheme, Retry)] = &[
+            (200, &[], Bearer, No),
+            (403, &[r#"Bearer error="invalid_token""#], Bearer, No),
+            (401, &[], Bearer, Token),
+            (401, &["Bearer"], Bearer, Token),
+            (401, &[r#"Bearer realm="api""#], Bearer, Token),
+            (401, &[r#"Bearer error="invalid_token""#], Bearer, Token),
+            (
+                401,
+                &[r#"Bearer realm="api", error="invalid_token", error_description="expired""#],
+                Bearer,
+                Token,
+            ),
+            (401, &["bearer error=invalid_token"], Bearer, Token),
+            (
+                401,
+                &[r#"Bearer error="insufficient_scope", scope="a b""#],
+                Bearer,
+                No,
+            ),
+            (401, &[r#"Bearer error="invalid_request""#], Bearer, No),
+            (401, &["Bearer\terror=\"invalid_request\""], Bearer, No),
+            (
+                401,
+                &[r#"Bearer error="a", error="invalid_token""#],
+                Bearer,
+                No,
+            ),
+            (
+                401,
+                &[r#"Bearer error_description="x, y", error="invalid_request""#],
+                Bearer,
+                No,
+            ),
+            // Another scheme's error is about another credential.
+            (
+                401,
+                &[r#"Basic realm="x", Bearer error="insufficient_scope""#],
+                Bearer,
+                No,
+            ),
+            (
+                401,
+                &[r#"Basic abc==, Bearer error="invalid_token""#],
+                Bearer,
+                Token,
+            ),
+            (401, &[r#"DPoP error="invalid_request""#], Bearer, Token),
+            (
+                401,
+                &["Basic realm=\"x\"", r#"Bearer error="invalid_token""#],
+                Bearer,
+                Token,
+            ),
+            (401, &[r#"DPoP error="use_dpop_nonce""#], Dpop, Nonce),
+            (
+                401,
+                &[r#"DPoP error="invalid_token", algs="ES256""#],
+                Dpop,
+                Token,
+            ),
+            (401, &[r#"DPoP error="invalid_dpop_proof""#], Dpop, No),
+            (
+                401,
+                &[r#"Bearer error="invalid_request", DPoP error="invalid_token""#],
+                Dpop,
+                Token,
+            ),
+            (
+                401,
+                &[r#"Bearer error="invalid_request", DPoP algs="ES256""#],
+                Dpop,
+                Token,
+            ),
+            (
+                401,
+                &[r#"DPoP error="a \"quoted\" value", error_description="ok""#],
+                Dpop,
+                No,
+            ),
+        ];
+        // Whatever the header says, the parser ends and does not panic.
+        for junk in [
+            "",
+            "=",
+            "==",
+            ",,,",
+            "\"",
+            "Bearer =",
+            "Bearer error",
+            "Bearer error=",
+            "Bearer error=\"unterminated",
+            "Bearer error=\"a\\",
+            "= Bearer error=x",
+            "Bearer a==, b=\"c\", error=,",
+            "Bearer\terror=\"invalid_request\"",
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_str(junk).unwrap(),
+            );
+            let _ = retry_decision(StatusCode::UNAUTHORIZED, &headers, Bearer);
+        }
+        for (status, challenges, scheme, want) in cases {
+            let mut headers = http::HeaderMap::new();
+            for c in *challenges {
+                headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_str(c).unwrap());
+            }
+            let status = StatusCode::from_u16(*status).unwrap();
+            assert_eq!(
+                retry_decision(status, &headers, *scheme),
+                *want,
+                "{status} {challenges:?} {scheme:?}"
+            );
         }
     }
 }

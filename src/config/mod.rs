@@ -105,6 +105,9 @@ pub struct TokenSettings {
     /// Retries of a failed token request (network errors, 5xx, 429) stop once this much time
     /// has passed since the first attempt; zero disables retries.
     pub retry_max_elapsed: Duration,
+    /// After a 401, a slot's token is invalidated and fetched anew at most once per this long;
+    /// other 401s in the window are resent only if a newer token is already there.
+    pub invalidate_cooldown: Duration,
 }
 
 impl Default for TokenSettings {
@@ -115,6 +118,7 @@ impl Default for TokenSettings {
             default_expires_in: Duration::from_secs(300),
             refresh_ahead: 0.08,
             retry_max_elapsed: Duration::from_secs(5),
+            invalidate_cooldown: Duration::from_secs(10),
         }
     }
 }
@@ -225,6 +229,7 @@ struct RawTokens {
     default_expires_in_secs: u64,
     refresh_ahead_percent: u8,
     retry_max_elapsed_ms: u64,
+    invalidate_cooldown_secs: u64,
 }
 
 impl Default for RawTokens {
@@ -235,6 +240,7 @@ impl Default for RawTokens {
             default_expires_in_secs: 300,
             refresh_ahead_percent: 8,
             retry_max_elapsed_ms: 5_000,
+            invalidate_cooldown_secs: 10,
         }
     }
 }
@@ -415,6 +421,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         default_expires_in: Duration::from_secs(t.default_expires_in_secs),
         refresh_ahead: f64::from(t.refresh_ahead_percent) / 100.0,
         retry_max_elapsed: Duration::from_millis(t.retry_max_elapsed_ms),
+        invalidate_cooldown: Duration::from_secs(t.invalidate_cooldown_secs),
     };
 
     let mut clients = BTreeMap::new();

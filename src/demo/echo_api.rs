@@ -71,6 +71,10 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     revoked: Mutex<HashSet<String>>,
     reject_all: AtomicBool,
+    /// Path prefixes answered 401 with this RFC 6750 `error`, whatever the token.
+    refused_paths: Mutex<Vec<(String, String)>>,
+    /// Refuse tokens from the headers alone, before reading the body (as many APIs do).
+    refuse_before_body: AtomicBool,
     /// Never sent on; resolves with an error once [`EchoApi`] is dropped, which
     /// ends the echo loops of upgraded connections.
     shutdown: watch::Receiver<()>,
@@ -119,6 +123,8 @@ impl EchoApi {
             seen: Mutex::new(Vec::new()),
             revoked: Mutex::new(HashSet::new()),
             reject_all: AtomicBool::new(false),
+            refused_paths: Mutex::new(Vec::new()),
+            refuse_before_body: AtomicBool::new(false),
             shutdown: shutdown_rx,
             dpop: DpopState::default(),
             scheme: if tls.is_some() { "https" } else { "http" },
@@ -155,6 +161,19 @@ impl EchoApi {
     /// When on, every request gets 401 (a permanent 401 the proxy cannot fix).
     pub fn set_reject_all(&self, on: bool) {
         self.shared.reject_all.store(on, Ordering::SeqCst);
+    }
+
+    /// Requests whose path starts with `prefix` get 401 with `WWW-Authenticate: Bearer
+    /// error="<error>"`, valid token or not (a path that refuses every token; with
+    /// `insufficient_scope` or `invalid_request`, one that a new token cannot fix).
+    pub fn refuse_path(&self, prefix: &str, error: &str) {
+        lock(&self.shared.refused_paths).push((prefix.to_string(), error.to_string()));
+    }
+
+    /// When on, a refused token is answered from the request headers, before the body is
+    /// read (the 401 can arrive while the caller is still sending).
+    pub fn set_refuse_before_body(&self, on: bool) {
+        self.shared.refuse_before_body.store(on, Ordering::SeqCst);
     }
 
     /// How many TCP connections were accepted (shows the proxy's pooling).
@@ -221,42 +240,72 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
     let upgrade = upgrade_protocol(&req);
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
-    let response = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Err(_) => text_response(
-            StatusCode::BAD_REQUEST,
-            "request body unreadable or too large\n",
-        ),
-        Ok(collected) => {
-            seen.trailers = collected
-                .trailers()
-                .map(|t| {
-                    t.iter()
-                        .map(|(k, v)| {
-                            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                            (k.as_str().to_string(), value)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            seen.body = collected.to_bytes();
-            match authorize(shared, seen.authorization.as_deref(), &possession) {
-                Err((denial, jti)) => {
-                    seen.jti = jti;
-                    seen.dpop_nonce_challenged =
-                        matches!(denial, Denial::Binding(BindingDenial::UseNonce));
-                    denial.response()
-                }
-                Ok((claims, dpop)) => {
-                    seen.jti = claims.as_ref().map(|c| c.jti.clone());
-                    seen.dpop = dpop;
-                    match (upgrade, on_upgrade) {
-                        (Some(protocol), Some(on_upgrade)) => {
-                            switch_protocols(shared.shutdown.clone(), protocol, on_upgrade)
+    let refused_path = lock(&shared.refused_paths)
+        .iter()
+        .find(|(prefix, _)| seen.path.starts_with(prefix.as_str()))
+        .map(|(_, error)| error.clone());
+    // Decided from the headers alone: a refused path, or (with the knob) the token. A token
+    // checked here is not checked again (a DPoP proof may be used once).
+    let mut checked = None;
+    let early = if let Some(error) = refused_path {
+        Some(challenge_401(&error, "this path refuses every token"))
+    } else if shared.refuse_before_body.load(Ordering::SeqCst) {
+        match authorize(shared, seen.authorization.as_deref(), &possession) {
+            Ok(ok) => {
+                checked = Some(Ok(ok));
+                None
+            }
+            Err((denial, jti)) => {
+                seen.jti = jti;
+                Some(denial.response())
+            }
+        }
+    } else {
+        None
+    };
+    let response = if let Some(early) = early {
+        early
+    } else {
+        match Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Err(_) => text_response(
+                StatusCode::BAD_REQUEST,
+                "request body unreadable or too large\n",
+            ),
+            Ok(collected) => {
+                seen.trailers = collected
+                    .trailers()
+                    .map(|t| {
+                        t.iter()
+                            .map(|(k, v)| {
+                                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                                (k.as_str().to_string(), value)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                seen.body = collected.to_bytes();
+                let checked = checked.unwrap_or_else(|| {
+                    authorize(shared, seen.authorization.as_deref(), &possession)
+                });
+                match checked {
+                    Err((denial, jti)) => {
+                        seen.jti = jti;
+                        seen.dpop_nonce_challenged =
+                            matches!(denial, Denial::Binding(BindingDenial::UseNonce));
+                        denial.response()
+                    }
+                    Ok((claims, dpop)) => {
+                        seen.jti = claims.as_ref().map(|c| c.jti.clone());
+                        seen.dpop = dpop;
+                        match (upgrade, on_upgrade) {
+                            (Some(protocol), Some(on_upgrade)) => {
+                                switch_protocols(shared.shutdown.clone(), protocol, on_upgrade)
+                            }
+                            _ => echo(&seen, claims.as_ref()),
                         }
-                        _ => echo(&seen, claims.as_ref()),
                     }
                 }
             }
@@ -367,6 +416,13 @@ fn insufficient_scope(scope: &str) -> HttpResponse {
         header_safe(scope)
     );
     with_challenge(json_response(StatusCode::FORBIDDEN, &body), &challenge)
+}
+
+/// 401 with a Bearer challenge naming `error` (RFC 6750 §3.1).
+fn challenge_401(error: &str, why: &str) -> HttpResponse {
+    let body = json!({ "error": error, "error_description": why });
+    let challenge = format!("Bearer error=\"{}\"", header_safe(error));
+    with_challenge(json_response(StatusCode::UNAUTHORIZED, &body), &challenge)
 }
 
 fn with_challenge(mut response: HttpResponse, challenge: &str) -> HttpResponse {

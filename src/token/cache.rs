@@ -11,7 +11,9 @@
 //! - A waiter never gets a token already past its usable end (a fetch slower than the
 //!   token's life): it gets [`TokenError::Late`] instead.
 //! - Invalidation (after a 401) clears the token only if it is still the cached one, and bumps
-//!   an epoch so that a fetch that started before it can never put its result back.
+//!   an epoch so that a fetch that started before it can never put its result back. It
+//!   happens at most once per cooldown: a resource path that refuses every token costs one
+//!   token request per cooldown, not one per call.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +55,8 @@ struct State {
     epoch: u64,
     /// After a failed background renewal, no new one before this instant.
     renew_not_before: Option<Instant>,
+    /// When a 401 last cleared the token (invalidations are rationed).
+    invalidated_at: Option<Instant>,
 }
 
 /// A failed background renewal is retried after this pause (or a quarter of the remaining
@@ -143,18 +147,26 @@ impl TokenSlot {
             .is_some_and(|t| t.is_usable_at(Instant::now()))
     }
 
-    /// Forgets `token` if it is still the cached one (after the resource server refused it).
-    /// Returns whether it was. A fetch started before this call will not store its result.
-    pub fn invalidate(&self, token: &Arc<AccessToken>) -> bool {
+    /// Forgets `token` if it is still the cached one (after the resource server refused it)
+    /// and no invalidation happened in the last `cooldown`. Returns whether it was forgotten.
+    /// A fetch started before this call will not store its result.
+    ///
+    /// The cooldown bounds what a path that refuses every token costs: one token request per
+    /// cooldown (and, on a `refresh_token` route, one rotation), not one per call.
+    pub fn invalidate(&self, token: &Arc<AccessToken>, cooldown: Duration) -> bool {
         let mut st = self.lock();
-        if st.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
-            st.token = None;
-            st.inflight = None;
-            st.epoch += 1;
-            true
-        } else {
-            false
+        let now = Instant::now();
+        let cooling = st
+            .invalidated_at
+            .is_some_and(|at| now.saturating_duration_since(at) < cooldown);
+        if cooling || !st.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
+            return false;
         }
+        st.token = None;
+        st.inflight = None;
+        st.epoch += 1;
+        st.invalidated_at = Some(now);
+        true
     }
 
     fn start_fetch(
