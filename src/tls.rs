@@ -72,12 +72,14 @@ pub fn client_config_with_identity(
     cert: &Path,
     key: &crate::secret::SecretSource,
 ) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::PrivateKeyDer;
     use secrecy::ExposeSecret;
     let chain = load_certs(cert).map_err(|e| e.to_string())?;
     let pem = key.load().map_err(|e| format!("client_key: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
-        .map_err(|e| format!("client_key: not a PEM private key ({e})"))?;
+    let key = crate::secret::private_key_from_pem(
+        pem.expose_secret().as_bytes(),
+        &format!("client_key ({key})"),
+    )
+    .map_err(|e| e.to_string())?;
     rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)

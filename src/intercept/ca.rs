@@ -44,6 +44,9 @@ pub enum CaError {
         /// rcgen's error.
         source: rcgen::Error,
     },
+    /// The CA key is not a usable private key.
+    #[error(transparent)]
+    Key(#[from] crate::secret::KeyError),
     /// Building the TLS config.
     #[error("TLS config for {host}: {source}")]
     Tls {
@@ -88,10 +91,7 @@ impl CertificateAuthority {
         if cert.exists() || key.exists() {
             let cert_pem = std::fs::read_to_string(cert).map_err(io(cert))?;
             let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(key).map_err(io(key))?);
-            let key_pair = parse_key(&key_pem).map_err(|source| CaError::Cert {
-                context: format!("CA key {}", key.display()),
-                source,
-            })?;
+            let key_pair = parse_key(&key_pem, &format!("CA key {}", key.display()))?;
             let issuer =
                 Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|source| CaError::Cert {
                     context: format!("CA certificate {}", cert.display()),
@@ -225,20 +225,14 @@ impl CertificateAuthority {
     }
 }
 
-/// The CA key in PKCS#8, or SEC1 (`EC PRIVATE KEY`, cert-manager's and openssl's default),
-/// converted to PKCS#8.
-fn parse_key(pem: &str) -> Result<KeyPair, rcgen::Error> {
-    use p256::pkcs8::EncodePrivateKey;
-    if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
-        let secret =
-            p256::SecretKey::from_sec1_pem(pem).map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
-        let der = secret
-            .to_pkcs8_der()
-            .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
-        let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_bytes().to_vec());
-        return KeyPair::try_from(&pkcs8);
-    }
-    KeyPair::from_pem(pem)
+/// The CA key, in any form [`crate::secret::private_key_from_pem`] reads (SEC1 with or
+/// without `EC PARAMETERS` is cert-manager's and openssl's default).
+fn parse_key(pem: &str, from: &str) -> Result<KeyPair, CaError> {
+    let der = crate::secret::private_key_from_pem(pem.as_bytes(), from)?;
+    KeyPair::try_from(&der).map_err(|source| CaError::Cert {
+        context: format!("{from}: not a key rcgen can sign with (P-256, P-384, Ed25519 or RSA)"),
+        source,
+    })
 }
 
 fn random_serial() -> SerialNumber {
@@ -287,20 +281,39 @@ mod tests {
     }
 
     #[test]
-    fn a_sec1_ca_key_is_accepted() {
-        use p256::pkcs8::DecodePrivateKey;
+    fn ca_keys_in_every_pem_form_load() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
-        CertificateAuthority::load_or_create(&cert, &key).unwrap();
-        let pkcs8 = std::fs::read_to_string(&key).unwrap();
-        let sec1 = p256::SecretKey::from_pkcs8_pem(&pkcs8)
-            .unwrap()
-            .to_sec1_pem(p256::pkcs8::LineEnding::LF)
-            .unwrap();
-        std::fs::write(&key, sec1.as_bytes()).unwrap();
-        let (ca, created) = CertificateAuthority::load_or_create(&cert, &key).unwrap();
-        assert!(!created);
-        assert!(ca.server_config("api.example").is_ok());
+        let ec = crate::secret::test_keys::ec_forms();
+        let rsa = crate::secret::test_keys::rsa_forms();
+        let ec_pair = KeyPair::from_pem(&ec[0].1).unwrap();
+        let rsa_pair = KeyPair::from_pem_and_sign_algo(&rsa[0].1, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let ca_pem = |pair: &KeyPair| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.self_signed(pair).unwrap().pem()
+        };
+        let cases = ec
+            .iter()
+            .map(|(form, pem)| (form, pem, ca_pem(&ec_pair)))
+            .chain(rsa.iter().map(|(form, pem)| (form, pem, ca_pem(&rsa_pair))));
+        for (form, key_pem, cert_pem) in cases {
+            std::fs::write(&cert, cert_pem).unwrap();
+            std::fs::write(&key, key_pem).unwrap();
+            let (ca, created) = CertificateAuthority::load_or_create(&cert, &key)
+                .unwrap_or_else(|e| panic!("{form}: {e}"));
+            assert!(!created);
+            assert!(ca.server_config("api.example").is_ok(), "{form}");
+        }
+        // The certificate given as the key: named, and said so.
+        std::fs::write(&key, std::fs::read(&cert).unwrap()).unwrap();
+        let err = CertificateAuthority::load_or_create(&cert, &key)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&key.display().to_string()) && err.contains("holds a certificate"),
+            "{err}"
+        );
     }
 
     #[test]

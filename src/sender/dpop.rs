@@ -255,14 +255,12 @@ pub fn htu(uri: &http::Uri) -> String {
 }
 
 fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
-    use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-    let key = if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
-        p256::SecretKey::from_sec1_pem(pem).map_err(|e| format!("not a P-256 SEC1 key: {e}"))?
-    } else {
-        p256::SecretKey::from_pkcs8_pem(pem).map_err(|e| format!("not a P-256 PKCS#8 key: {e}"))?
-    };
-    let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
-    Ok(der.as_bytes().to_vec())
+    use rustls::pki_types::PrivateKeyDer;
+    match crate::secret::private_key_from_pem(pem.as_bytes(), "the file") {
+        Ok(PrivateKeyDer::Pkcs8(der)) => Ok(der.secret_pkcs8_der().to_vec()),
+        Ok(_) => Err("not a P-256 key".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -382,6 +380,26 @@ mod tests {
         assert_eq!(
             key.thumbprint(),
             URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn dpop_keys_in_every_ec_pem_form_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dpop.key");
+        let mut thumbprints = Vec::new();
+        for (form, pem) in crate::secret::test_keys::ec_forms() {
+            std::fs::write(&path, pem).unwrap();
+            let key = DpopKey::load_or_create(&path).unwrap_or_else(|e| panic!("{form}: {e}"));
+            thumbprints.push(key.thumbprint().to_string());
+        }
+        thumbprints.dedup();
+        assert_eq!(thumbprints.len(), 1, "one key in three forms");
+        std::fs::write(&path, crate::secret::test_keys::certificate()).unwrap();
+        let err = DpopKey::load_or_create(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("holds a certificate"),
+            "{err}"
         );
     }
 
