@@ -374,7 +374,11 @@ fn assertion(c: &mut Criterion) {
     for (name, pem, alg) in [
         ("es256", ec, None),
         ("rs256", rsa_pem.clone(), None),
-        ("ps256", rsa_pem, Some(oauth_egress::config::SigningAlg::PS256)),
+        (
+            "ps256",
+            rsa_pem,
+            Some(oauth_egress::config::SigningAlg::PS256),
+        ),
     ] {
         let key = SigningKey::from_pem(&pem, alg, Some("kid-1".into())).expect("signing key");
         group.bench_function(name, |b| {

@@ -60,7 +60,26 @@ pub enum SecretError {
     Empty(String),
 }
 
+impl SecretError {
+    /// Why, without naming the source (for messages that name it already).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::EnvMissing(_) => "not set".into(),
+            Self::File { source, .. } => source.to_string(),
+            Self::Empty(_) => "empty".into(),
+        }
+    }
+}
+
 impl SecretSource {
+    /// The path, when the source is a file.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::File(path) => Some(path),
+            Self::Env(_) | Self::Inline(_) => None,
+        }
+    }
+
     /// Reads the current value.
     pub fn load(&self) -> Result<SecretString, SecretError> {
         let value = match self {
