@@ -80,6 +80,11 @@ impl SecretSource {
         }
     }
 
+    /// Whether this names a file that does not exist (a CA or DPoP key is generated there).
+    pub fn is_absent_file(&self) -> bool {
+        self.path().is_some_and(|p| !p.exists())
+    }
+
     /// Reads the current value.
     pub fn load(&self) -> Result<SecretString, SecretError> {
         let value = match self {

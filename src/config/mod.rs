@@ -63,10 +63,10 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     /// Policy for hosts without a route.
     pub unmatched: Unmatched,
-    /// The interception CA certificate (PEM).
-    pub ca_cert: PathBuf,
-    /// The interception CA key (PEM, created with mode 0600).
-    pub ca_key: PathBuf,
+    /// The interception CA certificate (PEM, a file or a variable).
+    pub ca_cert: SecretSource,
+    /// The interception CA key (PEM; a file is created with mode 0600 when both are absent).
+    pub ca_key: SecretSource,
     /// Extra CA certificates (PEM files or variables) trusted for upstream TLS and token
     /// endpoints, besides webpki roots.
     pub upstream_roots: Vec<SecretSource>,
@@ -460,10 +460,6 @@ fn resolve(base: &Path, path: PathBuf) -> PathBuf {
     }
 }
 
-/// Why `ca_cert`/`ca_key` cannot be `{ env }` (yet).
-const CA_ENV: &str = "the interception CA is generated into ca_cert/ca_key when they are absent, \
-     and a generated key cannot be written into an environment variable";
-
 fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -475,14 +471,8 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     let proxy = ProxySettings {
         listen: p.listen,
         unmatched: p.unmatched,
-        ca_cert: p
-            .ca_cert
-            .into_path(base, "proxy.ca_cert", CA_ENV, &mut problems)
-            .unwrap_or_default(),
-        ca_key: p
-            .ca_key
-            .into_path(base, "proxy.ca_key", CA_ENV, &mut problems)
-            .unwrap_or_default(),
+        ca_cert: p.ca_cert.into_source(base),
+        ca_key: p.ca_key.into_source(base),
         upstream_roots: p
             .upstream_roots
             .into_iter()
@@ -498,14 +488,15 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
             problems.push(format!("proxy.upstream_roots: {err}"));
         }
     }
-    match (proxy.ca_cert.exists(), proxy.ca_key.exists()) {
-        (true, false) | (false, true) => problems.push(format!(
-            "proxy.ca_cert ({}) and proxy.ca_key ({}) must both exist, or both be absent so \
-             a new CA is generated",
-            proxy.ca_cert.display(),
-            proxy.ca_key.display()
-        )),
-        _ => {}
+    if let (Some(cert), Some(key)) = (proxy.ca_cert.path(), proxy.ca_key.path()) {
+        if cert.exists() != key.exists() {
+            problems.push(format!(
+                "proxy.ca_cert ({}) and proxy.ca_key ({}) must both exist, or both be absent so \
+                 a new CA is generated",
+                cert.display(),
+                key.display()
+            ));
+        }
     }
 
     let t = raw.tokens;
@@ -603,14 +594,14 @@ mod source_tests {
             Key {
                 name: "proxy.ca_cert",
                 toml: "[proxy]\nca_cert = {v}\nca_key = \"absent.key\"\n",
-                parsed: |c| format!("file:{}", c.proxy.ca_cert.display()),
-                env_refused: Some("generated"),
+                parsed: |c| format!("{:?}", c.proxy.ca_cert),
+                env_refused: None,
             },
             Key {
                 name: "proxy.ca_key",
                 toml: "[proxy]\nca_key = {v}\nca_cert = \"absent.pem\"\n",
-                parsed: |c| format!("file:{}", c.proxy.ca_key.display()),
-                env_refused: Some("generated"),
+                parsed: |c| format!("{:?}", c.proxy.ca_key),
+                env_refused: None,
             },
             Key {
                 name: "proxy.upstream_roots",
