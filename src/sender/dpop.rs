@@ -394,6 +394,24 @@ mod tests {
     }
 
     #[test]
+    fn a_dpop_key_in_a_variable_must_be_set_and_is_never_created() {
+        let [(_, pem), ..] = crate::secret::test_keys::ec_forms();
+        let var = "OAUTH_EGRESS_TEST_DPOP_KEY_ENV";
+        std::env::set_var(var, &pem);
+        let from_env = DpopKey::load_or_create(&SecretSource::Env(var.into())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dpop.key");
+        std::fs::write(&path, &pem).unwrap();
+        let from_file = DpopKey::load_or_create(&SecretSource::File(path)).unwrap();
+        assert_eq!(from_env.thumbprint(), from_file.thumbprint());
+        let unset = "OAUTH_EGRESS_TEST_DPOP_KEY_ENV_UNSET";
+        let err = DpopKey::load_or_create(&SecretSource::Env(unset.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(unset) && err.contains("not created"), "{err}");
+    }
+
+    #[test]
     fn dpop_keys_in_every_ec_pem_form_load() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dpop.key");
