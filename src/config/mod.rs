@@ -353,7 +353,7 @@ impl RawSource {
 }
 
 /// Whether a string written where a path belongs is rather the content: PEM, or something
-/// shaped like a token (a JWT, or a long run of token characters with no `/` and no `.`).
+/// shaped like a token (a JWT, or 32+ random-looking token characters with no `/` or `.`).
 fn looks_like_content(s: &str) -> bool {
     if s.contains('\n') || s.contains("-----BEGIN") {
         return true;
@@ -362,7 +362,12 @@ fn looks_like_content(s: &str) -> bool {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '='));
     let jwt = s.split('.').count() == 3 && s.split('.').all(|p| p.len() >= 8);
-    token_chars && s.len() >= 32 && (jwt || !s.contains('.'))
+    // Random-looking: hex, or digits with both cases (a file name is rarely either).
+    let random = s.chars().all(|c| c.is_ascii_hexdigit())
+        || (s.chars().any(|c| c.is_ascii_digit())
+            && s.chars().any(|c| c.is_ascii_uppercase())
+            && s.chars().any(|c| c.is_ascii_lowercase()));
+    token_chars && s.len() >= 32 && (jwt || (!s.contains('.') && random))
 }
 
 impl<'de> Deserialize<'de> for RawSource {
@@ -761,6 +766,7 @@ mod source_tests {
             "tokens/actor.jwt",
             "sa-token",
             "./a-very-long-file-name-without-any-dot",
+            "billing-service-account-token-file",
         ] {
             assert!(!looks_like_content(fine), "{fine}");
         }
