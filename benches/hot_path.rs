@@ -11,6 +11,7 @@
 //! | `forward_retry_copy` | the `(method, uri, headers)` copy `forward.rs` keeps so a 401 can be retried | once per replayable request |
 //! | `leaf_cert/mint` | `CertificateAuthority::server_config` for a host never seen | once per new host |
 //! | `leaf_cert/cached` | `server_config` for a host already minted | once per intercepted connection |
+//! | `assertion/{es256,rs256,ps256}` | `client_assertion` with a parsed key (ring; RSA 2048) | once per `private_key_jwt` token request |
 //!
 //! The route table has 50 routes (40 exact, 10 wildcard) built through
 //! `config::from_toml` + `Proxy::new` with an in-memory CA, like `oauth-egress run` builds it.
@@ -356,7 +357,8 @@ fn dpop_proof(c: &mut Criterion) {
 }
 
 /// The cost of a client assertion (`private_key_jwt`), paid once per token request: building
-/// the claims and signing them, with the key already parsed.
+/// the claims and signing them (ring: ES256, RS256 and PS256 with a 2048-bit key), with the
+/// key already parsed.
 fn assertion(c: &mut Criterion) {
     use oauth_egress::token::assertion::{client_assertion, SigningKey};
     use rsa::pkcs1::EncodeRsaPrivateKey;
@@ -369,8 +371,16 @@ fn assertion(c: &mut Criterion) {
             .to_string(),
     );
     let mut group = c.benchmark_group("assertion");
-    for (name, pem) in [("es256", ec), ("rs256", rsa_pem)] {
-        let key = SigningKey::from_pem(&pem, None, Some("kid-1".into())).expect("signing key");
+    for (name, pem, alg) in [
+        ("es256", ec, None),
+        ("rs256", rsa_pem.clone(), None),
+        (
+            "ps256",
+            rsa_pem,
+            Some(oauth_egress::config::SigningAlg::PS256),
+        ),
+    ] {
+        let key = SigningKey::from_pem(&pem, alg, Some("kid-1".into())).expect("signing key");
         group.bench_function(name, |b| {
             b.iter(|| {
                 black_box(

@@ -180,7 +180,7 @@ fn load_ca(config: &Config) -> Result<Arc<CertificateAuthority>, Failure> {
         CertificateAuthority::load_or_create(&config.proxy.ca_cert, &config.proxy.ca_key)
             .map_err(|e| Failure::Config(format!("interception CA: {e}")))?;
     if created {
-        tracing::info!(cert = %config.proxy.ca_cert.display(), "generated a new interception CA; clients must trust this certificate");
+        tracing::info!(cert = %config.proxy.ca_cert, "generated a new interception CA; clients must trust this certificate");
     }
     Ok(Arc::new(ca))
 }
@@ -318,16 +318,16 @@ async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Failure> {
     let config = load(path)?;
     let mut problems = Vec::new();
     let (cert, key) = (&config.proxy.ca_cert, &config.proxy.ca_key);
-    let ca_state = if cert.exists() && key.exists() {
+    let ca_state = if !(cert.is_absent_file() && key.is_absent_file()) {
         match CertificateAuthority::load_or_create(cert, key) {
-            Ok(_) => format!("{} (loaded)", cert.display()),
+            Ok(_) => format!("{cert} (loaded)"),
             Err(err) => {
                 problems.push(Problem::new("proxy.ca_cert", err));
                 String::new()
             }
         }
     } else {
-        format!("{} (absent: generated on first start)", cert.display())
+        format!("{cert} (absent: generated on first start)")
     };
     let mut fetched = Vec::new();
     match CertificateAuthority::generate() {
@@ -513,7 +513,14 @@ fn env(args: &EnvArgs) -> Result<(), Failure> {
     use oauth_egress::client_env::{self, ClientEnv};
     let config = load(&args.config.config)?;
     let ca = load_ca(&config)?;
-    let ca_cert = absolute(&config.proxy.ca_cert);
+    // Clients are given a path: a CA certificate held in a variable has none.
+    let Some(ca_path) = config.proxy.ca_cert.path() else {
+        return Err(Failure::Config(format!(
+            "{}: proxy.ca_cert is {}; `env` gives clients a file: write it with `oauth-egress ca export > ca.pem` and point them there",
+            config.origin, config.proxy.ca_cert
+        )));
+    };
+    let ca_cert = absolute(ca_path);
     let system = args
         .system_roots
         .clone()
@@ -524,7 +531,7 @@ fn env(args: &EnvArgs) -> Result<(), Failure> {
                 &args
                     .bundle
                     .clone()
-                    .unwrap_or_else(|| config.proxy.ca_cert.with_file_name("ca-bundle.pem")),
+                    .unwrap_or_else(|| ca_path.with_file_name("ca-bundle.pem")),
             );
             client_env::write_bundle(&system, ca.cert_pem(), &out)
                 .map_err(|err| Failure::Other(err.into()))?;

@@ -1,34 +1,35 @@
 //! Trust roots and TLS client configs shared by upstream connections and token requests.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
-/// A trust anchor file that could not be used.
+use crate::secret::{ExposeSecret, SecretSource};
+
+/// A trust anchor file (or variable) that could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {detail}")]
 pub struct RootsError {
-    /// The file.
-    pub path: PathBuf,
+    /// The file or variable.
+    pub path: String,
     /// What went wrong.
     pub detail: String,
 }
 
-/// Reads every certificate in a PEM file.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, RootsError> {
+/// Reads every certificate in a PEM file or variable.
+pub fn load_certs(source: &SecretSource) -> Result<Vec<CertificateDer<'static>>, RootsError> {
     let err = |detail: String| RootsError {
-        path: path.to_owned(),
+        path: source.to_string(),
         detail,
     };
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
+    let pem = source.load().map_err(|e| err(e.reason()))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.expose_secret().as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| err(e.to_string()))?;
     if certs.is_empty() {
-        return Err(err("no PEM certificate in file".into()));
+        return Err(err("no PEM certificate found".into()));
     }
     Ok(certs)
 }
@@ -36,7 +37,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, RootsErro
 /// The webpki roots plus the certificates in `files` and `extra`, and with `system` the
 /// operating system's store too (`proxy.system_roots`: corporate CAs are installed there).
 pub fn root_store(
-    files: &[PathBuf],
+    files: &[SecretSource],
     extra: &[CertificateDer<'static>],
     system: bool,
 ) -> Result<Arc<RootCertStore>, RootsError> {
@@ -49,7 +50,7 @@ pub fn root_store(
     for file in files {
         for cert in load_certs(file)? {
             roots.add(cert).map_err(|e| RootsError {
-                path: file.clone(),
+                path: file.to_string(),
                 detail: format!("not a usable CA certificate: {e}"),
             })?;
         }
@@ -107,15 +108,16 @@ pub fn client_config(roots: Arc<RootCertStore>) -> rustls::ClientConfig {
 /// certificate (`client_cert`, `client_key`).
 pub fn client_config_with_identity(
     roots: Arc<RootCertStore>,
-    cert: &Path,
-    key: &crate::secret::SecretSource,
+    cert: &SecretSource,
+    key: &SecretSource,
 ) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::PrivateKeyDer;
-    use secrecy::ExposeSecret;
-    let chain = load_certs(cert).map_err(|e| e.to_string())?;
+    let chain = load_certs(cert).map_err(|e| format!("client_cert ({cert}): {e}"))?;
     let pem = key.load().map_err(|e| format!("client_key: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
-        .map_err(|e| format!("client_key: not a PEM private key ({e})"))?;
+    let key = crate::secret::private_key_from_pem(
+        pem.expose_secret().as_bytes(),
+        &format!("client_key ({key})"),
+    )
+    .map_err(|e| e.to_string())?;
     rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)

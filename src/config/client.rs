@@ -2,11 +2,11 @@
 //! by discovery) and how it authenticates there.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{resolve, RawSecret};
+use super::{RawSecret, RawSource};
 use crate::secret::SecretSource;
 
 /// How a client authenticates at the token endpoint.
@@ -101,15 +101,16 @@ pub struct ClientConfig {
     pub assertion_audience: AssertionAudience,
     /// The certificate of `private_key`, PEM: its SHA-1 and SHA-256 thumbprints go in the
     /// assertion header as `x5t` and `x5t#S256` (Microsoft Entra ID certificate credentials).
-    pub assertion_cert: Option<PathBuf>,
+    pub assertion_cert: Option<SecretSource>,
     /// Client certificate chain, PEM (tls_client_auth).
-    pub client_cert: Option<PathBuf>,
+    pub client_cert: Option<SecretSource>,
     /// Client certificate key, PEM (tls_client_auth).
     pub client_key: Option<SecretSource>,
     /// Every route of this client uses DPoP.
     pub dpop: bool,
-    /// Where the DPoP key lives (created if absent); `None`: a key generated at start.
-    pub dpop_key: Option<PathBuf>,
+    /// Where the DPoP key lives (a file is created if absent); `None`: a key generated at
+    /// start.
+    pub dpop_key: Option<SecretSource>,
 }
 
 impl ClientConfig {
@@ -138,17 +139,17 @@ pub(super) struct RawClient {
     client_id: String,
     auth: ClientAuth,
     client_secret: Option<RawSecret>,
-    private_key: Option<RawSecret>,
+    private_key: Option<RawSource>,
     signing_alg: Option<SigningAlg>,
     key_id: Option<String>,
     #[serde(default)]
     assertion_audience: AssertionAudience,
-    assertion_cert: Option<PathBuf>,
-    client_cert: Option<PathBuf>,
-    client_key: Option<RawSecret>,
+    assertion_cert: Option<RawSource>,
+    client_cert: Option<RawSource>,
+    client_key: Option<RawSource>,
     #[serde(default)]
     dpop: bool,
-    dpop_key: Option<RawSecret>,
+    dpop_key: Option<RawSource>,
 }
 
 /// Whether `url`'s host is `localhost` or a loopback IP: the only hosts plain http may go
@@ -221,11 +222,11 @@ pub(super) fn validate(
     if c.client_id.is_empty() {
         problems.push(format!("{at}.client_id is empty"));
     }
-    let source = |s: Option<RawSecret>| s.map(|s| s.into_source(base));
-    let client_secret = source(c.client_secret);
+    let source = |s: Option<RawSource>| s.map(|s| s.into_source(base));
+    let client_secret = c.client_secret.map(|s: RawSecret| s.into_source(base));
     let private_key = source(c.private_key);
     let client_key = source(c.client_key);
-    let client_cert = c.client_cert.map(|p| resolve(base, p));
+    let client_cert = source(c.client_cert);
     let mut require = |present: bool, key: &str| {
         if !present {
             problems.push(format!("{at}.{key} is required for auth = \"{}\"", c.auth));
@@ -245,22 +246,13 @@ pub(super) fn validate(
     if client_cert.is_some() != client_key.is_some() {
         problems.push(format!("{at}: client_cert and client_key go together"));
     }
-    let dpop_key = match c.dpop_key {
-        Some(RawSecret::File(path)) => Some(resolve(base, path)),
-        Some(RawSecret::Env(_)) => {
-            problems.push(format!(
-                "{at}.dpop_key must be {{ file = \"path\" }} (created there if absent)"
-            ));
-            None
-        }
-        None => None,
-    };
+    let dpop_key = source(c.dpop_key);
     if c.assertion_cert.is_some() && private_key.is_none() {
         problems.push(format!(
             "{at}: assertion_cert is the certificate of private_key, which is not set"
         ));
     }
-    let assertion_cert = c.assertion_cert.map(|p| resolve(base, p));
+    let assertion_cert = source(c.assertion_cert);
     if c.assertion_audience == AssertionAudience::Issuer && c.issuer.is_none() {
         problems.push(format!(
             "{at}: assertion_audience = \"issuer\" needs `issuer` to be set"

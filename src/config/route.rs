@@ -6,7 +6,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::client::ClientConfig;
-use super::RawSecret;
+use super::RawSource;
 use crate::route::HostPattern;
 use crate::secret::SecretSource;
 
@@ -168,10 +168,10 @@ pub(super) struct RawRoute {
     mtls_bound: bool,
     subject_token: Option<RawSubject>,
     subject_token_type: Option<String>,
-    actor_token: Option<RawSecret>,
+    actor_token: Option<RawSource>,
     actor_token_type: Option<String>,
     requested_token_type: Option<String>,
-    refresh_token: Option<RawSecret>,
+    refresh_token: Option<RawSource>,
     assertion_issuer: Option<String>,
     assertion_subject: Option<String>,
     assertion_audience: Option<String>,
@@ -185,10 +185,10 @@ impl RawRoute {
     }
 }
 
-/// `"inbound"`, `{ env = ... }` or `{ file = ... }`.
+/// `"inbound"`, or a file (`"path"`, `{ file = ... }`) or `{ env = ... }`.
 enum RawSubject {
     Inbound,
-    Secret(RawSecret),
+    Secret(RawSource),
 }
 
 impl<'de> Deserialize<'de> for RawSubject {
@@ -197,19 +197,18 @@ impl<'de> Deserialize<'de> for RawSubject {
         impl<'de> Visitor<'de> for SubjectVisitor {
             type Value = RawSubject;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"inbound\", { env = \"NAME\" } or { file = \"path\" }")
+                f.write_str("\"inbound\", a path, { file = \"path\" } or { env = \"NAME\" }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSubject, E> {
                 if v == "inbound" {
                     Ok(RawSubject::Inbound)
                 } else {
-                    Err(E::custom(
-                        "subject_token is \"inbound\" (the caller's token), { env = \"NAME\" } or { file = \"path\" }",
-                    ))
+                    RawSource::deserialize(de::value::StrDeserializer::new(v))
+                        .map(RawSubject::Secret)
                 }
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawSubject, A::Error> {
-                RawSecret::deserialize(de::value::MapAccessDeserializer::new(map))
+                RawSource::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(RawSubject::Secret)
             }
         }
@@ -414,15 +413,14 @@ pub(super) fn validate(
             })
         }
         GrantName::RefreshToken => match r.refresh_token {
-            Some(RawSecret::File(file)) => Grant::RefreshToken {
-                file: super::resolve(base, file),
+            Some(source) => Grant::RefreshToken {
+                file: source.into_path(
+                    base,
+                    &format!("{at}: refresh_token"),
+                    "rotated refresh tokens are written back to the file",
+                    problems,
+                )?,
             },
-            Some(RawSecret::Env(_)) => {
-                problems.push(format!(
-                    "{at}: refresh_token must be {{ file = \"path\" }}: rotated refresh tokens are written back to it"
-                ));
-                return None;
-            }
             None => {
                 problems.push(format!(
                     "{at}: grant = \"refresh_token\" needs refresh_token = {{ file = \"path\" }}"

@@ -122,7 +122,12 @@ pub async fn run(
 
     let (ca, _) = CertificateAuthority::load_or_create(&config.proxy.ca_cert, &config.proxy.ca_key)
         .map_err(|e| DemoError::Start(format!("interception CA: {e}")))?;
-    let ca_path = config.proxy.ca_cert.clone();
+    let ca_path = config
+        .proxy
+        .ca_cert
+        .path()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     let ca = Arc::new(ca);
     let running = crate::server::start(config, ca.clone(), &[pki.ca_cert_der()])
         .await

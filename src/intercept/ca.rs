@@ -20,6 +20,8 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
 
+use crate::secret::{ExposeSecret, SecretSource};
+
 /// How long a minted leaf is valid.
 const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// At most this many hosts' leaves are cached (wildcard routes can name many hosts).
@@ -44,6 +46,17 @@ pub enum CaError {
         /// rcgen's error.
         source: rcgen::Error,
     },
+    /// A CA file or variable could not be read.
+    #[error("{source_}: {detail}")]
+    Source {
+        /// The file or variable.
+        source_: String,
+        /// Why.
+        detail: String,
+    },
+    /// The CA key is not a usable private key.
+    #[error(transparent)]
+    Key(#[from] crate::secret::KeyError),
     /// Building the TLS config.
     #[error("TLS config for {host}: {source}")]
     Tls {
@@ -75,30 +88,50 @@ impl std::fmt::Debug for CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// Loads the CA from its two PEM files, or, when both are absent, generates one and writes
-    /// them (the key with mode 0600). Returns whether it was created.
+    /// Loads the CA from its two PEM sources (files or environment variables), or, when both
+    /// are files and both are absent, generates one and writes them (the key with mode 0600).
+    /// Returns whether it was created.
     pub fn load_or_create(
-        cert: &Path,
-        key: &Path,
+        cert: &SecretSource,
+        key: &SecretSource,
     ) -> Result<(CertificateAuthority, bool), CaError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| CaError::Io { path, source }
         };
-        if cert.exists() || key.exists() {
-            let cert_pem = std::fs::read_to_string(cert).map_err(io(cert))?;
-            let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(key).map_err(io(key))?);
-            let key_pair = parse_key(&key_pem).map_err(|source| CaError::Cert {
-                context: format!("CA key {}", key.display()),
-                source,
-            })?;
+        let (Some(cert_path), Some(key_path), true, true) = (
+            cert.path(),
+            key.path(),
+            cert.is_absent_file(),
+            key.is_absent_file(),
+        ) else {
+            let files = cert.path().is_some() && key.path().is_some();
+            let read = |s: &SecretSource| {
+                s.load().map_err(|e| CaError::Source {
+                    source_: s.to_string(),
+                    detail: if files {
+                        e.reason()
+                    } else {
+                        format!(
+                            "{}; a CA is generated only into files (ca_cert and ca_key both \
+                             absent), never into environment variables",
+                            e.reason()
+                        )
+                    },
+                })
+            };
+            // One final newline, however the source ends, so exported PEM concatenates.
+            let cert_pem = format!("{}\n", read(cert)?.expose_secret().trim_end());
+            let key_pem = read(key)?;
+            let key_pair = parse_key(key_pem.expose_secret(), &format!("CA key ({key})"))?;
             let issuer =
                 Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|source| CaError::Cert {
-                    context: format!("CA certificate {}", cert.display()),
+                    context: format!("CA certificate ({cert})"),
                     source,
                 })?;
             return Ok((CertificateAuthority::new(issuer, cert_pem), false));
-        }
+        };
+        let (cert, key) = (cert_path, key_path);
         let ca = CertificateAuthority::generate()?;
         for dir in [cert.parent(), key.parent()].into_iter().flatten() {
             if !dir.as_os_str().is_empty() {
@@ -225,20 +258,14 @@ impl CertificateAuthority {
     }
 }
 
-/// The CA key in PKCS#8, or SEC1 (`EC PRIVATE KEY`, cert-manager's and openssl's default),
-/// converted to PKCS#8.
-fn parse_key(pem: &str) -> Result<KeyPair, rcgen::Error> {
-    use p256::pkcs8::EncodePrivateKey;
-    if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
-        let secret =
-            p256::SecretKey::from_sec1_pem(pem).map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
-        let der = secret
-            .to_pkcs8_der()
-            .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
-        let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_bytes().to_vec());
-        return KeyPair::try_from(&pkcs8);
-    }
-    KeyPair::from_pem(pem)
+/// The CA key, in any form [`crate::secret::private_key_from_pem`] reads (SEC1 with or
+/// without `EC PARAMETERS` is cert-manager's and openssl's default).
+fn parse_key(pem: &str, from: &str) -> Result<KeyPair, CaError> {
+    let der = crate::secret::private_key_from_pem(pem.as_bytes(), from)?;
+    KeyPair::try_from(&der).map_err(|source| CaError::Cert {
+        context: format!("{from}: not a key rcgen can sign with (P-256, P-384, Ed25519 or RSA)"),
+        source,
+    })
 }
 
 fn random_serial() -> SerialNumber {
@@ -268,11 +295,50 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn file(path: &Path) -> SecretSource {
+        SecretSource::File(path.to_path_buf())
+    }
+
+    #[test]
+    fn a_ca_in_environment_variables_loads_and_is_never_generated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        let (made, _) = CertificateAuthority::load_or_create(&file(&cert), &file(&key)).unwrap();
+        let (cert_var, key_var) = (
+            "OAUTH_EGRESS_TEST_CA_ENV_CERT",
+            "OAUTH_EGRESS_TEST_CA_ENV_KEY",
+        );
+        std::env::set_var(cert_var, std::fs::read_to_string(&cert).unwrap());
+        std::env::set_var(key_var, std::fs::read_to_string(&key).unwrap());
+        let env = |name: &str| SecretSource::Env(name.to_string());
+        let (ca, created) =
+            CertificateAuthority::load_or_create(&env(cert_var), &env(key_var)).unwrap();
+        assert!(!created);
+        assert_eq!(ca.cert_pem(), made.cert_pem());
+        // A key variable that is not set is not generated into: the error says so, and
+        // nothing is written beside the certificate file.
+        let unset = "OAUTH_EGRESS_TEST_CA_ENV_UNSET_KEY";
+        let absent_cert = dir.path().join("new/ca.pem");
+        let err = CertificateAuthority::load_or_create(&file(&absent_cert), &env(unset))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("never into environment variables"), "{err}");
+        assert!(!absent_cert.exists());
+        let err = CertificateAuthority::load_or_create(&env(cert_var), &env(unset))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(unset) && err.contains("never into environment variables"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn created_ca_reloads_and_key_is_private() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("ca/ca.pem"), dir.path().join("ca/ca.key"));
-        let (first, created) = CertificateAuthority::load_or_create(&cert, &key).unwrap();
+        let (first, created) =
+            CertificateAuthority::load_or_create(&file(&cert), &file(&key)).unwrap();
         assert!(created);
         #[cfg(unix)]
         {
@@ -280,27 +346,47 @@ mod tests {
             let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        let (second, created) = CertificateAuthority::load_or_create(&cert, &key).unwrap();
+        let (second, created) =
+            CertificateAuthority::load_or_create(&file(&cert), &file(&key)).unwrap();
         assert!(!created);
         assert_eq!(first.cert_pem(), second.cert_pem());
         assert!(!format!("{second:?}").contains("PRIVATE"));
     }
 
     #[test]
-    fn a_sec1_ca_key_is_accepted() {
-        use p256::pkcs8::DecodePrivateKey;
+    fn ca_keys_in_every_pem_form_load() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
-        CertificateAuthority::load_or_create(&cert, &key).unwrap();
-        let pkcs8 = std::fs::read_to_string(&key).unwrap();
-        let sec1 = p256::SecretKey::from_pkcs8_pem(&pkcs8)
-            .unwrap()
-            .to_sec1_pem(p256::pkcs8::LineEnding::LF)
-            .unwrap();
-        std::fs::write(&key, sec1.as_bytes()).unwrap();
-        let (ca, created) = CertificateAuthority::load_or_create(&cert, &key).unwrap();
-        assert!(!created);
-        assert!(ca.server_config("api.example").is_ok());
+        let ec = crate::secret::test_keys::ec_forms();
+        let rsa = crate::secret::test_keys::rsa_forms();
+        let ec_pair = KeyPair::from_pem(&ec[0].1).unwrap();
+        let rsa_pair = KeyPair::from_pem_and_sign_algo(&rsa[0].1, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let ca_pem = |pair: &KeyPair| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.self_signed(pair).unwrap().pem()
+        };
+        let cases = ec
+            .iter()
+            .map(|(form, pem)| (form, pem, ca_pem(&ec_pair)))
+            .chain(rsa.iter().map(|(form, pem)| (form, pem, ca_pem(&rsa_pair))));
+        for (form, key_pem, cert_pem) in cases {
+            std::fs::write(&cert, cert_pem).unwrap();
+            std::fs::write(&key, key_pem).unwrap();
+            let (ca, created) = CertificateAuthority::load_or_create(&file(&cert), &file(&key))
+                .unwrap_or_else(|e| panic!("{form}: {e}"));
+            assert!(!created);
+            assert!(ca.server_config("api.example").is_ok(), "{form}");
+        }
+        // The certificate given as the key: named, and said so.
+        std::fs::write(&key, std::fs::read(&cert).unwrap()).unwrap();
+        let err = CertificateAuthority::load_or_create(&file(&cert), &file(&key))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&key.display().to_string()) && err.contains("holds a certificate"),
+            "{err}"
+        );
     }
 
     #[test]

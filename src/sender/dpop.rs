@@ -14,6 +14,8 @@ use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::secret::{ExposeSecret, SecretSource};
+
 /// Why a DPoP key could not be loaded or a proof signed.
 #[derive(Debug, thiserror::Error)]
 pub enum DpopError {
@@ -56,20 +58,28 @@ impl DpopKey {
         DpopKey::from_pkcs8(pkcs8.as_ref()).map_err(DpopError::Crypto)
     }
 
-    /// The key in `path` (PKCS#8 or SEC1 PEM); when the file does not exist, a new key is
-    /// generated and written there (mode 0600), so tokens bound to it survive restarts.
-    pub fn load_or_create(path: &Path) -> Result<DpopKey, DpopError> {
+    /// The key in `source` (P-256, any PEM form the key loader reads). A file that does not
+    /// exist is created with a new key (mode 0600), so tokens bound to it survive restarts; an
+    /// environment variable must be set (nothing can be written into it).
+    pub fn load_or_create(source: &SecretSource) -> Result<DpopKey, DpopError> {
         let err = |detail: String| DpopError::Key {
-            path: path.display().to_string(),
+            path: source.to_string(),
             detail,
         };
-        if path.exists() {
-            let pem = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?,
-            );
-            let der = pkcs8_der(&pem).map_err(err)?;
-            return DpopKey::from_pkcs8(&der).map_err(err);
-        }
+        let path = match source.path() {
+            Some(path) if !path.exists() => path,
+            _ => {
+                let pem = source.load().map_err(|e| match source {
+                    SecretSource::Env(_) => err(format!(
+                        "{}; a key in a variable is not created: set it, or name a file",
+                        e.reason()
+                    )),
+                    _ => err(e.reason()),
+                })?;
+                let der = pkcs8_der(pem.expose_secret()).map_err(err)?;
+                return DpopKey::from_pkcs8(&der).map_err(err);
+            }
+        };
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|e| DpopError::Crypto(e.to_string()))?;
@@ -255,14 +265,12 @@ pub fn htu(uri: &http::Uri) -> String {
 }
 
 fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
-    use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-    let key = if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
-        p256::SecretKey::from_sec1_pem(pem).map_err(|e| format!("not a P-256 SEC1 key: {e}"))?
-    } else {
-        p256::SecretKey::from_pkcs8_pem(pem).map_err(|e| format!("not a P-256 PKCS#8 key: {e}"))?
-    };
-    let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
-    Ok(der.as_bytes().to_vec())
+    use rustls::pki_types::PrivateKeyDer;
+    match crate::secret::private_key_from_pem(pem.as_bytes(), "the file") {
+        Ok(PrivateKeyDer::Pkcs8(der)) => Ok(der.secret_pkcs8_der().to_vec()),
+        Ok(_) => Err("not a P-256 key".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -386,11 +394,52 @@ mod tests {
     }
 
     #[test]
+    fn a_dpop_key_in_a_variable_must_be_set_and_is_never_created() {
+        let [(_, pem), ..] = crate::secret::test_keys::ec_forms();
+        let var = "OAUTH_EGRESS_TEST_DPOP_KEY_ENV";
+        std::env::set_var(var, &pem);
+        let from_env = DpopKey::load_or_create(&SecretSource::Env(var.into())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dpop.key");
+        std::fs::write(&path, &pem).unwrap();
+        let from_file = DpopKey::load_or_create(&SecretSource::File(path)).unwrap();
+        assert_eq!(from_env.thumbprint(), from_file.thumbprint());
+        let unset = "OAUTH_EGRESS_TEST_DPOP_KEY_ENV_UNSET";
+        let err = DpopKey::load_or_create(&SecretSource::Env(unset.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(unset) && err.contains("not created"), "{err}");
+    }
+
+    #[test]
+    fn dpop_keys_in_every_ec_pem_form_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dpop.key");
+        let mut thumbprints = Vec::new();
+        for (form, pem) in crate::secret::test_keys::ec_forms() {
+            std::fs::write(&path, pem).unwrap();
+            let key = DpopKey::load_or_create(&SecretSource::File(path.clone()))
+                .unwrap_or_else(|e| panic!("{form}: {e}"));
+            thumbprints.push(key.thumbprint().to_string());
+        }
+        thumbprints.dedup();
+        assert_eq!(thumbprints.len(), 1, "one key in three forms");
+        std::fs::write(&path, crate::secret::test_keys::certificate()).unwrap();
+        let err = DpopKey::load_or_create(&SecretSource::File(path.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("holds a certificate"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_key_file_is_created_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dpop.key");
-        let first = DpopKey::load_or_create(&path).unwrap();
-        let second = DpopKey::load_or_create(&path).unwrap();
+        let first = DpopKey::load_or_create(&SecretSource::File(path.clone())).unwrap();
+        let second = DpopKey::load_or_create(&SecretSource::File(path.clone())).unwrap();
         assert_eq!(first.thumbprint(), second.thumbprint());
         #[cfg(unix)]
         {

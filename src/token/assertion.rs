@@ -4,10 +4,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use jsonwebtoken::Algorithm;
 use rand::RngCore;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use rustls::pki_types::PrivateKeyDer;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
@@ -17,9 +20,20 @@ use crate::config::SigningAlg;
 /// if captured.
 const ASSERTION_LIFETIME_SECS: u64 = 60;
 
+/// The key material, in ring's types: every assertion is signed by ring.
+enum Signer {
+    /// HS256 with the client secret.
+    Hmac(ring::hmac::Key),
+    /// ES256 (fixed-width `r||s`, as JWS wants).
+    Ec(EcdsaKeyPair),
+    /// RS256 (PKCS#1 v1.5) or PS256 (PSS), by `alg`.
+    Rsa(RsaKeyPair),
+}
+
 /// A key that signs assertions, with its algorithm and `kid`.
 pub struct SigningKey {
-    key: EncodingKey,
+    signer: Signer,
+    rng: SystemRandom,
     alg: Algorithm,
     kid: Option<String>,
     /// `x5t` and `x5t#S256` of the key's certificate, when one is configured.
@@ -37,49 +51,61 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+/// The JWS protected header of an assertion, members in this order.
+#[derive(Serialize)]
+struct JwsHeader<'a> {
+    alg: &'static str,
+    typ: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x5t: Option<&'a str>,
+    #[serde(rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    x5t_s256: Option<&'a str>,
+}
+
 impl SigningKey {
     /// An HS256 key from a client secret (`client_secret_jwt`).
     pub fn hmac(secret: &SecretString) -> SigningKey {
         SigningKey {
-            key: EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+            signer: Signer::Hmac(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                secret.expose_secret().as_bytes(),
+            )),
+            rng: SystemRandom::new(),
             alg: Algorithm::HS256,
             kid: None,
             thumbprints: None,
         }
     }
 
-    /// A private key from PEM: PKCS#8 (EC P-256 or RSA), SEC1 (`EC PRIVATE KEY`) or PKCS#1
-    /// (`RSA PRIVATE KEY`). Without `alg`, EC keys sign ES256 and RSA keys RS256.
+    /// A private key from PEM: PKCS#8 (EC P-256 or RSA), SEC1 (`EC PRIVATE KEY`, with or
+    /// without an `EC PARAMETERS` block before it) or PKCS#1 (`RSA PRIVATE KEY`), read by
+    /// [`crate::secret::private_key_from_pem`]. Without `alg`, EC keys sign ES256 and RSA
+    /// keys RS256. Errors never include key material.
     pub fn from_pem(
         pem: &SecretString,
         alg: Option<SigningAlg>,
         kid: Option<String>,
     ) -> Result<SigningKey, String> {
-        let pem = pem.expose_secret();
-        let (key, is_ec) = if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
-            let secret = p256::SecretKey::from_sec1_pem(pem)
-                .map_err(|e| format!("not a P-256 SEC1 key: {e}"))?;
-            let der = secret
-                .to_pkcs8_der()
-                .map_err(|e| format!("cannot re-encode the EC key: {e}"))?;
-            (EncodingKey::from_ec_der(der.as_bytes()), true)
-        } else if pem.contains("-----BEGIN RSA PRIVATE KEY-----") {
-            let key = EncodingKey::from_rsa_pem(pem.as_bytes())
-                .map_err(|e| format!("not a PKCS#1 RSA key: {e}"))?;
-            (key, false)
-        } else if pem.contains("-----BEGIN PRIVATE KEY-----") {
-            if p256::SecretKey::from_pkcs8_pem(pem).is_ok() {
-                let key = EncodingKey::from_ec_pem(pem.as_bytes())
-                    .map_err(|e| format!("not a usable EC key: {e}"))?;
-                (key, true)
-            } else {
-                let key = EncodingKey::from_rsa_pem(pem.as_bytes())
-                    .map_err(|e| format!("a PKCS#8 key that is neither P-256 nor RSA ({e})"))?;
-                (key, false)
+        let der = crate::secret::private_key_from_pem(pem.expose_secret().as_bytes(), "the PEM")
+            .map_err(|e| e.to_string())?;
+        let rng = SystemRandom::new();
+        let signer = match &der {
+            PrivateKeyDer::Pkcs8(pkcs8) => {
+                let der = pkcs8.secret_pkcs8_der();
+                match EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
+                    Ok(pair) => Signer::Ec(pair),
+                    Err(_) => Signer::Rsa(RsaKeyPair::from_pkcs8(der).map_err(|e| {
+                        format!(
+                            "a PKCS#8 key that is neither EC P-256 nor RSA 2048-8192 bits ({e})"
+                        )
+                    })?),
+                }
             }
-        } else {
-            return Err("no PEM private key (PKCS#8, SEC1 or PKCS#1) found".into());
+            _ => return Err("an EC key on a curve other than P-256".into()),
         };
+        let is_ec = matches!(signer, Signer::Ec(_));
         let alg = match (alg, is_ec) {
             (None, true) | (Some(SigningAlg::ES256), true) => Algorithm::ES256,
             (None, false) | (Some(SigningAlg::RS256), false) => Algorithm::RS256,
@@ -96,7 +122,8 @@ impl SigningKey {
             }
         };
         Ok(SigningKey {
-            key,
+            signer,
+            rng,
             alg,
             kid,
             thumbprints: None,
@@ -124,11 +151,7 @@ impl SigningKey {
             other => return Err(format!("a certificate cannot go with {other:?}")),
         };
         let probe = b"oauth-egress assertion_cert probe";
-        let signature = jsonwebtoken::crypto::sign(probe, &self.key, self.alg)
-            .map_err(|e| format!("signing failed: {e}"))?;
-        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|e| format!("signing failed: {e}"))?;
+        let signature = self.signature(probe)?;
         ring::signature::UnparsedPublicKey::new(verifier, &public_key)
             .verify(probe, &signature)
             .map_err(|_| {
@@ -137,10 +160,12 @@ impl SigningKey {
                     cert.subject()
                 )
             })?;
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
         let sha256 = ring::digest::digest(&ring::digest::SHA256, &der);
-        self.thumbprints = Some((b64(sha1.as_ref()), b64(sha256.as_ref())));
+        self.thumbprints = Some((
+            URL_SAFE_NO_PAD.encode(sha1.as_ref()),
+            URL_SAFE_NO_PAD.encode(sha256.as_ref()),
+        ));
         Ok(self)
     }
 
@@ -149,16 +174,55 @@ impl SigningKey {
         self.alg
     }
 
-    /// Signs `claims` as a JWT.
-    pub fn sign(&self, claims: &impl Serialize) -> Result<String, String> {
-        let mut header = Header::new(self.alg);
-        header.typ = Some("JWT".into());
-        header.kid = self.kid.clone();
-        if let Some((sha1, sha256)) = &self.thumbprints {
-            header.x5t = Some(sha1.clone());
-            header.x5t_s256 = Some(sha256.clone());
+    /// The raw JWS signature of `input`.
+    fn signature(&self, input: &[u8]) -> Result<Vec<u8>, String> {
+        let failed = |_| "signing failed".to_string();
+        match &self.signer {
+            Signer::Hmac(key) => Ok(ring::hmac::sign(key, input).as_ref().to_vec()),
+            Signer::Ec(pair) => Ok(pair
+                .sign(&self.rng, input)
+                .map_err(failed)?
+                .as_ref()
+                .to_vec()),
+            Signer::Rsa(pair) => {
+                let padding: &'static dyn ring::signature::RsaEncoding = match self.alg {
+                    Algorithm::PS256 => &ring::signature::RSA_PSS_SHA256,
+                    _ => &ring::signature::RSA_PKCS1_SHA256,
+                };
+                let mut signature = vec![0; pair.public().modulus_len()];
+                pair.sign(padding, &self.rng, input, &mut signature)
+                    .map_err(failed)?;
+                Ok(signature)
+            }
         }
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| format!("signing failed: {e}"))
+    }
+
+    /// Signs `claims` as a JWT (JWS compact serialization, RFC 7515 §7.1).
+    pub fn sign(&self, claims: &impl Serialize) -> Result<String, String> {
+        let alg = match self.alg {
+            Algorithm::HS256 => "HS256",
+            Algorithm::ES256 => "ES256",
+            Algorithm::PS256 => "PS256",
+            _ => "RS256",
+        };
+        let header = JwsHeader {
+            alg,
+            typ: "JWT",
+            kid: self.kid.as_deref(),
+            x5t: self.thumbprints.as_ref().map(|t| t.0.as_str()),
+            x5t_s256: self.thumbprints.as_ref().map(|t| t.1.as_str()),
+        };
+        let mut jwt = URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&header).map_err(|e| format!("header: {e}"))?);
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(
+            serde_json::to_vec(claims).map_err(|e| format!("claims: {e}"))?,
+            &mut jwt,
+        );
+        let signature = self.signature(jwt.as_bytes())?;
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
+        Ok(jwt)
     }
 }
 
@@ -185,7 +249,7 @@ fn now_secs() -> u64 {
 pub fn new_jti() -> String {
     let mut bytes = [0u8; 18];
     rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A client assertion: `iss` = `sub` = `client_id`, `aud` = the token endpoint (or the issuer).
@@ -229,9 +293,7 @@ pub fn bearer_assertion(
 /// The unverified `exp` of a JWT (for capping cache lifetimes), or `None` for opaque tokens.
 pub fn unverified_exp(token: &str) -> Option<u64> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("exp")?.as_u64()
 }
@@ -242,12 +304,7 @@ mod tests {
 
     fn header_of(jwt: &str) -> serde_json::Value {
         let head = jwt.split('.').next().unwrap();
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(head)
-                .unwrap(),
-        )
-        .unwrap()
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).unwrap()).unwrap()
     }
 
     #[test]
@@ -262,7 +319,7 @@ mod tests {
             .with_certificate(&cert.pem())
             .unwrap();
         let header = header_of(&signing.sign(&serde_json::json!({"a": 1})).unwrap());
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
         let der = cert.der().as_ref();
         assert_eq!(
             header["x5t#S256"],
@@ -281,12 +338,7 @@ mod tests {
 
     #[test]
     fn rsa_certificates_verify_for_rs256_and_ps256() {
-        use rsa::pkcs8::EncodePrivateKey;
-        let rsa = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
-        let pem = rsa
-            .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
-            .unwrap()
-            .to_string();
+        let [(_, pem), _] = crate::secret::test_keys::rsa_forms();
         let key = rcgen::KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap();
         let cert = rcgen::CertificateParams::new(vec!["c".to_string()])
             .unwrap()
@@ -322,21 +374,70 @@ mod tests {
 
     #[test]
     fn ec_keys_in_all_pem_forms_sign_es256() {
-        let pkcs8 = rcgen::KeyPair::generate().unwrap().serialize_pem();
-        let sec1 = {
-            let key = p256::SecretKey::from_pkcs8_pem(&pkcs8).unwrap();
-            key.to_sec1_pem(p256::pkcs8::LineEnding::LF)
-                .unwrap()
-                .to_string()
-        };
-        for pem in [pkcs8, sec1] {
+        for (form, pem) in crate::secret::test_keys::ec_forms() {
             let key =
-                SigningKey::from_pem(&SecretString::from(pem), None, Some("k1".into())).unwrap();
+                SigningKey::from_pem(&SecretString::from(pem.clone()), None, Some("k1".into()))
+                    .unwrap_or_else(|e| panic!("{form}: {e}"));
             assert_eq!(key.algorithm(), Algorithm::ES256);
             let jwt = client_assertion("client", "https://as.example/token", &key).unwrap();
             let header = jsonwebtoken::decode_header(&jwt).unwrap();
-            assert_eq!(header.kid.as_deref(), Some("k1"));
+            assert_eq!(header.kid.as_deref(), Some("k1"), "{form}");
+            // An independent implementation verifies it.
+            let decoding = jsonwebtoken::DecodingKey::from_ec_pem(
+                crate::secret::test_keys::ec_public_pem(&pem).as_bytes(),
+            )
+            .unwrap();
+            let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+            validation.set_audience(&["https://as.example/token"]);
+            jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &validation)
+                .unwrap_or_else(|e| panic!("{form}: {e}"));
         }
+    }
+
+    #[test]
+    fn rsa_keys_in_both_pem_forms_sign_rs256_and_ps256_verifiably() {
+        use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+        let forms = crate::secret::test_keys::rsa_forms();
+        let public = rsa::RsaPrivateKey::from_pkcs8_pem(&forms[0].1)
+            .unwrap()
+            .to_public_key()
+            .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        let decoding = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).unwrap();
+        for (form, pem) in &forms {
+            for (alg, expected) in [
+                (None, Algorithm::RS256),
+                (Some(SigningAlg::RS256), Algorithm::RS256),
+                (Some(SigningAlg::PS256), Algorithm::PS256),
+            ] {
+                let key = SigningKey::from_pem(&SecretString::from(pem.clone()), alg, None)
+                    .unwrap_or_else(|e| panic!("{form}: {e}"));
+                assert_eq!(key.algorithm(), expected);
+                let jwt = client_assertion("client", "aud", &key).unwrap();
+                let mut validation = jsonwebtoken::Validation::new(expected);
+                validation.set_audience(&["aud"]);
+                let claims =
+                    jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &validation)
+                        .unwrap_or_else(|e| panic!("{form} {expected:?}: {e}"))
+                        .claims;
+                assert_eq!(claims["iss"], "client");
+                assert_eq!(header_of(&jwt)["typ"], "JWT");
+            }
+        }
+    }
+
+    #[test]
+    fn client_secret_jwt_verifies_as_hs256() {
+        let key = SigningKey::hmac(&SecretString::from("a-client-secret"));
+        let jwt = client_assertion("c", "aud", &key).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        validation.set_audience(&["aud"]);
+        jsonwebtoken::decode::<serde_json::Value>(
+            &jwt,
+            &jsonwebtoken::DecodingKey::from_secret(b"a-client-secret"),
+            &validation,
+        )
+        .unwrap();
     }
 
     #[test]

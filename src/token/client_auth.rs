@@ -40,11 +40,12 @@ pub(super) fn private_key(client: &ClientConfig) -> Result<SigningKey, String> {
         .map_err(|e| format!("private_key ({source}): {e}"))?;
     match &client.assertion_cert {
         // Read on every use, like the key, so a rotated pair is picked up together.
-        Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| format!("assertion_cert ({}): {e}", path.display()))?;
-            key.with_certificate(&pem)
-                .map_err(|e| format!("assertion_cert ({}): {e}", path.display()))
+        Some(cert) => {
+            let pem = cert
+                .load()
+                .map_err(|e| format!("assertion_cert ({cert}): {}", e.reason()))?;
+            key.with_certificate(pem.expose_secret())
+                .map_err(|e| format!("assertion_cert ({cert}): {e}"))
         }
         None => Ok(key),
     }
