@@ -389,3 +389,45 @@ subject_token = "inbound"
         "{all}"
     );
 }
+
+/// A `refresh_token` file in a directory the proxy cannot write loses the rotated token the
+/// first time the server rotates it: `check` (the same preflight as `run` and reload) refuses
+/// it, naming the route, before any token request. `/proc` is read-only even for root.
+#[cfg(target_os = "linux")]
+#[test]
+fn check_refuses_a_refresh_token_file_in_a_read_only_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.refresh"), "rt-1\n").unwrap();
+    let toml = r#"
+[clients.a]
+token_endpoint = "https://idp.example/token"
+client_id = "a"
+auth = "client_secret_basic"
+client_secret = { file = "secret" }
+
+[[route]]
+name = "fine"
+host = "fine.example"
+client = "a"
+grant = "refresh_token"
+refresh_token = { file = "good.refresh" }
+
+[[route]]
+name = "crm"
+host = "crm.example"
+client = "a"
+grant = "refresh_token"
+refresh_token = { file = "/proc/crm.refresh" }
+"#;
+    std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("routes.toml"), toml).unwrap();
+    let out = oauth_egress(dir.path(), &["check", "-c", "routes.toml"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{all}");
+    assert!(
+        all.contains("route crm: refresh_token file /proc/crm.refresh"),
+        "{all}"
+    );
+    assert!(all.contains("is not writable"), "{all}");
+    assert!(!all.contains("route fine:"), "{all}");
+}
