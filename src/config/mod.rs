@@ -94,14 +94,14 @@ pub struct AdminSettings {
 pub struct TokenSettings {
     /// Bound on one token request (connect, send, read the answer).
     pub request_timeout: Duration,
-    /// A token is used until `expires_in` minus this skew, capped at
-    /// [`crate::token::MAX_SKEW_SHARE`] of its lifetime (see [`crate::token::schedule`]).
+    /// A token is used until `expires_in` minus this skew, capped at a share of its
+    /// lifetime (`token::MAX_SKEW_SHARE`; the arithmetic is `token::schedule`).
     pub expiry_skew: Duration,
     /// Lifetime assumed when the server sends no `expires_in`.
     pub default_expires_in: Duration,
     /// The largest fraction (0..=0.5) of a token's lifetime that its background renewal may
     /// start ahead of the usable end: the renewal starts `request_timeout` (plus jitter) ahead,
-    /// never more than this (see [`crate::token::schedule`]).
+    /// never more than this (see `token::schedule`).
     pub refresh_ahead: f64,
     /// Retries of a failed token request (network errors, 5xx, 429) stop once this much time
     /// has passed since the first attempt; zero disables retries.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::client::ClientConfig;
 use super::RawSource;
-use crate::route::HostPattern;
+use crate::host::HostPattern;
 use crate::secret::SecretSource;
 
 /// One `[[route]]`, validated.
