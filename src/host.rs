@@ -71,7 +71,7 @@ impl fmt::Display for HostPattern {
 }
 
 /// Lowercases a host, drops a trailing dot and IPv6 brackets; borrows when nothing changes.
-pub fn normalize_host(host: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let trimmed = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))

@@ -121,7 +121,7 @@ fn start_problem(err: StartError) -> Problem {
 }
 
 /// The checks that read files and need no network: client secrets and private keys.
-pub fn file_problems(config: &Config) -> Vec<Problem> {
+fn file_problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for client in config.clients.values() {
         if let Some(source) = &client.client_secret {
@@ -150,7 +150,7 @@ pub fn file_problems(config: &Config) -> Vec<Problem> {
 /// Fetches the metadata of every client configured with an `issuer` and checks it: the
 /// problems that make the config wrong (a mismatched issuer, an `auth` the server does not
 /// support, a plain-http endpoint) and, apart, the clients whose server did not answer.
-pub async fn discovery(proxy: &Proxy) -> (Vec<Problem>, Vec<Problem>) {
+pub(crate) async fn discovery(proxy: &Proxy) -> (Vec<Problem>, Vec<Problem>) {
     let (mut wrong, mut unreachable) = (Vec::new(), Vec::new());
     for client in proxy.config.clients.values() {
         let key = format!("clients.{}.issuer", client.name);

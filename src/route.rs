@@ -19,7 +19,7 @@ use crate::host::{normalize_host, HostPattern};
 use crate::token::RouteToken;
 
 /// Whether `path` lies under `prefix`, segment-aware.
-pub fn path_under(path: &str, prefix: &str) -> bool {
+fn path_under(path: &str, prefix: &str) -> bool {
     prefix == "/"
         || (path.starts_with(prefix)
             && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))

@@ -155,7 +155,7 @@ pub(super) struct RawClient {
 
 /// Whether `url`'s host is `localhost` or a loopback IP: the only hosts plain http may go
 /// to, configured or discovered.
-pub fn is_loopback(url: &reqwest::Url) -> bool {
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     url.host_str().is_some_and(|h| {
         h.eq_ignore_ascii_case("localhost")
             || h.trim_matches(['[', ']'])

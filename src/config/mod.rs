@@ -23,7 +23,8 @@ mod route;
 mod source;
 mod tokens;
 
-pub use client::{is_loopback, AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
+pub(crate) use client::is_loopback;
+pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
 pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
 pub use proxy::{AdminSettings, ProxySettings, Unmatched};
 pub use route::RouteSpec;

@@ -152,9 +152,9 @@ impl Fetcher {
             }
             if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
                 let tls = crate::tls::client_config_with_identity(roots.clone(), cert, key)
-                    .map_err(|detail| FetcherError::ClientCert {
+                    .map_err(|err| FetcherError::ClientCert {
                         client: client.name.clone(),
-                        detail,
+                        detail: err.to_string(),
                     })?;
                 mtls.insert(
                     client.name.clone(),
