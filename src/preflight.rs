@@ -150,7 +150,7 @@ fn file_problems(config: &Config) -> Vec<Problem> {
 /// Fetches the metadata of every client configured with an `issuer` and checks it: the
 /// problems that make the config wrong (a mismatched issuer, an `auth` the server does not
 /// support, a plain-http endpoint) and, apart, the clients whose server did not answer.
-pub(crate) async fn discovery(proxy: &Proxy) -> (Vec<Problem>, Vec<Problem>) {
+pub async fn discovery(proxy: &Proxy) -> (Vec<Problem>, Vec<Problem>) {
     let (mut wrong, mut unreachable) = (Vec::new(), Vec::new());
     for client in proxy.config.clients.values() {
         let key = format!("clients.{}.issuer", client.name);

@@ -135,7 +135,7 @@ pub enum KeyError {
 /// written by `openssl ecparam -genkey`) are skipped. P-256 SEC1 and RSA PKCS#1 keys are
 /// returned re-encoded as PKCS#8, the form ring and rcgen take; other SEC1 curves are
 /// returned as SEC1 (rustls takes them). `from` names the key's source in errors.
-pub(crate) fn private_key_from_pem(
+pub fn private_key_from_pem(
     pem: &[u8],
     from: &str,
 ) -> Result<rustls::pki_types::PrivateKeyDer<'static>, KeyError> {
