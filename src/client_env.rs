@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Where Linux distributions and macOS keep the system CA bundle, most common first.
-pub const SYSTEM_BUNDLES: &[&str] = &[
+const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Alpine, Arch
     "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL, CentOS
     "/etc/ssl/ca-bundle.pem",             // openSUSE
@@ -53,7 +53,7 @@ pub fn proxy_url(listen: SocketAddr) -> String {
     format!("http://{ip}:{}", listen.port())
 }
 
-/// The first system bundle in [`SYSTEM_BUNDLES`] that exists.
+/// The first system CA bundle of the usual places (Debian, Fedora, openSUSE, macOS) that exists.
 pub fn find_system_bundle() -> Option<PathBuf> {
     SYSTEM_BUNDLES
         .iter()

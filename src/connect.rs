@@ -162,7 +162,7 @@ async fn absolute_form(
         }
     };
     let port = explicit_port.unwrap_or(default_port);
-    let host = crate::route::normalize_host(authority.host()).into_owned();
+    let host = crate::host::normalize_host(authority.host()).into_owned();
     let unmatched = proxy.config.proxy.unmatched;
     if admit(&proxy.routes, &host, port, Form::Absolute, unmatched) == Admission::Deny {
         let target = Target::new(scheme.clone(), &host, port)?;

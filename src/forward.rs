@@ -48,7 +48,7 @@ pub struct Target {
 impl Target {
     /// A target from its parts.
     pub fn new(scheme: Scheme, host: &str, port: u16) -> Result<Target, ProxyError> {
-        let host = crate::route::normalize_host(host).into_owned();
+        let host = crate::host::normalize_host(host).into_owned();
         let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
         let bracketed = if host.contains(':') {
             format!("[{host}]")

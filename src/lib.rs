@@ -9,14 +9,14 @@
 //! | accept a caller connection, drain on shutdown | `listener.rs` |
 //! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept/mod.rs`, `intercept/ca.rs` |
-//! | pick the route for host, port and path | `route.rs` |
+//! | pick the route for host, port and path | `route.rs`, `host.rs` (patterns, normalisation) |
 //! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |
 //! | ask the authorization server | `token/endpoint.rs`, `token/client_auth.rs` |
 //! | inject `Authorization`, send, retry once on 401 | `forward.rs`, `body.rs` (replay copy) |
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
 //! | turn any failure into the caller's response | `error.rs` |
 //!
-//! Around it: `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment → validate → [`config::Config`]; `client.rs`, `route.rs`), `secret.rs` (secret
+//! Around it: `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment → validate → [`config::Config`]; one file per section), `jose.rs` (jti, base64url, JWK for the signers), `secret.rs` (secret
 //! sources, never printable), `client_env.rs` (what `oauth-egress env` prints), `proxy.rs` (the assembled state), `preflight.rs` (the start-up checks `check`, `run` and reload share), `admin.rs` (health), and
 //! `demo/` (a development authorization server and echo API used by `oauth-egress demo` and
 //! the tests).
@@ -32,7 +32,9 @@ pub mod connect;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod host;
 pub mod intercept;
+mod jose;
 pub mod listener;
 pub mod metrics;
 pub mod preflight;

@@ -94,7 +94,7 @@ fn describe() {
 /// family, at zero, for every route and client of `config` (called at start and after each
 /// reload, so new routes and clients show at once; series of removed ones keep their last
 /// value, as Prometheus counters should). Histograms start with empty buckets.
-pub fn register(config: &crate::config::Config) {
+pub(crate) fn register(config: &crate::config::Config) {
     if init().is_none() {
         return;
     }
@@ -169,7 +169,7 @@ fn oauth_error(code: &str) -> &'static str {
 }
 
 /// A proxied request finished.
-pub fn request(route: &str, status: u16, elapsed: Duration) {
+pub(crate) fn request(route: &str, status: u16, elapsed: Duration) {
     counter!("oauth_egress_requests_total", "route" => route.to_string(), "status" => status_class(status))
         .increment(1);
     histogram!("oauth_egress_request_duration_seconds", "route" => route.to_string())
@@ -177,13 +177,18 @@ pub fn request(route: &str, status: u16, elapsed: Duration) {
 }
 
 /// A token lookup on a route.
-pub fn token_lookup(route: &str, hit: bool) {
+pub(crate) fn token_lookup(route: &str, hit: bool) {
     counter!("oauth_egress_token_cache_total", "route" => route.to_string(), "result" => if hit { "hit" } else { "miss" })
         .increment(1);
 }
 
 /// A token request finished: `outcome` is `ok` or the failure kind.
-pub fn token_request(client: &str, outcome: &'static str, error: Option<&str>, elapsed: Duration) {
+pub(crate) fn token_request(
+    client: &str,
+    outcome: &'static str,
+    error: Option<&str>,
+    elapsed: Duration,
+) {
     counter!(
         "oauth_egress_token_requests_total",
         "client" => client.to_string(),
@@ -196,12 +201,12 @@ pub fn token_request(client: &str, outcome: &'static str, error: Option<&str>, e
 }
 
 /// A background renewal started.
-pub fn refresh_ahead(client: &str) {
+pub(crate) fn refresh_ahead(client: &str) {
     counter!("oauth_egress_token_refresh_ahead_total", "client" => client.to_string()).increment(1);
 }
 
 /// Whether the rotated refresh token of `file` is held in memory only (its save failed).
-pub fn refresh_token_unsaved(file: &str, unsaved: bool) {
+pub(crate) fn refresh_token_unsaved(file: &str, unsaved: bool) {
     gauge!("oauth_egress_refresh_token_unsaved", "file" => file.to_string()).set(if unsaved {
         1.0
     } else {
@@ -210,18 +215,18 @@ pub fn refresh_token_unsaved(file: &str, unsaved: bool) {
 }
 
 /// A request was resent (`reason`: `401` with a fresh token, `dpop_nonce` with a new proof).
-pub fn retry(route: &str, reason: &'static str) {
+pub(crate) fn retry(route: &str, reason: &'static str) {
     counter!("oauth_egress_retries_total", "route" => route.to_string(), "reason" => reason)
         .increment(1);
 }
 
 /// A CONNECT was answered (`intercept`, `tunnel`, `deny`).
-pub fn connect(action: &'static str) {
+pub(crate) fn connect(action: &'static str) {
     counter!("oauth_egress_connects_total", "action" => action).increment(1);
 }
 
 /// A caller connection opened (+1) or closed (-1).
-pub fn open_connections(delta: f64) {
+pub(crate) fn open_connections(delta: f64) {
     gauge!("oauth_egress_open_connections").increment(delta);
 }
 

@@ -121,7 +121,7 @@ fn start_problem(err: StartError) -> Problem {
 }
 
 /// The checks that read files and need no network: client secrets and private keys.
-pub fn file_problems(config: &Config) -> Vec<Problem> {
+fn file_problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for client in config.clients.values() {
         if let Some(source) = &client.client_secret {

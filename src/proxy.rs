@@ -116,9 +116,9 @@ impl Proxy {
             }
             if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
                 let tls = crate::tls::client_config_with_identity(roots.clone(), cert, key)
-                    .map_err(|detail| StartError::Identity {
+                    .map_err(|err| StartError::Identity {
                         client: client.name.clone(),
-                        detail,
+                        detail: err.to_string(),
                     })?;
                 identities.push((client.name.clone(), tls));
             }

@@ -11,92 +11,15 @@
 //! Two routes with the same host pattern, port and prefix are refused by config validation,
 //! so the order is total and no match is ever arbitrary.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 use crate::config::{ClientConfig, RouteSpec};
+use crate::host::{normalize_host, HostPattern};
 use crate::token::RouteToken;
 
-/// A host pattern from `host = "..."`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// This host exactly (lowercase, no trailing dot).
-    Exact(String),
-    /// Any host ending in this suffix; the suffix keeps its leading dot (`.payments.example`).
-    Wildcard(String),
-}
-
-impl HostPattern {
-    /// Parses `api.example`, `*.example`, `127.0.0.1` or `[::1]`.
-    pub fn parse(raw: &str) -> Result<HostPattern, String> {
-        let host = normalize_host(raw.trim()).into_owned();
-        if host.is_empty() {
-            return Err("empty host".into());
-        }
-        if host.contains("://") || host.contains('/') {
-            return Err(format!(
-                "{raw:?} is not a host name; write the host alone and use `path_prefix` for paths"
-            ));
-        }
-        if host.parse::<std::net::Ipv6Addr>().is_err() && host.contains(':') {
-            return Err(format!("{raw:?} contains a port; use `port = N` instead"));
-        }
-        if let Some(suffix) = host.strip_prefix('*') {
-            if !suffix.starts_with('.') || suffix.len() < 2 || suffix.contains('*') {
-                return Err(format!(
-                    "{raw:?}: a wildcard is `*.` followed by a domain, like `*.api.example`"
-                ));
-            }
-            return Ok(HostPattern::Wildcard(suffix.to_string()));
-        }
-        if host.contains('*') {
-            return Err(format!("{raw:?}: `*` is only allowed as the first label"));
-        }
-        if !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-        {
-            return Err(format!("{raw:?} is not a valid host name"));
-        }
-        Ok(HostPattern::Exact(host))
-    }
-
-    /// Whether a normalized host matches.
-    pub fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
-        }
-    }
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostPattern::Exact(h) => f.write_str(h),
-            HostPattern::Wildcard(s) => write!(f, "*{s}"),
-        }
-    }
-}
-
-/// Lowercases a host, drops a trailing dot and IPv6 brackets; borrows when nothing changes.
-pub fn normalize_host(host: &str) -> Cow<'_, str> {
-    let trimmed = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
-    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(trimmed.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(trimmed)
-    }
-}
-
 /// Whether `path` lies under `prefix`, segment-aware.
-pub fn path_under(path: &str, prefix: &str) -> bool {
+fn path_under(path: &str, prefix: &str) -> bool {
     prefix == "/"
         || (path.starts_with(prefix)
             && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
@@ -203,41 +126,6 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_patterns_parse() {
-        let cases: &[(&str, Result<HostPattern, ()>)] = &[
-            ("API.Example.", Ok(HostPattern::Exact("api.example".into()))),
-            (
-                "*.pay.example",
-                Ok(HostPattern::Wildcard(".pay.example".into())),
-            ),
-            ("127.0.0.1", Ok(HostPattern::Exact("127.0.0.1".into()))),
-            ("[::1]", Ok(HostPattern::Exact("::1".into()))),
-            ("*", Err(())),
-            ("*.", Err(())),
-            ("a.*.example", Err(())),
-            ("api.example:443", Err(())),
-            ("https://api.example", Err(())),
-            ("api.example/v1", Err(())),
-            ("", Err(())),
-            ("bad host", Err(())),
-        ];
-        for (raw, want) in cases {
-            let got = HostPattern::parse(raw).map_err(|_| ());
-            assert_eq!(&got, want, "{raw}");
-        }
-    }
-
-    #[test]
-    fn wildcard_matches_subdomains_only() {
-        let w = HostPattern::parse("*.pay.example").unwrap();
-        assert!(w.matches("a.pay.example"));
-        assert!(w.matches("a.b.pay.example"));
-        assert!(!w.matches("pay.example"));
-        assert!(!w.matches("evilpay.example"));
-        assert!(!w.matches("a.pay.example.evil"));
-    }
 
     #[test]
     fn path_prefix_is_segment_aware() {

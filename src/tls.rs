@@ -6,30 +6,92 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
-use crate::secret::{ExposeSecret, SecretSource};
+use crate::secret::{ExposeSecret, KeyError, SecretError, SecretSource};
 
-/// A trust anchor file (or variable) that could not be used.
+/// A trust anchor file (or variable) that could not be used; names it, never its content.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {detail}")]
-pub struct RootsError {
-    /// The file or variable.
-    pub path: String,
-    /// What went wrong.
-    pub detail: String,
+pub enum RootsError {
+    /// The file or variable could not be read.
+    #[error("{from}: {}", .source.reason())]
+    Read {
+        /// The file or variable.
+        from: String,
+        /// Why.
+        source: SecretError,
+    },
+    /// The PEM is malformed.
+    #[error("{from}: {source}")]
+    Pem {
+        /// The file or variable.
+        from: String,
+        /// The PEM parser's reason.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The PEM holds no certificate.
+    #[error("{from}: no PEM certificate found")]
+    Empty {
+        /// The file or variable.
+        from: String,
+    },
+    /// A certificate webpki cannot use as a trust anchor.
+    #[error("{from}: not a usable CA certificate: {source}")]
+    Unusable {
+        /// The file or variable.
+        from: String,
+        /// webpki's reason.
+        source: rustls::Error,
+    },
+    /// A certificate handed over in memory (the demo's and tests' CA) is not usable.
+    #[error("(in memory): {0}")]
+    InMemory(#[source] rustls::Error),
+    /// `proxy.system_roots = true`, and the system store yields nothing usable.
+    #[error(
+        "(system store): proxy.system_roots = true, but no usable certificate was found{}",
+        .first_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+    )]
+    NoSystemRoots {
+        /// The first error reading the store, if any.
+        first_error: Option<String>,
+    },
+}
+
+/// A client certificate and key (`client_cert`, `client_key`) that cannot be presented.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IdentityError {
+    /// The certificate chain could not be read.
+    #[error("client_cert ({cert}): {source}")]
+    Cert {
+        /// Where the chain lives.
+        cert: String,
+        /// Why.
+        source: RootsError,
+    },
+    /// The key could not be read.
+    #[error("client_key: {0}")]
+    KeyRead(#[source] SecretError),
+    /// The key is not a private key the loader takes.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// rustls refused the pair (e.g. the key is not the certificate's).
+    #[error("client_cert/client_key: {0}")]
+    Pair(#[source] rustls::Error),
 }
 
 /// Reads every certificate in a PEM file or variable.
-pub fn load_certs(source: &SecretSource) -> Result<Vec<CertificateDer<'static>>, RootsError> {
-    let err = |detail: String| RootsError {
-        path: source.to_string(),
-        detail,
-    };
-    let pem = source.load().map_err(|e| err(e.reason()))?;
+fn load_certs(source: &SecretSource) -> Result<Vec<CertificateDer<'static>>, RootsError> {
+    let from = || source.to_string();
+    let pem = source.load().map_err(|source| RootsError::Read {
+        from: from(),
+        source,
+    })?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.expose_secret().as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|source| RootsError::Pem {
+            from: from(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(err("no PEM certificate found".into()));
+        return Err(RootsError::Empty { from: from() });
     }
     Ok(certs)
 }
@@ -49,17 +111,14 @@ pub fn root_store(
     }
     for file in files {
         for cert in load_certs(file)? {
-            roots.add(cert).map_err(|e| RootsError {
-                path: file.to_string(),
-                detail: format!("not a usable CA certificate: {e}"),
+            roots.add(cert).map_err(|source| RootsError::Unusable {
+                from: file.to_string(),
+                source,
             })?;
         }
     }
     for cert in extra {
-        roots.add(cert.clone()).map_err(|e| RootsError {
-            path: "(in memory)".into(),
-            detail: e.to_string(),
-        })?;
+        roots.add(cert.clone()).map_err(RootsError::InMemory)?;
     }
     Ok(Arc::new(roots))
 }
@@ -81,16 +140,8 @@ fn add_system_roots(roots: &mut RootCertStore) -> Result<(), RootsError> {
         );
     }
     if added == 0 {
-        return Err(RootsError {
-            path: "(system store)".into(),
-            detail: format!(
-                "proxy.system_roots = true, but no usable certificate was found{}",
-                found
-                    .errors
-                    .first()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            ),
+        return Err(RootsError::NoSystemRoots {
+            first_error: found.errors.first().map(|e| e.to_string()),
         });
     }
     tracing::debug!(added, "trusting the system store");
@@ -98,7 +149,7 @@ fn add_system_roots(roots: &mut RootCertStore) -> Result<(), RootsError> {
 }
 
 /// A TLS client config verifying servers against `roots` (no ALPN set).
-pub fn client_config(roots: Arc<RootCertStore>) -> rustls::ClientConfig {
+pub(crate) fn client_config(roots: Arc<RootCertStore>) -> rustls::ClientConfig {
     rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth()
@@ -106,20 +157,22 @@ pub fn client_config(roots: Arc<RootCertStore>) -> rustls::ClientConfig {
 
 /// A TLS client config verifying servers against `roots` and presenting the client's
 /// certificate (`client_cert`, `client_key`).
-pub fn client_config_with_identity(
+pub(crate) fn client_config_with_identity(
     roots: Arc<RootCertStore>,
     cert: &SecretSource,
     key: &SecretSource,
-) -> Result<rustls::ClientConfig, String> {
-    let chain = load_certs(cert).map_err(|e| format!("client_cert ({cert}): {e}"))?;
-    let pem = key.load().map_err(|e| format!("client_key: {e}"))?;
+) -> Result<rustls::ClientConfig, IdentityError> {
+    let chain = load_certs(cert).map_err(|source| IdentityError::Cert {
+        cert: cert.to_string(),
+        source,
+    })?;
+    let pem = key.load().map_err(IdentityError::KeyRead)?;
     let key = crate::secret::private_key_from_pem(
         pem.expose_secret().as_bytes(),
         &format!("client_key ({key})"),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("client_cert/client_key: {e}"))
+        .map_err(IdentityError::Pair)
 }

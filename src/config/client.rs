@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{RawSecret, RawSource};
+use super::source::{RawSecret, RawSource};
+use super::Findings;
 use crate::secret::SecretSource;
 
 /// How a client authenticates at the token endpoint.
@@ -154,7 +155,7 @@ pub(super) struct RawClient {
 
 /// Whether `url`'s host is `localhost` or a loopback IP: the only hosts plain http may go
 /// to, configured or discovered.
-pub fn is_loopback(url: &reqwest::Url) -> bool {
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     url.host_str().is_some_and(|h| {
         h.eq_ignore_ascii_case("localhost")
             || h.trim_matches(['[', ']'])
@@ -164,114 +165,116 @@ pub fn is_loopback(url: &reqwest::Url) -> bool {
 }
 
 /// An https URL (plain http only for loopback hosts, with a warning).
-pub(super) fn https_url(
-    at: &str,
-    raw: &str,
-    problems: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-) -> Option<reqwest::Url> {
+fn https_url(at: &str, raw: &str, found: &mut Findings) -> Option<reqwest::Url> {
     let url = match reqwest::Url::parse(raw) {
         Ok(url) => url,
         Err(err) => {
-            problems.push(format!("{at} is not a URL ({err}): {raw}"));
+            found.problem(format!("{at} is not a URL ({err}): {raw}"));
             return None;
         }
     };
     let loopback = is_loopback(&url);
     match url.scheme() {
         "https" => {}
-        "http" if loopback => warnings.push(format!(
+        "http" if loopback => found.warn(format!(
             "{at} uses plain http (allowed only because the host is loopback)"
         )),
-        _ => problems.push(format!(
+        _ => found.problem(format!(
             "{at} must be an https URL (plain http only on loopback), got {raw}"
         )),
     }
     Some(url)
 }
 
+/// One `[clients.NAME]`, checked: `None` when it has no usable endpoint (every problem is in
+/// `found`, named `clients.NAME`).
 pub(super) fn validate(
     name: String,
     c: RawClient,
     base: &Path,
-    problems: &mut Vec<String>,
-    warnings: &mut Vec<String>,
+    found: &mut Findings,
 ) -> Option<ClientConfig> {
     let at = format!("clients.{name}");
-    let endpoint = match (&c.token_endpoint, &c.issuer) {
-        (Some(e), None) => Endpoint::Fixed(https_url(
-            &format!("{at}.token_endpoint"),
-            e,
-            problems,
-            warnings,
-        )?),
-        (None, Some(i)) => {
-            Endpoint::Discovered(https_url(&format!("{at}.issuer"), i, problems, warnings)?)
-        }
-        (Some(_), Some(_)) => {
-            problems.push(format!(
-                "{at}: give either token_endpoint or issuer (to discover it), not both"
-            ));
-            return None;
-        }
-        (None, None) => {
-            problems.push(format!("{at}: token_endpoint or issuer is required"));
-            return None;
-        }
-    };
+    let endpoint = endpoint(&c, &at, found)?;
     if c.client_id.is_empty() {
-        problems.push(format!("{at}.client_id is empty"));
+        found.problem(format!("{at}.client_id is empty"));
     }
     let source = |s: Option<RawSource>| s.map(|s| s.into_source(base));
-    let client_secret = c.client_secret.map(|s: RawSecret| s.into_source(base));
-    let private_key = source(c.private_key);
-    let client_key = source(c.client_key);
-    let client_cert = source(c.client_cert);
+    let client = ClientConfig {
+        name,
+        endpoint,
+        client_id: c.client_id,
+        auth: c.auth,
+        client_secret: c.client_secret.map(|s: RawSecret| s.into_source(base)),
+        private_key: source(c.private_key),
+        signing_alg: c.signing_alg,
+        key_id: c.key_id,
+        assertion_audience: c.assertion_audience,
+        assertion_cert: source(c.assertion_cert),
+        client_cert: source(c.client_cert),
+        client_key: source(c.client_key),
+        dpop: c.dpop,
+        dpop_key: source(c.dpop_key),
+    };
+    check_credentials(&client, &at, found);
+    if client.assertion_audience == AssertionAudience::Issuer && c.issuer.is_none() {
+        found.problem(format!(
+            "{at}: assertion_audience = \"issuer\" needs `issuer` to be set"
+        ));
+    }
+    Some(client)
+}
+
+/// `token_endpoint`, or `issuer` to discover it from: exactly one, an https URL.
+fn endpoint(c: &RawClient, at: &str, found: &mut Findings) -> Option<Endpoint> {
+    match (&c.token_endpoint, &c.issuer) {
+        (Some(e), None) => Some(Endpoint::Fixed(https_url(
+            &format!("{at}.token_endpoint"),
+            e,
+            found,
+        )?)),
+        (None, Some(i)) => Some(Endpoint::Discovered(https_url(
+            &format!("{at}.issuer"),
+            i,
+            found,
+        )?)),
+        (Some(_), Some(_)) => {
+            found.problem(format!(
+                "{at}: give either token_endpoint or issuer (to discover it), not both"
+            ));
+            None
+        }
+        (None, None) => {
+            found.problem(format!("{at}: token_endpoint or issuer is required"));
+            None
+        }
+    }
+}
+
+/// The credentials `auth` needs are configured, and the ones that go in pairs come in pairs.
+fn check_credentials(c: &ClientConfig, at: &str, found: &mut Findings) {
     let mut require = |present: bool, key: &str| {
         if !present {
-            problems.push(format!("{at}.{key} is required for auth = \"{}\"", c.auth));
+            found.problem(format!("{at}.{key} is required for auth = \"{}\"", c.auth));
         }
     };
     match c.auth {
         ClientAuth::ClientSecretBasic
         | ClientAuth::ClientSecretPost
-        | ClientAuth::ClientSecretJwt => require(client_secret.is_some(), "client_secret"),
-        ClientAuth::PrivateKeyJwt => require(private_key.is_some(), "private_key"),
+        | ClientAuth::ClientSecretJwt => require(c.client_secret.is_some(), "client_secret"),
+        ClientAuth::PrivateKeyJwt => require(c.private_key.is_some(), "private_key"),
         ClientAuth::TlsClientAuth => {
-            require(client_cert.is_some(), "client_cert");
-            require(client_key.is_some(), "client_key");
+            require(c.client_cert.is_some(), "client_cert");
+            require(c.client_key.is_some(), "client_key");
         }
         ClientAuth::None => {}
     }
-    if client_cert.is_some() != client_key.is_some() {
-        problems.push(format!("{at}: client_cert and client_key go together"));
+    if c.client_cert.is_some() != c.client_key.is_some() {
+        found.problem(format!("{at}: client_cert and client_key go together"));
     }
-    let dpop_key = source(c.dpop_key);
-    if c.assertion_cert.is_some() && private_key.is_none() {
-        problems.push(format!(
+    if c.assertion_cert.is_some() && c.private_key.is_none() {
+        found.problem(format!(
             "{at}: assertion_cert is the certificate of private_key, which is not set"
         ));
     }
-    let assertion_cert = source(c.assertion_cert);
-    if c.assertion_audience == AssertionAudience::Issuer && c.issuer.is_none() {
-        problems.push(format!(
-            "{at}: assertion_audience = \"issuer\" needs `issuer` to be set"
-        ));
-    }
-    Some(ClientConfig {
-        name,
-        endpoint,
-        client_id: c.client_id,
-        auth: c.auth,
-        client_secret,
-        private_key,
-        signing_alg: c.signing_alg,
-        key_id: c.key_id,
-        assertion_audience: c.assertion_audience,
-        assertion_cert,
-        client_cert,
-        client_key,
-        dpop: c.dpop,
-        dpop_key,
-    })
 }

@@ -1,14 +1,15 @@
-//! `[[route]]`: which destination gets which token, and which grant obtains it.
+//! `[[route]]`: which destination gets which token; the grant that obtains it is in
+//! `grant.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::client::ClientConfig;
-use super::RawSource;
-use crate::route::HostPattern;
-use crate::secret::SecretSource;
+use super::grant::{Grant, GrantName, RawGrant, RawSubject, ScopeIn};
+use super::source::RawSource;
+use super::Findings;
+use crate::host::HostPattern;
 
 /// One `[[route]]`, validated.
 #[derive(Debug, Clone)]
@@ -44,102 +45,6 @@ pub struct RouteSpec {
     pub dpop_required: bool,
     /// Present the client's certificate on upstream connections (certificate-bound tokens).
     pub mtls_bound: bool,
-}
-
-/// The grant a route's token comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Grant {
-    /// RFC 6749 §4.4.
-    ClientCredentials,
-    /// RFC 8693 token exchange.
-    TokenExchange(TokenExchange),
-    /// RFC 6749 §6 with a stored refresh token, rotated in place.
-    RefreshToken {
-        /// The file holding the current refresh token.
-        file: PathBuf,
-    },
-    /// RFC 7523 §2.1: a JWT signed with the client's key is the grant.
-    JwtBearer(JwtBearer),
-}
-
-impl Grant {
-    /// The `grant` config name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Grant::ClientCredentials => "client_credentials",
-            Grant::TokenExchange(_) => "token_exchange",
-            Grant::RefreshToken { .. } => "refresh_token",
-            Grant::JwtBearer(_) => "jwt_bearer",
-        }
-    }
-
-    /// Whether the grant exchanges each caller's own token (`subject_token = "inbound"`).
-    pub fn exchanges_callers_token(&self) -> bool {
-        matches!(self, Grant::TokenExchange(e) if e.subject == SubjectSource::Inbound)
-    }
-}
-
-/// Token exchange parameters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenExchange {
-    /// Whose token is exchanged.
-    pub subject: SubjectSource,
-    /// `subject_token_type` (a URN).
-    pub subject_token_type: String,
-    /// `actor_token` and `actor_token_type`.
-    pub actor: Option<(SecretSource, String)>,
-    /// `requested_token_type` (a URN).
-    pub requested_token_type: Option<String>,
-}
-
-/// The subject token of a token exchange.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SubjectSource {
-    /// The caller's own `Authorization: Bearer` token (on-behalf-of).
-    Inbound,
-    /// A workload token in a file (re-read when it changes) or an environment variable.
-    Workload(SecretSource),
-}
-
-/// JWT-bearer grant parameters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JwtBearer {
-    /// `iss` (default: the client_id).
-    pub issuer: Option<String>,
-    /// `sub` (default: none).
-    pub subject: Option<String>,
-    /// `aud` (default: the token endpoint).
-    pub audience: Option<String>,
-    /// Put the scopes in a `scope` claim (Google style) instead of the `scope` parameter.
-    pub scope_in_claim: bool,
-}
-
-impl PartialEq for SecretSource {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
-            (SecretSource::File(a), SecretSource::File(b)) => a == b,
-            (SecretSource::Inline(a), SecretSource::Inline(b)) => std::sync::Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum GrantName {
-    ClientCredentials,
-    TokenExchange,
-    RefreshToken,
-    JwtBearer,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-enum ScopeIn {
-    #[default]
-    Param,
-    Claim,
 }
 
 #[derive(Deserialize)]
@@ -185,264 +90,45 @@ impl RawRoute {
     }
 }
 
-/// `"inbound"`, or a file (`"path"`, `{ file = ... }`) or `{ env = ... }`.
-enum RawSubject {
-    Inbound,
-    Secret(RawSource),
-}
-
-impl<'de> Deserialize<'de> for RawSubject {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SubjectVisitor;
-        impl<'de> Visitor<'de> for SubjectVisitor {
-            type Value = RawSubject;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"inbound\", a path, { file = \"path\" } or { env = \"NAME\" }")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSubject, E> {
-                if v == "inbound" {
-                    Ok(RawSubject::Inbound)
-                } else {
-                    RawSource::deserialize(de::value::StrDeserializer::new(v))
-                        .map(RawSubject::Secret)
-                }
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawSubject, A::Error> {
-                RawSource::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawSubject::Secret)
-            }
-        }
-        deserializer.deserialize_any(SubjectVisitor)
-    }
-}
-
-/// RFC 8693 §3 token type identifiers, by short name or URN.
-fn token_type(at: &str, key: &str, raw: &str, problems: &mut Vec<String>) -> String {
-    const PREFIX: &str = "urn:ietf:params:oauth:token-type:";
-    match raw {
-        "access_token" | "refresh_token" | "id_token" | "saml1" | "saml2" | "jwt" => {
-            format!("{PREFIX}{raw}")
-        }
-        urn if urn.starts_with("urn:") => urn.to_string(),
-        other => {
-            problems.push(format!(
-                "{at}: {key} {other:?} is not a token type: use access_token, jwt, id_token, refresh_token, saml1, saml2 or a full URN"
-            ));
-            other.to_string()
+impl RawRoute {
+    /// The grant keys, taken out (the rest of the route stays usable).
+    fn take_grant(&mut self) -> RawGrant {
+        RawGrant {
+            name: self.grant.unwrap_or(GrantName::ClientCredentials),
+            subject_token: self.subject_token.take(),
+            subject_token_type: self.subject_token_type.take(),
+            actor_token: self.actor_token.take(),
+            actor_token_type: self.actor_token_type.take(),
+            requested_token_type: self.requested_token_type.take(),
+            refresh_token: self.refresh_token.take(),
+            assertion_issuer: self.assertion_issuer.take(),
+            assertion_subject: self.assertion_subject.take(),
+            assertion_audience: self.assertion_audience.take(),
+            assertion_scope: self.assertion_scope.take(),
         }
     }
 }
 
+/// One `[[route]]`, checked: `None` when it has a problem that leaves nothing to build
+/// (every problem is in `found`, named `route #N (label)`).
 pub(super) fn validate(
     index: usize,
-    r: RawRoute,
+    mut r: RawRoute,
     base: &Path,
     client: Option<&ClientConfig>,
     known_clients: &[&str],
-    problems: &mut Vec<String>,
-    warnings: &mut Vec<String>,
+    found: &mut Findings,
 ) -> Option<RouteSpec> {
-    let label = r.name.clone().unwrap_or_else(|| {
-        format!(
-            "{}{}{}",
-            r.host,
-            r.port.map(|p| format!(":{p}")).unwrap_or_default(),
-            r.path_prefix.as_deref().unwrap_or("")
-        )
-    });
+    let label = label(&r);
     let at = format!("route #{} ({label})", index + 1);
-    let host = HostPattern::parse(&r.host)
-        .map_err(|why| problems.push(format!("{at}: host: {why}")))
-        .ok();
-    if let Some(prefix) = &r.path_prefix {
-        if !prefix.starts_with('/') {
-            problems.push(format!(
-                "{at}: path_prefix must start with '/', got {prefix:?}"
-            ));
-        }
-    }
-    if r.port == Some(0) {
-        problems.push(format!("{at}: port 0 is not a port"));
-    }
-    if client.is_none() {
-        problems.push(format!(
-            "{at}: client {:?} is not defined in [clients] (defined: {})",
-            r.client,
-            if known_clients.is_empty() {
-                "none".to_string()
-            } else {
-                known_clients.join(", ")
-            }
-        ));
-    }
-    if r.upgrade_tls && r.allow_plaintext {
-        problems.push(format!(
-            "{at}: upgrade_tls and allow_plaintext contradict each other; choose one"
-        ));
-    }
-    if r.allow_plaintext {
-        warnings.push(format!(
-            "{at}: allow_plaintext = true sends its token over plain http when a caller uses http://"
-        ));
-    }
-    if let Some(resource) = &r.resource {
-        match reqwest::Url::parse(resource) {
-            Ok(u) if u.fragment().is_none() => {}
-            _ => problems.push(format!(
-                "{at}: resource must be an absolute URI without a fragment (RFC 8707), got {resource:?}"
-            )),
-        }
-    }
-    let mut scopes = r.scopes;
-    scopes.sort();
-    scopes.dedup();
-    if let Some(bad) = scopes.iter().find(|s| {
-        s.is_empty()
-            || s.chars()
-                .any(|c| c == ' ' || c == '"' || c == '\\' || c.is_control())
-    }) {
-        problems.push(format!(
-            "{at}: scope {bad:?} is not a valid scope token (RFC 6749 §3.3); give scopes as a list"
-        ));
-    }
-
-    let grant_name = r.grant.unwrap_or(GrantName::ClientCredentials);
-    let mut misplaced = |present: bool, key: &str, belongs: &str| {
-        if present {
-            problems.push(format!("{at}: {key} only applies to grant = \"{belongs}\""));
-        }
-    };
-    if grant_name != GrantName::TokenExchange {
-        misplaced(r.subject_token.is_some(), "subject_token", "token_exchange");
-        misplaced(
-            r.subject_token_type.is_some(),
-            "subject_token_type",
-            "token_exchange",
-        );
-        misplaced(r.actor_token.is_some(), "actor_token", "token_exchange");
-        misplaced(
-            r.actor_token_type.is_some(),
-            "actor_token_type",
-            "token_exchange",
-        );
-        misplaced(
-            r.requested_token_type.is_some(),
-            "requested_token_type",
-            "token_exchange",
-        );
-    }
-    if grant_name != GrantName::RefreshToken {
-        misplaced(r.refresh_token.is_some(), "refresh_token", "refresh_token");
-    }
-    if grant_name != GrantName::JwtBearer {
-        misplaced(
-            r.assertion_issuer.is_some(),
-            "assertion_issuer",
-            "jwt_bearer",
-        );
-        misplaced(
-            r.assertion_subject.is_some(),
-            "assertion_subject",
-            "jwt_bearer",
-        );
-        misplaced(
-            r.assertion_audience.is_some(),
-            "assertion_audience",
-            "jwt_bearer",
-        );
-        misplaced(r.assertion_scope.is_some(), "assertion_scope", "jwt_bearer");
-    }
-    if r.prefetch && matches!(r.subject_token, Some(RawSubject::Inbound)) {
-        problems.push(format!(
-            "{at}: prefetch cannot work with subject_token = \"inbound\": there is no caller token before a request"
-        ));
-    }
-    if r.mtls_bound && client.is_some_and(|c| c.client_cert.is_none()) {
-        problems.push(format!(
-            "{at}: mtls_bound = true needs clients.{} to have client_cert and client_key",
-            r.client
-        ));
-    }
-    let grant = match grant_name {
-        GrantName::ClientCredentials => Grant::ClientCredentials,
-        GrantName::TokenExchange => {
-            let subject = match r.subject_token {
-                Some(RawSubject::Inbound) => SubjectSource::Inbound,
-                Some(RawSubject::Secret(s)) => SubjectSource::Workload(s.into_source(base)),
-                None => {
-                    problems.push(format!(
-                        "{at}: grant = \"token_exchange\" needs subject_token = \"inbound\" or a {{ file }} / {{ env }}"
-                    ));
-                    SubjectSource::Inbound
-                }
-            };
-            let default_type = match subject {
-                SubjectSource::Inbound => "access_token",
-                SubjectSource::Workload(_) => "jwt",
-            };
-            let subject_token_type = token_type(
-                &at,
-                "subject_token_type",
-                r.subject_token_type.as_deref().unwrap_or(default_type),
-                problems,
-            );
-            let actor = match (r.actor_token, r.actor_token_type) {
-                (Some(token), kind) => Some((
-                    token.into_source(base),
-                    token_type(
-                        &at,
-                        "actor_token_type",
-                        kind.as_deref().unwrap_or("jwt"),
-                        problems,
-                    ),
-                )),
-                (None, Some(_)) => {
-                    problems.push(format!("{at}: actor_token_type without actor_token"));
-                    None
-                }
-                (None, None) => None,
-            };
-            let requested_token_type = r
-                .requested_token_type
-                .map(|t| token_type(&at, "requested_token_type", &t, problems));
-            Grant::TokenExchange(TokenExchange {
-                subject,
-                subject_token_type,
-                actor,
-                requested_token_type,
-            })
-        }
-        GrantName::RefreshToken => match r.refresh_token {
-            Some(source) => Grant::RefreshToken {
-                file: source.into_path(
-                    base,
-                    &format!("{at}: refresh_token"),
-                    "rotated refresh tokens are written back to the file",
-                    problems,
-                )?,
-            },
-            None => {
-                problems.push(format!(
-                    "{at}: grant = \"refresh_token\" needs refresh_token = {{ file = \"path\" }}"
-                ));
-                return None;
-            }
-        },
-        GrantName::JwtBearer => {
-            if client.is_some_and(|c| c.private_key.is_none()) {
-                problems.push(format!(
-                    "{at}: grant = \"jwt_bearer\" signs with the client's private_key; clients.{} has none",
-                    r.client
-                ));
-            }
-            Grant::JwtBearer(JwtBearer {
-                issuer: r.assertion_issuer,
-                subject: r.assertion_subject,
-                audience: r.assertion_audience,
-                scope_in_claim: r.assertion_scope == Some(ScopeIn::Claim),
-            })
-        }
-    };
+    let host = check_destination(&r, &at, found);
+    check_client(&r, client, known_clients, &at, found);
+    check_transport(&r, &at, found);
+    check_token_parameters(&mut r, &at, found);
+    let raw_grant = r.take_grant();
+    raw_grant.check_misplaced(&at, found);
+    check_requirements(&r, &raw_grant, client, &at, found);
+    let grant = raw_grant.validate(&at, base, client, &r.client, found)?;
     Some(RouteSpec {
         name: label,
         host: host?,
@@ -456,7 +142,7 @@ pub(super) fn validate(
         }),
         client: r.client,
         grant,
-        scopes,
+        scopes: r.scopes,
         audience: r.audience,
         resource: r.resource,
         upgrade_tls: r.upgrade_tls,
@@ -466,4 +152,114 @@ pub(super) fn validate(
         dpop_required: r.dpop_required.unwrap_or(true),
         mtls_bound: r.mtls_bound,
     })
+}
+
+/// `name`, or `host[:port][path_prefix]`.
+fn label(r: &RawRoute) -> String {
+    r.name.clone().unwrap_or_else(|| {
+        format!(
+            "{}{}{}",
+            r.host,
+            r.port.map(|p| format!(":{p}")).unwrap_or_default(),
+            r.path_prefix.as_deref().unwrap_or("")
+        )
+    })
+}
+
+/// What the route matches: a host pattern, a port that is one, a path prefix that is one.
+fn check_destination(r: &RawRoute, at: &str, found: &mut Findings) -> Option<HostPattern> {
+    let host = HostPattern::parse(&r.host)
+        .map_err(|why| found.problem(format!("{at}: host: {why}")))
+        .ok();
+    if let Some(prefix) = &r.path_prefix {
+        if !prefix.starts_with('/') {
+            found.problem(format!(
+                "{at}: path_prefix must start with '/', got {prefix:?}"
+            ));
+        }
+    }
+    if r.port == Some(0) {
+        found.problem(format!("{at}: port 0 is not a port"));
+    }
+    host
+}
+
+/// The client the route names exists.
+fn check_client(
+    r: &RawRoute,
+    client: Option<&ClientConfig>,
+    known_clients: &[&str],
+    at: &str,
+    found: &mut Findings,
+) {
+    if client.is_none() {
+        found.problem(format!(
+            "{at}: client {:?} is not defined in [clients] (defined: {})",
+            r.client,
+            if known_clients.is_empty() {
+                "none".to_string()
+            } else {
+                known_clients.join(", ")
+            }
+        ));
+    }
+}
+
+/// `upgrade_tls` and `allow_plaintext` exclude each other; plaintext is allowed with a warning.
+fn check_transport(r: &RawRoute, at: &str, found: &mut Findings) {
+    if r.upgrade_tls && r.allow_plaintext {
+        found.problem(format!(
+            "{at}: upgrade_tls and allow_plaintext contradict each other; choose one"
+        ));
+    }
+    if r.allow_plaintext {
+        found.warn(format!(
+            "{at}: allow_plaintext = true sends its token over plain http when a caller uses http://"
+        ));
+    }
+}
+
+/// `resource` is an absolute URI (RFC 8707); scopes are sorted, deduplicated scope tokens.
+fn check_token_parameters(r: &mut RawRoute, at: &str, found: &mut Findings) {
+    if let Some(resource) = &r.resource {
+        match reqwest::Url::parse(resource) {
+            Ok(u) if u.fragment().is_none() => {}
+            _ => found.problem(format!(
+                "{at}: resource must be an absolute URI without a fragment (RFC 8707), got {resource:?}"
+            )),
+        }
+    }
+    r.scopes.sort();
+    r.scopes.dedup();
+    if let Some(bad) = r.scopes.iter().find(|s| {
+        s.is_empty()
+            || s.chars()
+                .any(|c| c == ' ' || c == '"' || c == '\\' || c.is_control())
+    }) {
+        found.problem(format!(
+            "{at}: scope {bad:?} is not a valid scope token (RFC 6749 §3.3); give scopes as a list"
+        ));
+    }
+}
+
+/// What the route's options need: `prefetch` a token it can get alone, `mtls_bound` a
+/// client certificate.
+fn check_requirements(
+    r: &RawRoute,
+    grant: &RawGrant,
+    client: Option<&ClientConfig>,
+    at: &str,
+    found: &mut Findings,
+) {
+    if r.prefetch && grant.is_inbound() {
+        found.problem(format!(
+            "{at}: prefetch cannot work with subject_token = \"inbound\": there is no caller token before a request"
+        ));
+    }
+    if r.mtls_bound && client.is_some_and(|c| c.client_cert.is_none()) {
+        found.problem(format!(
+            "{at}: mtls_bound = true needs clients.{} to have client_cert and client_key",
+            r.client
+        ));
+    }
 }

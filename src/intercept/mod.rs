@@ -24,9 +24,9 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::body::Body;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, single_host, Target};
+use crate::host::normalize_host;
 use crate::listener::Drain;
 use crate::proxy::{Proxy, SharedProxy};
-use crate::route::normalize_host;
 
 /// Serves an intercepted tunnel until the caller closes it.
 pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drain: Drain) {

@@ -5,14 +5,12 @@
 //! once, in the RFC 7638 member order, so it doubles as the thumbprint input.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::secret::{ExposeSecret, SecretSource};
 
@@ -101,17 +99,8 @@ impl DpopKey {
         let rng = SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
             .map_err(|e| format!("not a P-256 PKCS#8 key: {e}"))?;
-        let point = pair.public_key().as_ref();
-        if point.len() != 65 || point[0] != 4 {
-            return Err("unexpected public key encoding".into());
-        }
-        let jwk = serde_json::json!({
-            "crv": "P-256",
-            "kty": "EC",
-            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-        });
-        let thumbprint = URL_SAFE_NO_PAD.encode(Sha256::digest(jwk.to_string().as_bytes()));
+        let jwk = crate::jose::p256_jwk(pair.public_key().as_ref()).map_err(|e| e.to_string())?;
+        let thumbprint = crate::jose::thumbprint(&jwk);
         Ok(DpopKey {
             pair,
             rng,
@@ -163,12 +152,10 @@ impl DpopKey {
         })
         .map_err(|e| DpopError::Crypto(e.to_string()))?;
         let claims = serde_json::to_vec(&Claims {
-            jti: crate::token::assertion::new_jti(),
+            jti: crate::jose::new_jti(),
             htm,
             htu,
-            iat: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            iat: crate::jose::unix_now(),
             ath,
             nonce,
         })
@@ -243,7 +230,7 @@ pub fn is_nonce_challenge(headers: &http::HeaderMap) -> bool {
 
 /// `ath`: base64url SHA-256 of the access token (RFC 9449 §4.2).
 pub fn ath(access_token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
+    crate::jose::sha256_b64url(access_token)
 }
 
 /// `htu`: the target URI without query and fragment, with scheme and host lowercased and the
@@ -294,6 +281,7 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use p256::ecdsa::signature::Verifier;
+    use sha2::{Digest, Sha256};
 
     fn decode(part: &str) -> serde_json::Value {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()

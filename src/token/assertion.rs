@@ -2,12 +2,9 @@
 //! and `private_key_jwt`) and JWT-bearer grants (RFC 7523 §2.1). A fresh assertion, with a
 //! unique `jti` and a short `exp`, for every token request.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
-use rand::RngCore;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use rustls::pki_types::PrivateKeyDer;
@@ -15,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use crate::config::SigningAlg;
+use crate::jose::{new_jti, unix_now};
 
 /// How long an assertion is valid: long enough for clock skew, short enough to be useless
 /// if captured.
@@ -239,26 +237,13 @@ struct AssertionClaims<'a> {
     scope: Option<&'a str>,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// A random, unique `jti`.
-pub fn new_jti() -> String {
-    let mut bytes = [0u8; 18];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// A client assertion: `iss` = `sub` = `client_id`, `aud` = the token endpoint (or the issuer).
 pub fn client_assertion(
     client_id: &str,
     audience: &str,
     key: &SigningKey,
 ) -> Result<String, String> {
-    let iat = now_secs();
+    let iat = unix_now();
     key.sign(&AssertionClaims {
         iss: client_id,
         sub: Some(client_id),
@@ -278,7 +263,7 @@ pub fn bearer_assertion(
     scope: Option<&str>,
     key: &SigningKey,
 ) -> Result<String, String> {
-    let iat = now_secs();
+    let iat = unix_now();
     key.sign(&AssertionClaims {
         iss: issuer,
         sub: subject,
@@ -455,7 +440,7 @@ mod tests {
         let b = client_assertion("c", "aud", &key).unwrap();
         assert_ne!(a, b);
         let exp = unverified_exp(&a).unwrap();
-        assert!(exp <= now_secs() + ASSERTION_LIFETIME_SECS);
+        assert!(exp <= unix_now() + ASSERTION_LIFETIME_SECS);
         assert_eq!(unverified_exp("opaque-token"), None);
     }
 }

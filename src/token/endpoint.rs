@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
@@ -152,9 +152,9 @@ impl Fetcher {
             }
             if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
                 let tls = crate::tls::client_config_with_identity(roots.clone(), cert, key)
-                    .map_err(|detail| FetcherError::ClientCert {
+                    .map_err(|err| FetcherError::ClientCert {
                         client: client.name.clone(),
-                        detail,
+                        detail: err.to_string(),
                     })?;
                 mtls.insert(
                     client.name.clone(),
@@ -570,9 +570,7 @@ impl Fetcher {
         // for: both shorten the lifetime, so the skew and renewal apply to what is left. `exp`
         // counts whole seconds (servers round their clock down), so an own `exp` less than a
         // second short of `expires_in` is that rounding, not a shorter life.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = crate::jose::since_epoch();
         let left = |exp: u64| Duration::from_secs(exp).saturating_sub(now);
         let own = super::assertion::unverified_exp(value.expose_secret())
             .map(left)

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -96,12 +96,6 @@ impl std::fmt::Debug for SubjectSlots {
     }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl SubjectSlots {
     /// Slots for `template` (whose subject is filled per request) from `source`.
     pub(super) fn new(
@@ -150,7 +144,7 @@ impl SubjectSlots {
             Some(w) => w.current()?,
         };
         let exp = unverified_exp(subject.expose_secret());
-        if exp.is_some_and(|exp| exp <= now_unix()) {
+        if exp.is_some_and(|exp| exp <= crate::jose::unix_now()) {
             return Err(match &self.workload {
                 None => SubjectError::Expired,
                 Some(w) => SubjectError::Workload {
@@ -165,7 +159,7 @@ impl SubjectSlots {
             return Ok(slot.clone());
         }
         if slots.len() >= MAX_SUBJECTS {
-            let now = now_unix();
+            let now = crate::jose::unix_now();
             slots.retain(|_, s| s.request().subject_exp.is_some_and(|e| e > now));
             if slots.len() >= MAX_SUBJECTS {
                 slots.clear();
