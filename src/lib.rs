@@ -26,10 +26,12 @@
 
 pub mod admin;
 pub mod body;
+pub mod ca;
 pub mod client_env;
 pub mod config;
 pub mod connect;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod intercept;

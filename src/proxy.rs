@@ -6,8 +6,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 
+use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
-use crate::intercept::ca::{CaError, CertificateAuthority};
 use crate::route::{Route, RouteTable};
 use crate::tls::RootsError;
 use crate::token::{Fetcher, TokenCache};

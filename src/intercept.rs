@@ -8,7 +8,9 @@
 //! injected and never sent anywhere. What goes upstream carries one authority, the target's
 //! (`forward::send`).
 
-pub mod ca;
+/// The CA moved to [`crate::ca`] (a leaf the assembled [`Proxy`] holds); this path stays for
+/// callers outside the request path (the binary, tests, benches, the demo).
+pub use crate::ca;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,9 +24,9 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::Body;
+use crate::drain::Drain;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, single_host, Target};
-use crate::listener::Drain;
 use crate::proxy::{Proxy, SharedProxy};
 use crate::route::normalize_host;
 
