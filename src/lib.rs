@@ -39,6 +39,8 @@ pub mod listener;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;
+mod replay;
+mod retry;
 pub mod route;
 pub mod secret;
 pub mod sender;

@@ -1,4 +1,90 @@
 //! Sender constraints: proof that the caller of a resource holds a key, so a stolen token is
-//! useless on its own. `dpop.rs` implements RFC 9449 proofs.
+//! useless on its own. `dpop.rs` implements RFC 9449 proofs; [`inject`] is the one place a
+//! request gets its credentials, for resource requests (the forwarder) and token requests
+//! (the token endpoint) alike.
 
 pub mod dpop;
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::{HeaderMap, Method, Uri};
+
+use crate::token::{AccessToken, TokenScheme};
+use dpop::{DpopError, DpopKey, NonceStore};
+
+/// The `DPoP` request header (RFC 9449 §4.1).
+const DPOP: HeaderName = HeaderName::from_static("dpop");
+
+/// What the DPoP proofs of one request are bound to: the key that signs them, the request's
+/// `htu`, and the origin whose latest nonce they carry. Built once per request and reused by
+/// its resend.
+pub struct Proof<'a> {
+    key: Arc<DpopKey>,
+    htu: String,
+    origin: String,
+    nonces: &'a NonceStore,
+}
+
+impl<'a> Proof<'a> {
+    /// Proofs for a request to `htu` (normalized with [`dpop::htu`]), using the nonces
+    /// `origin` (see [`dpop::origin`]) sent.
+    pub fn new(key: Arc<DpopKey>, htu: String, origin: String, nonces: &'a NonceStore) -> Self {
+        Proof {
+            key,
+            htu,
+            origin,
+            nonces,
+        }
+    }
+
+    /// Proofs for a request to `uri`.
+    pub fn to(key: Arc<DpopKey>, uri: &Uri, nonces: &'a NonceStore) -> Self {
+        Proof::new(key, dpop::htu(uri), dpop::origin(uri), nonces)
+    }
+
+    /// Remembers the `DPoP-Nonce` of a response from this origin, if it sent one.
+    pub fn remember_nonce(&self, response: &HeaderMap) {
+        if let Some(nonce) = response.get("dpop-nonce") {
+            self.nonces.remember(&self.origin, nonce);
+        }
+    }
+
+    /// A fresh, sensitive `DPoP` header value for `method`, with `ath` for a resource request.
+    fn header(&self, method: &Method, ath: Option<&str>) -> Result<HeaderValue, DpopError> {
+        let nonce = self.nonces.get(&self.origin);
+        let proof = self
+            .key
+            .proof(method.as_str(), &self.htu, ath, nonce.as_deref())?;
+        let mut value = HeaderValue::try_from(proof)
+            .map_err(|_| DpopError::Crypto("the proof is not a header value".into()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+/// Puts a request's credentials in `headers`, replacing any: `Authorization` for `token`
+/// (`Bearer` or `DPoP`, sensitive) and, with a `proof`, a fresh `DPoP` proof for `method`
+/// when the token is DPoP-bound (carrying its `ath`) or when there is no token (a token
+/// request). A `Bearer` token on a DPoP route travels without a proof.
+pub fn inject(
+    headers: &mut HeaderMap,
+    method: &Method,
+    token: Option<&AccessToken>,
+    proof: Option<&Proof<'_>>,
+) -> Result<(), DpopError> {
+    if let Some(token) = token {
+        headers.insert(AUTHORIZATION, token.authorization());
+    }
+    let Some(proof) = proof else {
+        return Ok(());
+    };
+    match token {
+        None => headers.insert(DPOP, proof.header(method, None)?),
+        Some(t) if t.scheme == TokenScheme::Dpop => {
+            headers.insert(DPOP, proof.header(method, t.ath.as_deref())?)
+        }
+        Some(_) => return Ok(()),
+    };
+    Ok(())
+}
