@@ -495,13 +495,14 @@ fn finish(
     Response::from_parts(parts, body::boxed(incoming))
 }
 
+/// The upstream request's failure: a connect that ran out of `connect_timeout` (504), or any
+/// other (502).
 fn upstream_error(
     proxy: &Proxy,
     target: &Target,
     err: &hyper_util::client::legacy::Error,
 ) -> ProxyError {
-    let detail = error::chain(err);
-    if err.is_connect() && detail.to_ascii_lowercase().contains("timed out") {
+    if err.is_connect() && timed_out(err) {
         ProxyError::ConnectTimeout {
             authority: target.authority.to_string(),
             after_ms: proxy.config.proxy.connect_timeout.as_millis(),
@@ -509,7 +510,23 @@ fn upstream_error(
     } else {
         ProxyError::Upstream {
             authority: target.authority.to_string(),
-            detail,
+            detail: error::chain(err),
         }
     }
+}
+
+/// Whether a cause of `err` is an I/O timeout: hyper-util reports its connect timeout as an
+/// `io::Error` of kind `TimedOut` (whose text is tokio's "deadline has elapsed"), as the OS
+/// reports its own.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }

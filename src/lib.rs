@@ -6,13 +6,14 @@
 //!
 //! | step | file |
 //! |---|---|
-//! | accept a caller connection, drain on shutdown | `listener.rs` |
+//! | accept a caller connection, drain on shutdown | `listener.rs`, `drain.rs` |
 //! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
-//! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept/mod.rs`, `intercept/ca.rs` |
+//! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
 //! | pick the route for host, port and path | `route.rs` |
 //! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |
 //! | ask the authorization server | `token/endpoint.rs`, `token/client_auth.rs` |
-//! | inject `Authorization`, send, retry once on 401 | `forward.rs`, `body.rs` (replay copy) |
+//! | inject `Authorization` (and a DPoP proof), send | `forward.rs`, `sender/mod.rs` (`inject`), `replay.rs` (replay copy) |
+//! | decide a resend: DPoP nonce, refused token, once per kind | `retry.rs` |
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
 //! | turn any failure into the caller's response | `error.rs` |
 //!
