@@ -22,14 +22,16 @@ const DPOP: HeaderName = HeaderName::from_static("dpop");
 pub struct Proof<'a> {
     key: Arc<DpopKey>,
     htu: String,
-    origin: String,
+    /// `htu[..origin]` is the origin (`scheme://host[:port]`): no second string per request.
+    origin: usize,
     nonces: &'a NonceStore,
 }
 
 impl<'a> Proof<'a> {
-    /// Proofs for a request to `htu` (normalized with [`dpop::htu`]), using the nonces
-    /// `origin` (see [`dpop::origin`]) sent.
-    pub fn new(key: Arc<DpopKey>, htu: String, origin: String, nonces: &'a NonceStore) -> Self {
+    /// Proofs for a request to `htu` (normalized with [`dpop::htu`]), carrying the nonces
+    /// its origin sent.
+    pub fn new(key: Arc<DpopKey>, htu: String, nonces: &'a NonceStore) -> Self {
+        let origin = dpop::origin_len(&htu);
         Proof {
             key,
             htu,
@@ -40,19 +42,24 @@ impl<'a> Proof<'a> {
 
     /// Proofs for a request to `uri`.
     pub fn to(key: Arc<DpopKey>, uri: &Uri, nonces: &'a NonceStore) -> Self {
-        Proof::new(key, dpop::htu(uri), dpop::origin(uri), nonces)
+        Proof::new(key, dpop::htu(uri), nonces)
+    }
+
+    /// `scheme://host[:port]` of the request, the key its nonces are kept under.
+    fn origin(&self) -> &str {
+        &self.htu[..self.origin]
     }
 
     /// Remembers the `DPoP-Nonce` of a response from this origin, if it sent one.
     pub fn remember_nonce(&self, response: &HeaderMap) {
         if let Some(nonce) = response.get("dpop-nonce") {
-            self.nonces.remember(&self.origin, nonce);
+            self.nonces.remember(self.origin(), nonce);
         }
     }
 
     /// A fresh, sensitive `DPoP` header value for `method`, with `ath` for a resource request.
     fn header(&self, method: &Method, ath: Option<&str>) -> Result<HeaderValue, DpopError> {
-        let nonce = self.nonces.get(&self.origin);
+        let nonce = self.nonces.get(self.origin());
         let proof = self
             .key
             .proof(method.as_str(), &self.htu, ath, nonce.as_deref())?;

@@ -423,7 +423,7 @@ impl Fetcher {
                 .parse::<http::Uri>()
                 .map(|u| dpop::htu(&u))
                 .unwrap_or_default();
-            let proof = crate::sender::Proof::new(key.clone(), htu, origin.clone(), &self.nonces);
+            let proof = crate::sender::Proof::new(key.clone(), htu, &self.nonces);
             let mut headers = http::HeaderMap::new();
             crate::sender::inject(&mut headers, &http::Method::POST, None, Some(&proof))
                 .map_err(|e| config_error(e.to_string()))?;
