@@ -1,17 +1,15 @@
-//! One request, from the proxy to the destination and back:
+//! One request, from the proxy to the destination and back, as named steps:
 //!
 //! ```text
-//! route? ──no──► strip hop-by-hop ──► upstream ──► response
-//!   │yes
-//!   ▼
-//! token (cache) ──► replace Authorization ──► upstream ──► 401? ──no──► response
-//!                                                           │yes, token refused (RFC 6750),
-//!                                                           │body replayable, first time
-//!                                                           ▼
-//!          invalidate that token (once per cooldown) ──► newer token? ──no──► response
-//!                                                           │yes
-//!                                                           ▼
-//!                                 rest of the body (≤ limit) ──► resend once ──► response
+//! prepare (TRACE refused on a route, one authority, no hop-by-hop)
+//!   │ no route ──────────────────────────────────────────► upstream ──► to_caller
+//!   ▼ route
+//! token (cache) ──► replay::prepare (body, capped copy) ──► sender::inject ──► upstream
+//!   ──► retry::classify ──No──► to_caller
+//!         │Nonce / Token, admitted by the request's retry::Budget (each kind once),
+//!         │body replayable, and for Token a retry::newer_token (once per cooldown)
+//!         ▼
+//!       rest of the body (≤ limit) ──► sender::inject (fresh proof) ──► resend ──► classify
 //! ```
 //! The destination is fixed by the [`Target`] (the CONNECT authority or the absolute-form
 //! URI); nothing in the request can send it, or its token, elsewhere.
@@ -21,7 +19,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use hyper::upgrade::OnUpgrade;
@@ -36,7 +34,7 @@ use crate::route::Route;
 use crate::sender::dpop::DpopError;
 use crate::sender::{inject, Proof};
 use crate::token::{AccessToken, Lookup, TokenError, TokenSlot};
-use crate::upstream::{is_upgrade, strip_hop_by_hop, HttpsClient};
+use crate::upstream::{self, is_upgrade, strip_hop_by_hop, HttpsClient};
 
 /// Where a request is sent: decided before the request is read, never by it.
 #[derive(Debug, Clone)]
@@ -242,7 +240,10 @@ async fn send(
         }
         Some(route) => exchange.on_route(route, parts, body).await,
     };
-    (sent.map(|r| finish(r, upgrade)), exchange.outcome)
+    (
+        sent.map(|r| upstream::to_caller(r, upgrade)),
+        exchange.outcome,
+    )
 }
 
 /// The rules for every request: `TRACE` refused on a route, one authority (the target's),
@@ -316,10 +317,10 @@ impl ResendHead {
 
 impl<'a> Exchange<'a> {
     async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| upstream_error(self.proxy, self.target, &e))
+        self.client.request(req).await.map_err(|e| {
+            let timeout = self.proxy.config.proxy.connect_timeout;
+            upstream::failure(&e, &self.target.authority, timeout)
+        })
     }
 
     /// A request on `route`: the route's credentials replace the caller's, the body is kept
@@ -463,70 +464,4 @@ fn refuses_callers_token(grant: &Grant, err: &TokenError) -> bool {
             err.oauth_error(),
             Some("invalid_request" | "invalid_grant" | "invalid_token")
         )
-}
-
-/// Prepares the upstream response for the caller; on `101 Switching Protocols`, splices the
-/// two upgraded connections.
-fn finish(
-    mut response: Response<Incoming>,
-    downstream: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<Body> {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(downstream) = downstream {
-            let upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                match tokio::try_join!(downstream, upstream) {
-                    Ok((down, up)) => {
-                        let mut down = hyper_util::rt::TokioIo::new(down);
-                        let mut up = hyper_util::rt::TokioIo::new(up);
-                        if let Err(err) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                            tracing::debug!(error = %err, "upgraded connection ended");
-                        }
-                    }
-                    Err(err) => tracing::debug!(error = %err, "upgrade failed"),
-                }
-            });
-        }
-        let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, body::empty());
-    }
-    let (mut parts, incoming) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, body::boxed(incoming))
-}
-
-/// The upstream request's failure: a connect that ran out of `connect_timeout` (504), or any
-/// other (502).
-fn upstream_error(
-    proxy: &Proxy,
-    target: &Target,
-    err: &hyper_util::client::legacy::Error,
-) -> ProxyError {
-    if err.is_connect() && timed_out(err) {
-        ProxyError::ConnectTimeout {
-            authority: target.authority.to_string(),
-            after_ms: proxy.config.proxy.connect_timeout.as_millis(),
-        }
-    } else {
-        ProxyError::Upstream {
-            authority: target.authority.to_string(),
-            detail: error::chain(err),
-        }
-    }
-}
-
-/// Whether a cause of `err` is an I/O timeout: hyper-util reports its connect timeout as an
-/// `io::Error` of kind `TimedOut` (whose text is tokio's "deadline has elapsed"), as the OS
-/// reports its own.
-fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
 }

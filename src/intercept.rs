@@ -6,7 +6,7 @@
 //! `:authority`) and the `Host` header (HTTP/2 `host` field). One that names another host
 //! gets `421 Misdirected Request`, more than one `Host` gets `400`; such a request is never
 //! injected and never sent anywhere. What goes upstream carries one authority, the target's
-//! (`forward::send`).
+//! (`forward::prepare`).
 
 /// The CA moved to [`crate::ca`] (a leaf the assembled [`Proxy`] holds); this path stays for
 /// callers outside the request path (the binary, tests, benches, the demo).
