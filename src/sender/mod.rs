@@ -95,3 +95,76 @@ pub fn inject(
     };
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+    use tokio::time::Instant;
+
+    fn token(dpop: bool) -> AccessToken {
+        let now = Instant::now();
+        let token = AccessToken::new(SecretString::from("tok.en"), now, now, None).unwrap();
+        if dpop {
+            token.into_dpop()
+        } else {
+            token
+        }
+    }
+
+    #[test]
+    fn one_inject_for_bearer_dpop_and_token_requests() {
+        let key = Arc::new(DpopKey::generate().unwrap());
+        let nonces = NonceStore::default();
+        let uri: Uri = "https://api.example:8443/orders?x=1".parse().unwrap();
+        let proof = Proof::to(key, &uri, &nonces);
+        let (bearer, dpop) = (token(false), token(true));
+        // token, proof → Authorization, DPoP proof header (with ath)
+        let cases: [(
+            Option<&AccessToken>,
+            Option<&Proof>,
+            Option<&str>,
+            Option<bool>,
+        ); 5] = [
+            (Some(&bearer), None, Some("Bearer tok.en"), None),
+            (Some(&bearer), Some(&proof), Some("Bearer tok.en"), None),
+            (Some(&dpop), Some(&proof), Some("DPoP tok.en"), Some(true)),
+            (Some(&dpop), None, Some("DPoP tok.en"), None),
+            (None, Some(&proof), None, Some(false)),
+        ];
+        for (i, (token, proof, authorization, ath)) in cases.into_iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic callers"));
+            headers.insert(DPOP, HeaderValue::from_static("callers.proof.here"));
+            if token.is_none() {
+                headers.clear();
+            }
+            inject(&mut headers, &Method::GET, token, proof).unwrap();
+            let got = headers.get(AUTHORIZATION);
+            assert_eq!(got.map(|v| v.to_str().unwrap()), authorization, "case {i}");
+            assert!(got.is_none_or(|v| v.is_sensitive()), "case {i}");
+            match ath {
+                Some(with_ath) => {
+                    let value = headers.get(DPOP).unwrap();
+                    assert!(value.is_sensitive(), "case {i}");
+                    let claims = value.to_str().unwrap().split('.').nth(1).unwrap();
+                    let claims = base64::Engine::decode(
+                        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                        claims,
+                    )
+                    .unwrap();
+                    let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+                    assert_eq!(claims["htu"], "https://api.example:8443/orders", "case {i}");
+                    assert_eq!(claims["ath"].is_string(), with_ath, "case {i}");
+                }
+                // No proof of ours: the caller's own `DPoP` header is left to the forwarder's
+                // other rules, as before.
+                None => assert_ne!(
+                    headers.get(DPOP).map(|v| v.is_sensitive()),
+                    Some(true),
+                    "case {i}"
+                ),
+            }
+        }
+    }
+}
