@@ -112,6 +112,15 @@ mod tests {
         }
     }
 
+    /// A token, a proof binding, the `Authorization` wanted, and whether a proof of ours is
+    /// wanted (`Some(with ath)`).
+    type Case<'a> = (
+        Option<&'a AccessToken>,
+        Option<&'a Proof<'a>>,
+        Option<&'a str>,
+        Option<bool>,
+    );
+
     #[test]
     fn one_inject_for_bearer_dpop_and_token_requests() {
         let key = Arc::new(DpopKey::generate().unwrap());
@@ -120,12 +129,7 @@ mod tests {
         let proof = Proof::to(key, &uri, &nonces);
         let (bearer, dpop) = (token(false), token(true));
         // token, proof → Authorization, DPoP proof header (with ath)
-        let cases: [(
-            Option<&AccessToken>,
-            Option<&Proof>,
-            Option<&str>,
-            Option<bool>,
-        ); 5] = [
+        let cases: [Case; 5] = [
             (Some(&bearer), None, Some("Bearer tok.en"), None),
             (Some(&bearer), Some(&proof), Some("Bearer tok.en"), None),
             (Some(&dpop), Some(&proof), Some("DPoP tok.en"), Some(true)),
