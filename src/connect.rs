@@ -13,9 +13,9 @@ use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
 use crate::config::Unmatched;
+use crate::drain::Drain;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, Target};
-use crate::listener::Drain;
 use crate::proxy::{Proxy, SharedProxy};
 use crate::route::RouteTable;
 
@@ -202,7 +202,7 @@ fn denied(target: &Target) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intercept::ca::CertificateAuthority;
+    use crate::ca::CertificateAuthority;
 
     #[test]
     fn every_form_of_naming_a_destination_gets_the_same_policy() {

@@ -1,17 +1,15 @@
-//! One request, from the proxy to the destination and back:
+//! One request, from the proxy to the destination and back, as named steps:
 //!
 //! ```text
-//! route? ──no──► strip hop-by-hop ──► upstream ──► response
-//!   │yes
-//!   ▼
-//! token (cache) ──► replace Authorization ──► upstream ──► 401? ──no──► response
-//!                                                           │yes, token refused (RFC 6750),
-//!                                                           │body replayable, first time
-//!                                                           ▼
-//!          invalidate that token (once per cooldown) ──► newer token? ──no──► response
-//!                                                           │yes
-//!                                                           ▼
-//!                                 rest of the body (≤ limit) ──► resend once ──► response
+//! prepare (TRACE refused on a route, one authority, no hop-by-hop)
+//!   │ no route ──────────────────────────────────────────► upstream ──► to_caller
+//!   ▼ route
+//! token (cache) ──► replay::prepare (body, capped copy) ──► sender::inject ──► upstream
+//!   ──► retry::classify ──No──► to_caller
+//!         │Nonce / Token, admitted by the request's retry::Budget (each kind once),
+//!         │body replayable, and for Token a retry::newer_token (once per cooldown)
+//!         ▼
+//!       rest of the body (≤ limit) ──► sender::inject (fresh proof) ──► resend ──► classify
 //! ```
 //! The destination is fixed by the [`Target`] (the CONNECT authority or the absolute-form
 //! URI); nothing in the request can send it, or its token, elsewhere.
@@ -21,16 +19,22 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+
+use hyper::upgrade::OnUpgrade;
 
 use crate::body::{self, Body};
 use crate::config::Grant;
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
+use crate::replay::{self, ReplayBody, REPLAY_READ};
+use crate::retry::{classify, newer_token, Budget, Retry};
 use crate::route::Route;
-use crate::token::{AccessToken, Lookup, TokenError, TokenScheme};
-use crate::upstream::{is_upgrade, strip_hop_by_hop};
+use crate::sender::dpop::DpopError;
+use crate::sender::{inject, Proof};
+use crate::token::{AccessToken, Lookup, TokenError, TokenSlot};
+use crate::upstream::{self, is_upgrade, strip_hop_by_hop, HttpsClient};
 
 /// Where a request is sent: decided before the request is read, never by it.
 #[derive(Debug, Clone)]
@@ -123,13 +127,12 @@ fn refuse_on_route(route: &Route, method: &Method) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// What happened to a request, for the access log.
+/// What happened to a request, for the access log and metrics.
+#[derive(Default)]
 struct Outcome {
     lookup: Option<Lookup>,
-    /// Resent after a 401 with a fresh token.
-    retried: bool,
-    /// Resent after a DPoP nonce challenge with the same token.
-    nonce_resent: bool,
+    /// The resends made: after a DPoP nonce challenge (same token), after a 401 (a newer one).
+    resent: Budget,
 }
 
 /// Forwards `req` to `target`, injecting `route`'s token when there is one. Always answers:
@@ -143,12 +146,7 @@ pub async fn forward(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut outcome = Outcome {
-        lookup: None,
-        retried: false,
-        nonce_resent: false,
-    };
-    let result = send(proxy, req, target, route.as_deref(), &mut outcome).await;
+    let (result, outcome) = send(proxy, req, target, route.as_deref()).await;
     let response = match result {
         Ok(response) => response,
         Err(err) => {
@@ -157,11 +155,33 @@ pub async fn forward(
         }
     };
     let route_label = route.as_ref().map_or("-", |r| r.spec.name.as_str());
+    record(
+        route_label,
+        target,
+        &method,
+        &path,
+        started,
+        &response,
+        &outcome,
+    );
+    response
+}
+
+/// Metrics and the access-log line of one request.
+fn record(
+    route_label: &str,
+    target: &Target,
+    method: &Method,
+    path: &str,
+    started: Instant,
+    response: &Response<Body>,
+    outcome: &Outcome,
+) {
     crate::metrics::request(route_label, response.status().as_u16(), started.elapsed());
-    if outcome.retried {
+    if outcome.resent.token {
         crate::metrics::retry(route_label, "401");
     }
-    if outcome.nonce_resent {
+    if outcome.resent.nonce {
         crate::metrics::retry(route_label, "dpop_nonce");
     }
     if let Some(lookup) = outcome.lookup {
@@ -176,183 +196,261 @@ pub async fn forward(
         status = response.status().as_u16(),
         ms = started.elapsed().as_secs_f64() * 1000.0,
         token = match outcome.lookup { Some(Lookup::Hit) => "hit", Some(Lookup::Miss) => "miss", None => "-" },
-        retried = outcome.retried,
+        retried = outcome.resent.token,
     );
-    response
 }
 
+/// A request with its authority bound and its hop-by-hop headers gone, and the client that
+/// sends it.
+struct Prepared<'a> {
+    parts: http::request::Parts,
+    body: Incoming,
+    client: &'a HttpsClient,
+    /// The caller's side of an `Upgrade`, spliced to the upstream's on `101`.
+    upgrade: Option<OnUpgrade>,
+}
+
+/// Sends the request, on its route when there is one; with what it took.
 async fn send(
     proxy: &Proxy,
+    req: Request<Incoming>,
+    target: &Target,
+    route: Option<&Route>,
+) -> (Result<Response<Body>, ProxyError>, Outcome) {
+    let Prepared {
+        parts,
+        body,
+        client,
+        upgrade,
+    } = match prepare(proxy, req, target, route) {
+        Ok(prepared) => prepared,
+        Err(err) => return (Err(err), Outcome::default()),
+    };
+    let mut exchange = Exchange {
+        proxy,
+        target,
+        client,
+        outcome: Outcome::default(),
+    };
+    let sent = match route {
+        None => {
+            exchange
+                .send(Request::from_parts(parts, body::boxed(body)))
+                .await
+        }
+        Some(route) => exchange.on_route(route, parts, body).await,
+    };
+    (
+        sent.map(|r| upstream::to_caller(r, upgrade)),
+        exchange.outcome,
+    )
+}
+
+/// The rules for every request: `TRACE` refused on a route, one authority (the target's),
+/// no hop-by-hop headers, HTTP/1.1 semantics upstream, the route's client identity.
+fn prepare<'a>(
+    proxy: &'a Proxy,
     mut req: Request<Incoming>,
     target: &Target,
     route: Option<&Route>,
-    outcome: &mut Outcome,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Prepared<'a>, ProxyError> {
     if let Some(route) = route {
         refuse_on_route(route, req.method())?;
     }
     let upgrade = is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, incoming) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     bind_authority(&mut parts, target)?;
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.version = Version::HTTP_11;
     let identity = route
         .filter(|r| r.spec.mtls_bound)
         .map(|r| r.client.name.as_str());
-    let client = proxy.upstream.client(upgrade, identity);
+    Ok(Prepared {
+        parts,
+        body,
+        client: proxy.upstream.client(upgrade, identity),
+        upgrade: downstream_upgrade,
+    })
+}
 
-    let Some(route) = route else {
-        let body = body::boxed(incoming);
-        let response = client
-            .request(Request::from_parts(parts, body))
+/// One request on its way upstream, and what it has cost so far.
+struct Exchange<'a> {
+    proxy: &'a Proxy,
+    target: &'a Target,
+    client: &'a HttpsClient,
+    outcome: Outcome,
+}
+
+/// The credentials a routed request carries: the slot its token comes from, the token last
+/// sent, and what its DPoP proofs are bound to (DPoP routes only).
+struct Credentials<'a> {
+    slot: Arc<TokenSlot>,
+    token: Arc<AccessToken>,
+    proof: Option<Proof<'a>>,
+}
+
+/// Everything a resend repeats but the credentials; kept only when the body can be replayed.
+struct ResendHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl ResendHead {
+    /// The resend: this head, `body`, and fresh credentials.
+    fn request(&self, body: Body, creds: &Credentials<'_>) -> Result<Request<Body>, DpopError> {
+        let mut headers = self.headers.clone();
+        inject(
+            &mut headers,
+            &self.method,
+            Some(&creds.token),
+            creds.proof.as_ref(),
+        )?;
+        let mut resend = Request::new(body);
+        *resend.method_mut() = self.method.clone();
+        *resend.uri_mut() = self.uri.clone();
+        *resend.headers_mut() = headers;
+        Ok(resend)
+    }
+}
+
+impl<'a> Exchange<'a> {
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        self.client.request(req).await.map_err(|e| {
+            let timeout = self.proxy.config.proxy.connect_timeout;
+            upstream::failure(&e, &self.target.authority, timeout)
+        })
+    }
+
+    /// A request on `route`: the route's credentials replace the caller's, the body is kept
+    /// for a resend when it can be, and the response may be answered with one (see
+    /// [`Exchange::resend_as_needed`]).
+    async fn on_route(
+        &mut self,
+        route: &Route,
+        mut parts: http::request::Parts,
+        incoming: Incoming,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        // Nor in trailers, where a caller-chosen `Authorization` would reach the upstream too.
+        let incoming = body::StripCredentialTrailers::new(incoming);
+        // The proxy owns the credential on a route: the caller's own is never forwarded (a
+        // token-exchange route reads it first, as the subject).
+        let slot = route
+            .token
+            .slot(&parts.headers)
+            .map_err(|source| ProxyError::Subject {
+                route: route.spec.name.clone(),
+                source,
+            })?;
+        parts.headers.remove(header::AUTHORIZATION);
+        let (token, lookup) = slot.get().await.map_err(|e| token_error(route, e))?;
+        self.outcome.lookup = Some(lookup);
+        let limit = self.proxy.config.proxy.retry_body_limit;
+        let (body, replay) = replay::prepare(incoming, content_length(&parts.headers), limit)
             .await
-            .map_err(|e| upstream_error(proxy, target, &e))?;
-        return Ok(finish(response, downstream_upgrade));
-    };
-    // Nor in trailers, where a caller-chosen `Authorization` would reach the upstream too.
-    let incoming = body::StripCredentialTrailers::new(incoming);
+            .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+        let nonces = self.proxy.tokens.fetcher().nonces();
+        let proof = (slot.request().dpop.clone()).map(|key| Proof::to(key, &parts.uri, nonces));
+        let creds = Credentials { slot, token, proof };
+        let head = replay.may_replay().then(|| ResendHead {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
+        inject(
+            &mut parts.headers,
+            &parts.method,
+            Some(&creds.token),
+            creds.proof.as_ref(),
+        )
+        .map_err(|e| self.proof_error(e))?;
+        let response = self.send(Request::from_parts(parts, body)).await?;
+        self.resend_as_needed(route, response, creds, head, &replay)
+            .await
+    }
 
-    // The proxy owns the credential on a route: the caller's own is never forwarded (a
-    // token-exchange route reads it first, as the subject).
-    let slot = route
-        .token
-        .slot(&parts.headers)
-        .map_err(|source| ProxyError::Subject {
-            route: route.spec.name.clone(),
-            source,
-        })?;
-    parts.headers.remove(header::AUTHORIZATION);
-    let token_error = |source: Arc<TokenError>| {
-        let callers = refuses_callers_token(&route.spec.grant, &source);
-        let route = route.spec.name.clone();
-        if callers {
-            ProxyError::CallerTokenRefused { route, source }
-        } else {
-            ProxyError::Token { route, source }
+    /// Answers a response with a resend while [`classify`] asks for one and the [`Budget`]
+    /// admits it: a DPoP nonce challenge with the same token and a new proof, a refused token
+    /// with a newer one ([`newer_token`]). Each needs the body replayable.
+    async fn resend_as_needed(
+        &mut self,
+        route: &Route,
+        mut response: Response<Incoming>,
+        mut creds: Credentials<'_>,
+        head: Option<ResendHead>,
+        replay: &ReplayBody,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let name = &route.spec.name;
+        loop {
+            if let Some(proof) = &creds.proof {
+                proof.remember_nonce(response.headers());
+            }
+            let wanted = classify(response.status(), response.headers(), creds.token.scheme);
+            let kind = self.outcome.resent.admit(wanted);
+            if kind == Retry::No {
+                return Ok(response);
+            }
+            let Some(head) = head.as_ref().filter(|_| replay.may_replay()) else {
+                tracing::debug!(route = %name, "401 not retried: body not replayable");
+                return Ok(response);
+            };
+            if kind == Retry::Token {
+                let cooldown = self.proxy.config.tokens.invalidate_cooldown;
+                let newer = newer_token(&creds.slot, &creds.token, cooldown)
+                    .await
+                    .map_err(|e| token_error(route, e))?;
+                let Some(newer) = newer else {
+                    tracing::debug!(
+                        route = %name,
+                        "401 not retried: this token was refused again within tokens.invalidate_cooldown_secs"
+                    );
+                    return Ok(response);
+                };
+                creds.token = newer;
+            }
+            let body = match replay.replay(REPLAY_READ).await {
+                Ok(body) => body,
+                Err(why) => {
+                    tracing::debug!(route = %name, ?why, "401 not retried: body not replayable");
+                    return Ok(response);
+                }
+            };
+            drop(response);
+            self.outcome.resent.spend(kind);
+            let resend = head
+                .request(body, &creds)
+                .map_err(|e| self.proof_error(e))?;
+            response = self.send(resend).await?;
         }
-    };
-    let (mut token, lookup) = slot.get().await.map_err(token_error)?;
-    outcome.lookup = Some(lookup);
+    }
 
-    let content_length = parts
-        .headers
+    /// A DPoP proof that could not be signed, as the upstream request's failure.
+    fn proof_error(&self, err: DpopError) -> ProxyError {
+        ProxyError::Upstream {
+            authority: self.target.authority.to_string(),
+            detail: err.to_string(),
+        }
+    }
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let (body, replay) = body::prepare(
-        incoming,
-        content_length,
-        proxy.config.proxy.retry_body_limit,
-    )
-    .await
-    .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
-    // DPoP routes only: the proof key, the proof's htu and the origin nonces are kept under.
-    let dpop = slot.request().dpop.as_ref().map(|key| {
-        (
-            key.clone(),
-            crate::sender::dpop::htu(&parts.uri),
-            crate::sender::dpop::origin(&parts.uri),
-        )
-    });
-    let nonces = proxy.tokens.fetcher().nonces();
-    // Everything but the credentials, kept for a resend when the body can be replayed.
-    let head = replay.may_replay().then(|| {
-        (
-            parts.method.clone(),
-            parts.uri.clone(),
-            parts.headers.clone(),
-        )
-    });
-    let credentials = |headers: &mut http::HeaderMap,
-                       method: &http::Method,
-                       token: &AccessToken| {
-        headers.insert(header::AUTHORIZATION, token.authorization());
-        if let (Some((key, htu, origin)), TokenScheme::Dpop) = (&dpop, token.scheme) {
-            let nonce = nonces.get(origin);
-            let proof = key
-                .proof(method.as_str(), htu, token.ath.as_deref(), nonce.as_deref())
-                .map_err(|e| ProxyError::Upstream {
-                    authority: target.authority.to_string(),
-                    detail: e.to_string(),
-                })?;
-            let mut value = HeaderValue::from_str(&proof).map_err(|e| ProxyError::Upstream {
-                authority: target.authority.to_string(),
-                detail: e.to_string(),
-            })?;
-            value.set_sensitive(true);
-            headers.insert("dpop", value);
-        }
-        Ok::<_, ProxyError>(())
-    };
+        .and_then(|v| v.parse::<u64>().ok())
+}
 
-    credentials(&mut parts.headers, &parts.method, &token)?;
-    let mut response = client
-        .request(Request::from_parts(parts, body))
-        .await
-        .map_err(|e| upstream_error(proxy, target, &e))?;
-
-    // At most one resend of each kind: a DPoP nonce challenge (same token, new proof), then a
-    // 401 (a newer token: fetched after invalidating this one at most once per cooldown, or
-    // one already cached).
-    let (mut nonce_retried, mut token_retried) = (false, false);
-    loop {
-        if let (Some((_, _, origin)), Some(nonce)) = (&dpop, response.headers().get("dpop-nonce")) {
-            nonces.remember(origin, nonce);
-        }
-        let decision = match retry_decision(response.status(), response.headers(), token.scheme) {
-            Retry::Nonce if !nonce_retried => {
-                nonce_retried = true;
-                Retry::Nonce
-            }
-            Retry::Token | Retry::Nonce if !token_retried => {
-                token_retried = true;
-                Retry::Token
-            }
-            _ => Retry::No,
-        };
-        if decision == Retry::No {
-            return Ok(finish(response, downstream_upgrade));
-        }
-        let (Some((method, uri, headers)), true) = (&head, replay.may_replay()) else {
-            tracing::debug!(route = %route.spec.name, "401 not retried: body not replayable");
-            return Ok(finish(response, downstream_upgrade));
-        };
-        if decision == Retry::Token {
-            slot.invalidate(&token, proxy.config.tokens.invalidate_cooldown);
-            let (newer, _) = slot.get().await.map_err(token_error)?;
-            if Arc::ptr_eq(&newer, &token) {
-                tracing::debug!(
-                    route = %route.spec.name,
-                    "401 not retried: this token was refused again within tokens.invalidate_cooldown_secs"
-                );
-                return Ok(finish(response, downstream_upgrade));
-            }
-            token = newer;
-        }
-        let body = match replay.replay(body::REPLAY_READ).await {
-            Ok(body) => body,
-            Err(why) => {
-                tracing::debug!(route = %route.spec.name, ?why, "401 not retried: body not replayable");
-                return Ok(finish(response, downstream_upgrade));
-            }
-        };
-        drop(response);
-        if decision == Retry::Token {
-            outcome.retried = true;
-        } else {
-            outcome.nonce_resent = true;
-        }
-        let mut headers = headers.clone();
-        credentials(&mut headers, method, &token)?;
-        let mut resend = Request::new(body);
-        *resend.method_mut() = method.clone();
-        *resend.uri_mut() = uri.clone();
-        *resend.headers_mut() = headers;
-        response = client
-            .request(resend)
-            .await
-            .map_err(|e| upstream_error(proxy, target, &e))?;
+/// A token failure on `route`: the caller's (its own token refused, on a token-exchange
+/// route) or the operator's.
+fn token_error(route: &Route, source: Arc<TokenError>) -> ProxyError {
+    let callers = refuses_callers_token(&route.spec.grant, &source);
+    let route = route.spec.name.clone();
+    if callers {
+        ProxyError::CallerTokenRefused { route, source }
+    } else {
+        ProxyError::Token { route, source }
     }
 }
 
@@ -366,289 +464,4 @@ fn refuses_callers_token(grant: &Grant, err: &TokenError) -> bool {
             err.oauth_error(),
             Some("invalid_request" | "invalid_grant" | "invalid_token")
         )
-}
-
-/// What a response asks of the forwarder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Nothing: return it.
-    No,
-    /// A DPoP nonce challenge: resend with a proof carrying the nonce, same token.
-    Nonce,
-    /// The token was refused: resend with a newer one (see `TokenSlot::invalidate`).
-    Token,
-}
-
-/// Classifies a response to a request carrying a token of `scheme`. A 401 means the token was
-/// refused unless its challenge for that scheme names an RFC 6750 §3.1 error other than
-/// `invalid_token` (`invalid_request`, `insufficient_scope`, ...): then a new token would not
-/// help, and none is fetched.
-fn retry_decision(status: StatusCode, headers: &http::HeaderMap, scheme: TokenScheme) -> Retry {
-    if status != StatusCode::UNAUTHORIZED {
-        return Retry::No;
-    }
-    if scheme == TokenScheme::Dpop && crate::sender::dpop::is_nonce_challenge(headers) {
-        return Retry::Nonce;
-    }
-    let mut errors = headers
-        .get_all(header::WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(challenges)
-        .filter(|(name, _)| name.eq_ignore_ascii_case(scheme.name()))
-        .filter_map(|(_, error)| error)
-        .peekable();
-    if errors.peek().is_none() || errors.any(|e| e == "invalid_token") {
-        Retry::Token
-    } else {
-        Retry::No
-    }
-}
-
-/// The challenges of one `WWW-Authenticate` value (RFC 9110 §11.6.1): each scheme name and
-/// its `error` parameter, if any. Lenient: a value it cannot follow yields what it read so far.
-fn challenges(value: &str) -> Vec<(&str, Option<String>)> {
-    let mut out: Vec<(&str, Option<String>)> = Vec::new();
-    let mut rest = value;
-    loop {
-        rest = rest.trim_start_matches([' ', '\t', ',']);
-        if rest.is_empty() {
-            return out;
-        }
-        // A token: a scheme name, or a parameter name when followed by `=`.
-        let end = rest.find([' ', '\t', ',', '=']).unwrap_or(rest.len());
-        let (word, after) = rest.split_at(end);
-        let after_ws = after.trim_start_matches([' ', '\t']);
-        let is_param = after_ws.starts_with('=') && !after_ws.starts_with("==");
-        if !is_param || out.is_empty() {
-            if word.is_empty() {
-                return out;
-            }
-            out.push((word, None));
-            rest = after;
-            // token68 (e.g. `Basic abc==`): skip to the next comma.
-            let t = rest.trim_start_matches([' ', '\t']);
-            if !t.is_empty() && !t.starts_with(',') && !token_then_equals(t) {
-                rest = t.find(',').map_or("", |i| &t[i..]);
-            }
-            continue;
-        }
-        let value_text = after_ws[1..].trim_start_matches([' ', '\t']);
-        let (param, next) = if let Some(quoted) = value_text.strip_prefix('"') {
-            let mut text = String::new();
-            let mut chars = quoted.char_indices();
-            let mut end = quoted.len();
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, escaped)) = chars.next() {
-                            text.push(escaped);
-                        }
-                    }
-                    '"' => {
-                        end = i + 1;
-                        break;
-                    }
-                    c => text.push(c),
-                }
-            }
-            (text, &quoted[end.min(quoted.len())..])
-        } else {
-            let end = value_text
-                .find([',', ' ', '\t'])
-                .unwrap_or(value_text.len());
-            (value_text[..end].to_string(), &value_text[end..])
-        };
-        if word.eq_ignore_ascii_case("error") {
-            if let Some(last) = out.last_mut() {
-                last.1.get_or_insert(param);
-            }
-        }
-        rest = next;
-    }
-}
-
-/// Whether `s` starts with `token =` (an auth-param rather than a token68).
-fn token_then_equals(s: &str) -> bool {
-    let end = s.find([' ', '\t', ',', '=']).unwrap_or(s.len());
-    end > 0 && {
-        let after = s[end..].trim_start_matches([' ', '\t']);
-        after.starts_with('=') && !after.starts_with("==")
-    }
-}
-
-/// Prepares the upstream response for the caller; on `101 Switching Protocols`, splices the
-/// two upgraded connections.
-fn finish(
-    mut response: Response<Incoming>,
-    downstream: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<Body> {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(downstream) = downstream {
-            let upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                match tokio::try_join!(downstream, upstream) {
-                    Ok((down, up)) => {
-                        let mut down = hyper_util::rt::TokioIo::new(down);
-                        let mut up = hyper_util::rt::TokioIo::new(up);
-                        if let Err(err) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                            tracing::debug!(error = %err, "upgraded connection ended");
-                        }
-                    }
-                    Err(err) => tracing::debug!(error = %err, "upgrade failed"),
-                }
-            });
-        }
-        let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, body::empty());
-    }
-    let (mut parts, incoming) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, body::boxed(incoming))
-}
-
-fn upstream_error(
-    proxy: &Proxy,
-    target: &Target,
-    err: &hyper_util::client::legacy::Error,
-) -> ProxyError {
-    let detail = error::chain(err);
-    if err.is_connect() && detail.to_ascii_lowercase().contains("timed out") {
-        ProxyError::ConnectTimeout {
-            authority: target.authority.to_string(),
-            after_ms: proxy.config.proxy.connect_timeout.as_millis(),
-        }
-    } else {
-        ProxyError::Upstream {
-            authority: target.authority.to_string(),
-            detail,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn which_401s_are_worth_a_new_token() {
-        use Retry::{No, Nonce, Token};
-        use TokenScheme::{Bearer, Dpop};
-        let cases: &[(u16, &[&str], TokenScheme, Retry)] = &[
-            (200, &[], Bearer, No),
-            (403, &[r#"Bearer error="invalid_token""#], Bearer, No),
-            (401, &[], Bearer, Token),
-            (401, &["Bearer"], Bearer, Token),
-            (401, &[r#"Bearer realm="api""#], Bearer, Token),
-            (401, &[r#"Bearer error="invalid_token""#], Bearer, Token),
-            (
-                401,
-                &[r#"Bearer realm="api", error="invalid_token", error_description="expired""#],
-                Bearer,
-                Token,
-            ),
-            (401, &["bearer error=invalid_token"], Bearer, Token),
-            (
-                401,
-                &[r#"Bearer error="insufficient_scope", scope="a b""#],
-                Bearer,
-                No,
-            ),
-            (401, &[r#"Bearer error="invalid_request""#], Bearer, No),
-            (401, &["Bearer\terror=\"invalid_request\""], Bearer, No),
-            (
-                401,
-                &[r#"Bearer error="a", error="invalid_token""#],
-                Bearer,
-                No,
-            ),
-            (
-                401,
-                &[r#"Bearer error_description="x, y", error="invalid_request""#],
-                Bearer,
-                No,
-            ),
-            // Another scheme's error is about another credential.
-            (
-                401,
-                &[r#"Basic realm="x", Bearer error="insufficient_scope""#],
-                Bearer,
-                No,
-            ),
-            (
-                401,
-                &[r#"Basic abc==, Bearer error="invalid_token""#],
-                Bearer,
-                Token,
-            ),
-            (401, &[r#"DPoP error="invalid_request""#], Bearer, Token),
-            (
-                401,
-                &["Basic realm=\"x\"", r#"Bearer error="invalid_token""#],
-                Bearer,
-                Token,
-            ),
-            (401, &[r#"DPoP error="use_dpop_nonce""#], Dpop, Nonce),
-            (
-                401,
-                &[r#"DPoP error="invalid_token", algs="ES256""#],
-                Dpop,
-                Token,
-            ),
-            (401, &[r#"DPoP error="invalid_dpop_proof""#], Dpop, No),
-            (
-                401,
-                &[r#"Bearer error="invalid_request", DPoP error="invalid_token""#],
-                Dpop,
-                Token,
-            ),
-            (
-                401,
-                &[r#"Bearer error="invalid_request", DPoP algs="ES256""#],
-                Dpop,
-                Token,
-            ),
-            (
-                401,
-                &[r#"DPoP error="a \"quoted\" value", error_description="ok""#],
-                Dpop,
-                No,
-            ),
-        ];
-        // Whatever the header says, the parser ends and does not panic.
-        for junk in [
-            "",
-            "=",
-            "==",
-            ",,,",
-            "\"",
-            "Bearer =",
-            "Bearer error",
-            "Bearer error=",
-            "Bearer error=\"unterminated",
-            "Bearer error=\"a\\",
-            "= Bearer error=x",
-            "Bearer a==, b=\"c\", error=,",
-            "Bearer\terror=\"invalid_request\"",
-        ] {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_str(junk).unwrap(),
-            );
-            let _ = retry_decision(StatusCode::UNAUTHORIZED, &headers, Bearer);
-        }
-        for (status, challenges, scheme, want) in cases {
-            let mut headers = http::HeaderMap::new();
-            for c in *challenges {
-                headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_str(c).unwrap());
-            }
-            let status = StatusCode::from_u16(*status).unwrap();
-            assert_eq!(
-                retry_decision(status, &headers, *scheme),
-                *want,
-                "{status} {challenges:?} {scheme:?}"
-            );
-        }
-    }
 }

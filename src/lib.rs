@@ -6,13 +6,14 @@
 //!
 //! | step | file |
 //! |---|---|
-//! | accept a caller connection, drain on shutdown | `listener.rs` |
+//! | accept a caller connection, drain on shutdown | `listener.rs`, `drain.rs` |
 //! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
-//! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept/mod.rs`, `intercept/ca.rs` |
+//! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
 //! | pick the route for host, port and path | `route.rs`, `host.rs` (patterns, normalisation) |
 //! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |
 //! | ask the authorization server | `token/endpoint.rs`, `token/client_auth.rs` |
-//! | inject `Authorization`, send, retry once on 401 | `forward.rs`, `body.rs` (replay copy) |
+//! | inject `Authorization` (and a DPoP proof), send | `forward.rs`, `sender/mod.rs` (`inject`), `replay.rs` (replay copy) |
+//! | decide a resend: DPoP nonce, refused token, once per kind | `retry.rs` |
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
 //! | turn any failure into the caller's response | `error.rs` |
 //!
@@ -26,10 +27,12 @@
 
 pub mod admin;
 pub mod body;
+pub mod ca;
 pub mod client_env;
 pub mod config;
 pub mod connect;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod host;
@@ -39,6 +42,8 @@ pub mod listener;
 pub mod metrics;
 pub mod preflight;
 pub mod proxy;
+mod replay;
+mod retry;
 pub mod route;
 pub mod secret;
 pub mod sender;

@@ -13,73 +13,8 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
 
 use crate::proxy::SharedProxy;
-
-/// Held by every connection and tunnel: tells it when to wind down, and lets shutdown wait
-/// until all of them have.
-#[derive(Clone)]
-pub struct Drain {
-    signal: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
-}
-
-impl Drain {
-    /// Resolves once shutdown has begun.
-    pub async fn signaled(&mut self) {
-        let _ = self.signal.wait_for(|stop| *stop).await;
-    }
-
-    /// Drives a hyper connection; on shutdown, asks it to finish its in-flight requests and
-    /// close.
-    pub async fn serve<C>(mut self, conn: C) -> C::Output
-    where
-        C: Future + GracefulConnection,
-    {
-        let mut conn = pin!(conn);
-        tokio::select! {
-            out = conn.as_mut() => out,
-            _ = self.signaled() => {
-                conn.as_mut().begin_shutdown();
-                conn.await
-            }
-        }
-    }
-}
-
-/// A hyper connection that can be asked to close after its in-flight requests.
-pub trait GracefulConnection {
-    /// Starts a graceful close.
-    fn begin_shutdown(self: std::pin::Pin<&mut Self>);
-}
-
-impl<I, S> GracefulConnection for http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::ResBody: hyper::body::Body + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    fn begin_shutdown(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, S, E> GracefulConnection
-    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: hyper::body::Body + Send + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn begin_shutdown(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
 
 /// How long to wait after a failed `accept`: doubling from 5 ms to at most 1 s while
 /// failures repeat, back to the start after a success. Failures are mostly EMFILE/ENFILE
@@ -143,12 +78,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let (signal_tx, signal_rx) = watch::channel(false);
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let drain = Drain {
-        signal: signal_rx,
-        _alive: alive_tx,
-    };
+    let (drain, ending) = crate::drain::new();
     let mut shutdown = pin!(shutdown);
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -178,9 +108,8 @@ pub async fn run(
     }
     drop(listener);
     tracing::info!("shutting down: draining connections");
-    let _ = signal_tx.send(true);
     drop(drain);
-    if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {
+    if !ending.drain(grace).await {
         tracing::warn!(
             grace_secs = grace.as_secs(),
             "grace period over; closing remaining connections"

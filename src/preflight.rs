@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 
+use crate::ca::CertificateAuthority;
 use crate::config::Config;
-use crate::intercept::ca::CertificateAuthority;
 use crate::proxy::{Proxy, StartError};
 
 /// One reason a configuration cannot be used, named by its config key.
@@ -164,4 +164,15 @@ pub async fn discovery(proxy: &Proxy) -> (Vec<Problem>, Vec<Problem>) {
         }
     }
     (wrong, unreachable)
+}
+
+// Here rather than in proxy.rs: the assembled state sits below the start-up checks.
+impl Proxy {
+    /// [`discovery`] as sentences: the problems that make the config wrong, then the clients
+    /// whose server did not answer.
+    pub async fn discover(&self) -> (Vec<String>, Vec<String>) {
+        let (wrong, unreachable) = discovery(self).await;
+        let text = |v: Vec<Problem>| v.iter().map(|p| p.to_string()).collect();
+        (text(wrong), text(unreachable))
+    }
 }

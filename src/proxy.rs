@@ -1,13 +1,17 @@
 //! The assembled proxy: a validated config with its route table, the interception CA, the
 //! upstream pool and the token cache. Built once at start and shared by every connection.
+//!
+//! Where it sits in the import order: every step of a request reads it (listener, connect,
+//! intercept, forward), and it holds only what lies below them (config, route, token,
+//! upstream, tls, `ca`), so it comes right after `forward` and before those.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 
+use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
-use crate::intercept::ca::{CaError, CertificateAuthority};
 use crate::route::{Route, RouteTable};
 use crate::tls::RootsError;
 use crate::token::{Fetcher, TokenCache};
@@ -131,16 +135,6 @@ impl Proxy {
             config,
             extra_roots: extra_roots.to_vec(),
         }))
-    }
-}
-
-impl Proxy {
-    /// [`crate::preflight::discovery`] as sentences: the problems that make the config wrong,
-    /// then the clients whose server did not answer.
-    pub async fn discover(&self) -> (Vec<String>, Vec<String>) {
-        let (wrong, unreachable) = crate::preflight::discovery(self).await;
-        let text = |v: Vec<crate::preflight::Problem>| v.iter().map(|p| p.to_string()).collect();
-        (text(wrong), text(unreachable))
     }
 }
 

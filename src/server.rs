@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::ca::CertificateAuthority;
 use crate::config::Config;
-use crate::intercept::ca::CertificateAuthority;
 use crate::preflight::{preflight, Basis, Checked, Problems};
 use crate::proxy::SharedProxy;
 

@@ -1,19 +1,27 @@
 //! Connections to the real destinations: a pooled hyper client over rustls that verifies
 //! every certificate against the configured roots for the host in the request URI, and the
-//! hop-by-hop header rules of RFC 9110 §7.6.1.
+//! hop-by-hop header rules of RFC 9110 §7.6.1; what goes back to the caller (upgrades spliced)
+//! and what a failed exchange is (a connect timeout known by its cause).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use http::header::{self, HeaderMap, HeaderName};
+use http::uri::Authority;
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::config::ProxySettings;
+use crate::error::ProxyError;
 
 /// The pooled client type.
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
@@ -144,9 +152,115 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Prepares the upstream response for the caller: hop-by-hop headers dropped; on `101
+/// Switching Protocols`, the two upgraded connections spliced.
+pub fn to_caller(
+    mut response: Response<Incoming>,
+    downstream: Option<OnUpgrade>,
+) -> Response<Body> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream) = downstream {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((down, up)) => {
+                        let mut down = hyper_util::rt::TokioIo::new(down);
+                        let mut up = hyper_util::rt::TokioIo::new(up);
+                        if let Err(err) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                            tracing::debug!(error = %err, "upgraded connection ended");
+                        }
+                    }
+                    Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+                }
+            });
+        }
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, body::empty());
+    }
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, body::boxed(incoming))
+}
+
+/// The upstream request's failure, for `authority`: a connect that ran out of
+/// `connect_timeout` (504), or any other (502).
+pub fn failure(
+    err: &hyper_util::client::legacy::Error,
+    authority: &Authority,
+    connect_timeout: Duration,
+) -> ProxyError {
+    if err.is_connect() && timed_out(err) {
+        ProxyError::ConnectTimeout {
+            authority: authority.to_string(),
+            after_ms: connect_timeout.as_millis(),
+        }
+    } else {
+        ProxyError::Upstream {
+            authority: authority.to_string(),
+            detail: crate::error::chain(err),
+        }
+    }
+}
+
+/// Whether a cause of `err` is an I/O timeout: hyper-util reports its connect timeout as an
+/// `io::Error` of kind `TimedOut` (whose text is tokio's "deadline has elapsed"), as the OS
+/// reports its own.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error with a cause, as hyper-util's connect errors are.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Wrapped(&'static str, #[source] std::io::Error);
+
+    #[test]
+    fn a_timeout_is_known_by_its_kind_not_its_text() {
+        use std::io::{Error, ErrorKind};
+        let cases = [
+            (
+                Wrapped(
+                    "tcp connect error",
+                    Error::new(ErrorKind::TimedOut, "deadline has elapsed"),
+                ),
+                true,
+            ),
+            (
+                Wrapped("tcp connect error", Error::from(ErrorKind::TimedOut)),
+                true,
+            ),
+            (
+                Wrapped(
+                    "tcp connect error",
+                    Error::from(ErrorKind::ConnectionRefused),
+                ),
+                false,
+            ),
+            (
+                Wrapped(
+                    "timed out",
+                    Error::other("connection timed out, said the text"),
+                ),
+                false,
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(timed_out(&err), want, "{err:?}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named() {

@@ -178,12 +178,13 @@ impl DpopKey {
 /// nonce without a challenge round trip per request.
 #[derive(Debug, Default)]
 pub struct NonceStore {
-    nonces: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Shared values: a proof reads one per request without copying it.
+    nonces: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<str>>>,
 }
 
 impl NonceStore {
     /// The nonce last seen from `origin` (see [`origin`]).
-    pub fn get(&self, origin: &str) -> Option<String> {
+    pub fn get(&self, origin: &str) -> Option<std::sync::Arc<str>> {
         self.lock().get(origin).cloned()
     }
 
@@ -195,25 +196,36 @@ impl NonceStore {
             return;
         }
         let mut map = self.lock();
+        // Servers repeat their nonce on every response: nothing to store then.
+        if map.get(origin).is_some_and(|known| &**known == nonce) {
+            return;
+        }
         if map.len() >= 10_000 && !map.contains_key(origin) {
             map.clear();
         }
-        map.insert(origin.to_string(), nonce.to_string());
+        map.insert(origin.to_string(), nonce.into());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<str>>> {
         self.nonces.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// `scheme://host[:port]` of a URI, the key nonces are remembered under.
 pub fn origin(uri: &http::Uri) -> String {
-    let full = htu(uri);
-    let after_scheme = full.find("://").map_or(0, |i| i + 3);
-    match full[after_scheme..].find('/') {
-        Some(i) => full[..after_scheme + i].to_string(),
-        None => full,
-    }
+    let mut full = htu(uri);
+    full.truncate(origin_len(&full));
+    full
+}
+
+/// The length of the origin (`scheme://host[:port]`) at the start of an `htu`.
+pub fn origin_len(htu: &str) -> usize {
+    let after_scheme = htu.find("://").map_or(0, |i| i + 3);
+    htu[after_scheme..]
+        .find('/')
+        .map_or(htu.len(), |i| after_scheme + i)
 }
 
 /// Whether a 401's `WWW-Authenticate` is a DPoP nonce challenge (RFC 9449 §9).

@@ -423,13 +423,11 @@ impl Fetcher {
                 .parse::<http::Uri>()
                 .map(|u| dpop::htu(&u))
                 .unwrap_or_default();
-            let proof = key
-                .proof("POST", &htu, None, self.nonces.get(&origin).as_deref())
+            let proof = crate::sender::Proof::new(key.clone(), htu, &self.nonces);
+            let mut headers = http::HeaderMap::new();
+            crate::sender::inject(&mut headers, &http::Method::POST, None, Some(&proof))
                 .map_err(|e| config_error(e.to_string()))?;
-            let mut value =
-                http::HeaderValue::from_str(&proof).map_err(|e| config_error(e.to_string()))?;
-            value.set_sensitive(true);
-            builder = builder.header("dpop", value);
+            builder = builder.headers(headers);
         }
         let transport = |err: reqwest::Error| {
             let token_error = if err.is_timeout() {

@@ -6,9 +6,11 @@
 //! `:authority`) and the `Host` header (HTTP/2 `host` field). One that names another host
 //! gets `421 Misdirected Request`, more than one `Host` gets `400`; such a request is never
 //! injected and never sent anywhere. What goes upstream carries one authority, the target's
-//! (`forward::send`).
+//! (`forward::prepare`).
 
-pub mod ca;
+/// The CA moved to [`crate::ca`] (a leaf the assembled [`Proxy`] holds); this path stays for
+/// callers outside the request path (the binary, tests, benches, the demo).
+pub use crate::ca;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,10 +24,10 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::Body;
+use crate::drain::Drain;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, single_host, Target};
 use crate::host::normalize_host;
-use crate::listener::Drain;
 use crate::proxy::{Proxy, SharedProxy};
 
 /// Serves an intercepted tunnel until the caller closes it.

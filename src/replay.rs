@@ -1,0 +1,377 @@
+//! The replayable request body: [`prepare`] sends a route's request body upstream while
+//! keeping what a resend needs (all of it when small and of known length, a copy capped at
+//! `retry_body_limit` when its length is unknown), and [`ReplayBody::replay`] gives the body
+//! for the second attempt or says why there is none ([`NoReplay`]).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use crate::body::{boxed, empty, full, Body, BodyError, BoxError};
+
+/// How long a replay waits for the rest of a caller's body after a 401 that arrived before
+/// the upstream had read it (APIs often answer from the headers alone).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBounds {
+    /// At most this long in all.
+    pub total: Duration,
+    /// At most this long without a new frame: a caller that stopped sending (a bidirectional
+    /// stream waiting for the answer) gets the 401 soon.
+    pub idle: Duration,
+}
+
+/// The bounds the forwarder uses.
+pub const REPLAY_READ: ReadBounds = ReadBounds {
+    total: Duration::from_secs(10),
+    idle: Duration::from_secs(2),
+};
+
+/// A request body on its way upstream, and whether it can be sent a second time (the
+/// handle the forwarder keeps while the first attempt's body streams).
+pub enum ReplayBody {
+    /// Buffered (no body, or a known length within the limit): replayable.
+    Buffered(Bytes),
+    /// Streamed while a copy is kept up to the limit: replayable once it has ended within it.
+    Teed(Arc<Mutex<CappedCopy>>),
+    /// Streamed with no copy: not replayable.
+    Streamed,
+}
+
+/// Why a body cannot be sent a second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoReplay {
+    /// Longer than `retry_body_limit` (or it carried trailers, or failed).
+    TooLarge,
+    /// The caller had not finished sending it within the [`ReadBounds`].
+    TimedOut,
+}
+
+impl ReplayBody {
+    /// Whether a second attempt may still be possible (no copy kept, or a copy that passed
+    /// the limit, means never).
+    pub fn may_replay(&self) -> bool {
+        match self {
+            ReplayBody::Buffered(_) => true,
+            ReplayBody::Teed(copy) => !lock(copy).overflowed,
+            ReplayBody::Streamed => false,
+        }
+    }
+
+    /// The body for a second attempt. A streamed body the upstream answered before reading
+    /// to its end is read to its end now (up to the limit, within `bounds`), and the first
+    /// attempt's body stops there: it is being abandoned.
+    pub async fn replay(&self, bounds: ReadBounds) -> Result<Body, NoReplay> {
+        match self {
+            ReplayBody::Buffered(bytes) => Ok(full(bytes.clone())),
+            ReplayBody::Teed(copy) => {
+                let source = {
+                    let mut st = lock(copy);
+                    st.detached = true;
+                    if st.complete || st.overflowed {
+                        None
+                    } else {
+                        st.source.take()
+                    }
+                };
+                if let Some(source) = source {
+                    let read = read_rest(source, copy, bounds.idle);
+                    if !matches!(tokio::time::timeout(bounds.total, read).await, Ok(true)) {
+                        return Err(NoReplay::TimedOut);
+                    }
+                }
+                let st = lock(copy);
+                if st.complete && !st.overflowed {
+                    let mut all = BytesMut::with_capacity(st.len);
+                    for chunk in &st.chunks {
+                        all.extend_from_slice(chunk);
+                    }
+                    Ok(full(all.freeze()))
+                } else {
+                    Err(NoReplay::TooLarge)
+                }
+            }
+            ReplayBody::Streamed => Err(NoReplay::TooLarge),
+        }
+    }
+}
+
+/// Reads what is left of `source` into the copy, stopping at its end or the limit; false if
+/// no frame came for `idle`.
+async fn read_rest(mut source: Body, copy: &Mutex<CappedCopy>, idle: Duration) -> bool {
+    loop {
+        if source.is_end_stream() {
+            lock(copy).complete = true;
+            return true;
+        }
+        let Ok(frame) = tokio::time::timeout(idle, source.frame()).await else {
+            return false;
+        };
+        let mut st = lock(copy);
+        st.record(frame.as_ref(), source.is_end_stream());
+        if st.complete || st.overflowed {
+            return true;
+        }
+    }
+}
+
+fn lock(copy: &Mutex<CappedCopy>) -> std::sync::MutexGuard<'_, CappedCopy> {
+    copy.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Prepares a request body for a route whose 401 may be retried.
+///
+/// - no body, or a `Content-Length` within `limit`: read fully (a bounded, known size);
+/// - a `Content-Length` above `limit`: streamed untouched, its 401 returned as is;
+/// - unknown length (chunked, HTTP/2 data): streamed as it comes (so bidirectional streams
+///   keep working) while a copy is kept until it passes `limit`.
+pub async fn prepare<B>(
+    body: B,
+    content_length: Option<u64>,
+    limit: usize,
+) -> Result<(Body, ReplayBody), BoxError>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok((empty(), ReplayBody::Buffered(Bytes::new())));
+    }
+    match content_length {
+        Some(n) if n <= limit as u64 => {
+            let bytes = http_body_util::Limited::new(body, limit)
+                .collect()
+                .await?
+                .to_bytes();
+            Ok((full(bytes.clone()), ReplayBody::Buffered(bytes)))
+        }
+        Some(_) => Ok((boxed(body), ReplayBody::Streamed)),
+        None => {
+            let copy = Arc::new(Mutex::new(CappedCopy {
+                limit,
+                source: Some(boxed(body)),
+                ..CappedCopy::default()
+            }));
+            let tee = Tee { copy: copy.clone() };
+            Ok((tee.boxed_unsync(), ReplayBody::Teed(copy)))
+        }
+    }
+}
+
+/// The caller's body of unknown length and the copy kept of it. The body lives here, not in
+/// the [`Tee`], so that a replay can finish reading it after the upstream stopped.
+#[derive(Default)]
+pub struct CappedCopy {
+    source: Option<Body>,
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+    overflowed: bool,
+    complete: bool,
+    /// A replay took over: the first attempt's body ends with an error.
+    detached: bool,
+}
+
+impl CappedCopy {
+    /// Records one polled frame; `ended` is the source's `is_end_stream()` after it.
+    fn record(&mut self, frame: Option<&Result<Frame<Bytes>, BodyError>>, ended: bool) {
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if !self.overflowed {
+                        if self.len + data.len() > self.limit {
+                            self.overflowed = true;
+                            self.chunks = Vec::new();
+                        } else {
+                            self.len += data.len();
+                            self.chunks.push(data.clone());
+                        }
+                    }
+                    // HTTP/2 marks the last DATA frame: the body may never be polled to `None`.
+                    if ended {
+                        self.complete = true;
+                    }
+                } else {
+                    // Trailers cannot be replayed from a plain copy.
+                    self.overflowed = true;
+                }
+            }
+            None => self.complete = true,
+            Some(Err(_)) => self.overflowed = true,
+        }
+    }
+}
+
+/// The first attempt's body: passes the caller's body through, keeping a copy of its data up
+/// to a limit.
+struct Tee {
+    copy: Arc<Mutex<CappedCopy>>,
+}
+
+/// The first attempt's body was taken over by the replay.
+#[derive(Debug, thiserror::Error)]
+#[error("request body taken over by the retry")]
+struct Detached;
+
+impl HttpBody for Tee {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut st = lock(&self.copy);
+        if st.detached {
+            return Poll::Ready(Some(Err(BodyError(Box::new(Detached)))));
+        }
+        let Some(source) = st.source.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *source).poll_frame(cx);
+        if let Poll::Ready(frame) = &polled {
+            let ended = source.is_end_stream();
+            st.record(frame.as_ref(), ended);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let st = lock(&self.copy);
+        st.complete || st.source.as_ref().is_none_or(|s| s.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock(&self.copy)
+            .source
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |s| s.size_hint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use http_body_util::StreamBody;
+
+    fn chunked(parts: &[&'static str]) -> impl HttpBody<Data = Bytes, Error = BoxError> + Unpin {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    const WAIT: ReadBounds = ReadBounds {
+        total: Duration::from_secs(5),
+        idle: Duration::from_secs(5),
+    };
+
+    async fn text(body: Result<Body, NoReplay>) -> Bytes {
+        body.unwrap().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn known_small_body_is_buffered_and_replayable() {
+        let (body, out) = prepare(Full::new(Bytes::from("hello")), Some(5), 10)
+            .await
+            .unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        assert_eq!(text(out.replay(WAIT).await).await, "hello");
+    }
+
+    #[tokio::test]
+    async fn known_large_body_streams_without_replay() {
+        let (_, out) = prepare(Full::new(Bytes::from("hello world")), Some(11), 10)
+            .await
+            .unwrap();
+        assert!(!out.may_replay());
+        assert_eq!(out.replay(WAIT).await.err(), Some(NoReplay::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn chunked_body_replays_when_within_limit() {
+        let (body, out) = prepare(chunked(&["ab", "cd"]), None, 10).await.unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(text(out.replay(WAIT).await).await, "abcd");
+
+        let (body, out) = prepare(chunked(&["abcdef", "ghijkl"]), None, 10)
+            .await
+            .unwrap();
+        assert!(out.may_replay(), "not over the limit yet");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdefghijkl");
+        assert!(!out.may_replay());
+        assert_eq!(out.replay(WAIT).await.err(), Some(NoReplay::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn a_body_the_upstream_stopped_reading_is_read_to_its_end_for_the_replay() {
+        let (mut body, out) = prepare(chunked(&["ab", "cd", "ef"]), None, 10)
+            .await
+            .unwrap();
+        // The upstream answered after one chunk.
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "ab");
+        assert_eq!(text(out.replay(WAIT).await).await, "abcdef");
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "the abandoned attempt's body stops with an error"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_read_up_to_its_end_of_stream_mark_is_complete() {
+        // HTTP/2: the last DATA frame carries END_STREAM; hyper never polls for `None`.
+        let (mut body, out) = prepare(Full::new(Bytes::from("abcd")), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "abcd"
+        );
+        assert!(body.is_end_stream());
+        assert_eq!(text(out.replay(WAIT).await).await, "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_never_finishes_its_body_gets_no_replay() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Ok(Frame::data(Bytes::from("ab")))];
+        let endless = futures_util::StreamExt::chain(
+            futures_util::stream::iter(frames),
+            futures_util::stream::pending(),
+        );
+        let (_body, out) = prepare(StreamBody::new(endless), None, 10).await.unwrap();
+        let started = std::time::Instant::now();
+        let total = ReadBounds {
+            total: Duration::from_millis(100),
+            idle: Duration::from_secs(5),
+        };
+        assert_eq!(out.replay(total).await.err(), Some(NoReplay::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_pauses_longer_than_the_idle_bound_gets_no_replay() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let (_body, out) = prepare(StreamBody::new(Box::pin(stream)), None, 100)
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from("ab")))).await.unwrap();
+        let bounds = ReadBounds {
+            total: Duration::from_secs(10),
+            idle: Duration::from_millis(100),
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(out.replay(bounds).await.err(), Some(NoReplay::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(tx);
+    }
+}
