@@ -220,7 +220,7 @@ async fn send(
         .slot(&parts.headers)
         .map_err(|source| ProxyError::Subject {
             route: route.spec.name.clone(),
-            source,
+            source: Arc::new(source),
         })?;
     parts.headers.remove(header::AUTHORIZATION);
     let token_error = |source: Arc<TokenError>| {
@@ -513,7 +513,7 @@ fn upstream_error(
     err: &hyper_util::client::legacy::Error,
 ) -> ProxyError {
     let detail = error::chain(err);
-    if err.is_connect() && detail.to_ascii_lowercase().contains("timed out") {
+    if err.is_connect() && error::is_timeout(err) {
         ProxyError::ConnectTimeout {
             authority: target.authority.to_string(),
             after_ms: proxy.config.proxy.connect_timeout.as_millis(),

@@ -41,6 +41,7 @@ pub mod route;
 pub mod secret;
 pub mod sender;
 pub mod server;
+pub mod sync;
 pub mod tls;
 pub mod token;
 pub mod upstream;

@@ -47,7 +47,7 @@ pub struct RouteSpec {
 }
 
 /// The grant a route's token comes from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Grant {
     /// RFC 6749 §4.4.
     ClientCredentials,
@@ -80,7 +80,7 @@ impl Grant {
 }
 
 /// Token exchange parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TokenExchange {
     /// Whose token is exchanged.
     pub subject: SubjectSource,
@@ -93,7 +93,7 @@ pub struct TokenExchange {
 }
 
 /// The subject token of a token exchange.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SubjectSource {
     /// The caller's own `Authorization: Bearer` token (on-behalf-of).
     Inbound,
@@ -102,7 +102,7 @@ pub enum SubjectSource {
 }
 
 /// JWT-bearer grant parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct JwtBearer {
     /// `iss` (default: the client_id).
     pub issuer: Option<String>,
@@ -121,6 +121,21 @@ impl PartialEq for SecretSource {
             (SecretSource::File(a), SecretSource::File(b)) => a == b,
             (SecretSource::Inline(a), SecretSource::Inline(b)) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
+        }
+    }
+}
+
+impl Eq for SecretSource {}
+
+/// Consistent with `eq`: the source's name or path, an in-memory value by its address (never
+/// its content).
+impl std::hash::Hash for SecretSource {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            SecretSource::Env(name) => name.hash(state),
+            SecretSource::File(path) => path.hash(state),
+            SecretSource::Inline(value) => std::sync::Arc::as_ptr(value).hash(state),
         }
     }
 }
