@@ -127,15 +127,15 @@ impl PartialEq for SecretSource {
 
 impl Eq for SecretSource {}
 
-/// Consistent with `eq`: the source's name or path, an in-memory value by its address (never
-/// its content).
+/// Consistent with `eq`: the source's name or path; an in-memory value by its kind alone
+/// (never its content).
 impl std::hash::Hash for SecretSource {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
         match self {
             SecretSource::Env(name) => name.hash(state),
             SecretSource::File(path) => path.hash(state),
-            SecretSource::Inline(value) => std::sync::Arc::as_ptr(value).hash(state),
+            SecretSource::Inline(_) => {}
         }
     }
 }
