@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use super::answer::{Answer, At};
+use super::client_auth::CredentialError;
 use super::error::{TokenErrorKind, Unusable};
 use super::{client_auth, grant, AccessToken, Fetcher, TokenError, TokenRequest};
 use crate::config::Grant;
@@ -198,7 +199,7 @@ impl Fetcher {
         refresh_token: Option<&SecretString>,
     ) -> Result<Answer, Failed> {
         let client = &request.client;
-        let config_error = |cause: String| {
+        let config_error = |cause: CredentialError| {
             Failed::NotSent(TokenError::new(at.client, TokenErrorKind::Config).because(cause))
         };
         let (body, authorization) =
@@ -231,15 +232,18 @@ impl Fetcher {
     }
 
     /// The DPoP proof for a token request to `endpoint`, with the origin's latest nonce.
-    fn proof(&self, key: &DpopKey, endpoint: &str, origin: &str) -> Result<HeaderValue, String> {
+    fn proof(
+        &self,
+        key: &DpopKey,
+        endpoint: &str,
+        origin: &str,
+    ) -> Result<HeaderValue, CredentialError> {
         let htu = endpoint
             .parse::<http::Uri>()
             .map(|u| dpop::htu(&u))
             .unwrap_or_default();
-        let proof = key
-            .proof("POST", &htu, None, self.nonces.get(origin).as_deref())
-            .map_err(|e| e.to_string())?;
-        let mut value = HeaderValue::from_str(&proof).map_err(|e| e.to_string())?;
+        let proof = key.proof("POST", &htu, None, self.nonces.get(origin).as_deref())?;
+        let mut value = HeaderValue::from_str(&proof)?;
         value.set_sensitive(true);
         Ok(value)
     }
@@ -299,7 +303,7 @@ fn form(
     request: &TokenRequest,
     endpoint: &str,
     refresh_token: Option<&SecretString>,
-) -> Result<(String, Option<HeaderValue>), String> {
+) -> Result<(String, Option<HeaderValue>), CredentialError> {
     let auth = client_auth::apply(&request.client, endpoint)?;
     let mut fields = grant::form(request, endpoint, refresh_token)?;
     fields.extend(auth.form);

@@ -245,7 +245,15 @@ impl Classify for TokenError {
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (client, endpoint) = (&self.client, self.endpoint.as_deref().unwrap_or_default());
-        let cause = || self.source.as_deref().map(|s| chain(s)).unwrap_or_default();
+        // The transport error with its causes (reqwest's own text is terse); others as they
+        // word themselves.
+        let chained = || self.source.as_deref().map(|s| chain(s)).unwrap_or_default();
+        let cause = || {
+            self.source
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        };
         match &self.kind {
             TokenErrorKind::OAuth { error, description, .. } => {
                 write!(f, "token endpoint {endpoint} refused client {client}: {error}")?;
@@ -269,7 +277,7 @@ impl fmt::Display for TokenError {
             TokenErrorKind::Unreachable => write!(
                 f,
                 "cannot reach token endpoint {endpoint} for client {client}: {}",
-                cause()
+                chained()
             ),
             TokenErrorKind::Discovery | TokenErrorKind::Config => {
                 write!(f, "client {client}: {}", cause())
