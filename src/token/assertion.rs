@@ -66,7 +66,7 @@ struct JwsHeader<'a> {
 
 impl SigningKey {
     /// An HS256 key from a client secret (`client_secret_jwt`).
-    pub fn hmac(secret: &SecretString) -> SigningKey {
+    pub(crate) fn hmac(secret: &SecretString) -> SigningKey {
         SigningKey {
             signer: Signer::Hmac(ring::hmac::Key::new(
                 ring::hmac::HMAC_SHA256,
@@ -135,7 +135,7 @@ impl SigningKey {
     /// Entra ID requires to find a certificate credential. Refused unless the certificate's
     /// public key verifies a signature made with this key, so a mismatched pair is caught here
     /// rather than as an opaque `invalid_client`.
-    pub fn with_certificate(mut self, cert_pem: &str) -> Result<SigningKey, String> {
+    pub(crate) fn with_certificate(mut self, cert_pem: &str) -> Result<SigningKey, String> {
         use rustls::pki_types::{pem::PemObject, CertificateDer};
         let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .next()
@@ -170,7 +170,8 @@ impl SigningKey {
     }
 
     /// The algorithm this key signs with.
-    pub fn algorithm(&self) -> Algorithm {
+    #[cfg(test)]
+    pub(crate) fn algorithm(&self) -> Algorithm {
         self.alg
     }
 
@@ -198,7 +199,7 @@ impl SigningKey {
     }
 
     /// Signs `claims` as a JWT (JWS compact serialization, RFC 7515 §7.1).
-    pub fn sign(&self, claims: &impl Serialize) -> Result<String, String> {
+    pub(crate) fn sign(&self, claims: &impl Serialize) -> Result<String, String> {
         let alg = match self.alg {
             Algorithm::HS256 => "HS256",
             Algorithm::ES256 => "ES256",
@@ -246,7 +247,7 @@ fn now_secs() -> u64 {
 }
 
 /// A random, unique `jti`.
-pub fn new_jti() -> String {
+pub(crate) fn new_jti() -> String {
     let mut bytes = [0u8; 18];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
@@ -271,7 +272,7 @@ pub fn client_assertion(
 }
 
 /// A JWT-bearer grant assertion.
-pub fn bearer_assertion(
+pub(crate) fn bearer_assertion(
     issuer: &str,
     subject: Option<&str>,
     audience: &str,

@@ -11,12 +11,12 @@ mod answer;
 pub mod assertion;
 mod cache;
 mod client_auth;
-pub mod discovery;
+mod discovery;
 mod endpoint;
 mod error;
 mod fetcher;
 mod grant;
-pub mod refresh_store;
+mod refresh_store;
 mod schedule;
 mod subject;
 
@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 pub use cache::{Lookup, TokenSlot};
-pub use discovery::DiscoveryCheck;
+pub use discovery::{DiscoveryCheck, DiscoveryError, UnsupportedAuth};
 pub use error::{TokenError, TokenErrorKind, Unusable};
 pub use fetcher::{Fetcher, FetcherError};
 pub use schedule::{schedule, Schedule, MAX_SKEW_SHARE};
@@ -46,7 +46,7 @@ use crate::sync::lock;
 /// `None` for a good key or a client without one. Read now, so `check`, start-up and reload
 /// ([`crate::preflight`]) report it instead of the first token request. Never includes key
 /// material.
-pub fn key_problem(client: &ClientConfig) -> Option<String> {
+pub(crate) fn key_problem(client: &ClientConfig) -> Option<String> {
     client.private_key.as_ref()?;
     client_auth::private_key(client)
         .err()
@@ -343,7 +343,7 @@ impl fmt::Debug for AccessToken {
 }
 
 /// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-pub fn is_token68(s: &str) -> bool {
+pub(crate) fn is_token68(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
         && body.bytes().all(|b| {
