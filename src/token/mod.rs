@@ -454,4 +454,18 @@ mod tests {
         assert!(t.authorization().is_sensitive());
         assert_eq!(t.authorization().to_str().unwrap(), "Bearer s3cr3t-token");
     }
+
+    #[test]
+    fn the_authorization_value_is_built_once_per_token() {
+        let now = Instant::now();
+        let t = AccessToken::new(SecretString::from("tok"), now, now, None, true).unwrap();
+        let (a, b) = (t.authorization(), t.authorization());
+        assert_eq!(
+            a.as_bytes().as_ptr(),
+            b.as_bytes().as_ptr(),
+            "rebuilt per call"
+        );
+        assert_eq!(a.to_str().unwrap(), "DPoP tok");
+        assert!(a.is_sensitive() && t.ath.is_some());
+    }
 }
