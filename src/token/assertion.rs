@@ -169,12 +169,6 @@ impl SigningKey {
         Ok(self)
     }
 
-    /// The algorithm this key signs with.
-    #[cfg(test)]
-    pub(crate) fn algorithm(&self) -> Algorithm {
-        self.alg
-    }
-
     /// The raw JWS signature of `input`.
     fn signature(&self, input: &[u8]) -> Result<Vec<u8>, String> {
         let failed = |_| "signing failed".to_string();
@@ -379,7 +373,7 @@ mod tests {
             let key =
                 SigningKey::from_pem(&SecretString::from(pem.clone()), None, Some("k1".into()))
                     .unwrap_or_else(|e| panic!("{form}: {e}"));
-            assert_eq!(key.algorithm(), Algorithm::ES256);
+            assert_eq!(key.alg, Algorithm::ES256);
             let jwt = client_assertion("client", "https://as.example/token", &key).unwrap();
             let header = jsonwebtoken::decode_header(&jwt).unwrap();
             assert_eq!(header.kid.as_deref(), Some("k1"), "{form}");
@@ -413,7 +407,7 @@ mod tests {
             ] {
                 let key = SigningKey::from_pem(&SecretString::from(pem.clone()), alg, None)
                     .unwrap_or_else(|e| panic!("{form}: {e}"));
-                assert_eq!(key.algorithm(), expected);
+                assert_eq!(key.alg, expected);
                 let jwt = client_assertion("client", "aud", &key).unwrap();
                 let mut validation = jsonwebtoken::Validation::new(expected);
                 validation.set_audience(&["aud"]);
