@@ -44,7 +44,7 @@ use crate::sync::lock;
 
 /// Why this client's private key (or its `assertion_cert`) cannot be used, if it cannot;
 /// `None` for a good key or a client without one. Read now, so `check`, start-up and reload
-/// ([`crate::preflight`]) report it instead of the first token request. Never includes key
+/// (the preflight checks) report it instead of the first token request. Never includes key
 /// material.
 pub(crate) fn key_problem(client: &ClientConfig) -> Option<String> {
     client.private_key.as_ref()?;
