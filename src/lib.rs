@@ -11,7 +11,7 @@
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept/mod.rs`, `intercept/ca.rs` |
 //! | pick the route for host, port and path | `route.rs` |
 //! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |
-//! | ask the authorization server | `token/endpoint.rs`, `token/client_auth.rs` |
+//! | ask the authorization server | `token/endpoint.rs`, `token/answer.rs`, `token/client_auth.rs` |
 //! | inject `Authorization`, send, retry once on 401 | `forward.rs`, `body.rs` (replay copy) |
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
 //! | turn any failure into the caller's response | `error.rs` |

@@ -1,11 +1,17 @@
-//! Tokens: one [`TokenSlot`] per distinct token (client + everything that changes the token),
-//! shared by every route that asks for it.
+//! Tokens: one [`TokenSlot`] per distinct token ([`TokenKey`]: client + everything that
+//! changes the token), shared by every route that asks for it.
 //!
 //! - `cache.rs`: the slot's state machine: cached token, single flight, refresh ahead,
 //!   invalidation after a 401.
-//! - `endpoint.rs`: the token request itself (reqwest, no proxy, no redirects, timeouts) and
-//!   the checks on the answer.
-//! - `client_auth.rs`: how the client authenticates at the token endpoint.
+//! - `fetcher.rs`: the token clients (reqwest, no proxy, no redirects, timeouts; mutual TLS
+//!   per client), DPoP keys and nonces, discovered endpoints.
+//! - `endpoint.rs`: one token request and its retries; `answer.rs`: the checks on the
+//!   answer; `schedule.rs`: when a token stops being sent and when it is renewed.
+//! - `client_auth.rs`, `grant.rs`, `assertion.rs`: the request's form: how the client
+//!   authenticates, the grant's parameters, signed JWTs.
+//! - `subject.rs`: token exchange, one slot per subject token; `refresh_store.rs`: stored
+//!   refresh tokens, rotated in place; `discovery.rs`: authorization server metadata.
+//! - `error.rs`: [`TokenError`], classified for the caller's answer by [`crate::error`].
 
 mod answer;
 pub mod assertion;
