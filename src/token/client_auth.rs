@@ -7,7 +7,7 @@ use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::assertion::{client_assertion, SigningKey};
+use super::assertion::{client_assertion, SigningError, SigningKey};
 use crate::config::{AssertionAudience, ClientAuth, ClientConfig};
 use crate::secret::{SecretError, SecretSource};
 
@@ -21,28 +21,38 @@ pub(crate) enum CredentialError {
     /// A secret could not be read.
     #[error(transparent)]
     Secret(#[from] SecretError),
-    /// The private key cannot sign (as the key loader words it).
+    /// The private key cannot sign.
     #[error("private_key ({location}): {why}")]
     Key {
         /// Where the key lives.
         location: SecretSource,
         /// Why it cannot be used.
-        why: String,
+        #[source]
+        why: SigningError,
     },
-    /// The assertion certificate cannot be read or does not fit the key.
+    /// The assertion certificate cannot be read.
+    #[error("assertion_cert ({location}): {reason}")]
+    CertificateUnreadable {
+        /// Where the certificate lives.
+        location: SecretSource,
+        /// Why it cannot be read (as the secret source words it).
+        reason: String,
+    },
+    /// The assertion certificate does not fit the key.
     #[error("assertion_cert ({location}): {why}")]
     Certificate {
         /// Where the certificate lives.
         location: SecretSource,
-        /// Why it cannot be used.
-        why: String,
+        /// Why.
+        #[source]
+        why: SigningError,
     },
     /// The client id or secret has bytes a header cannot carry.
     #[error("client id or secret cannot go in a header")]
     NotHeaderSafe,
     /// An assertion could not be signed.
-    #[error("{0}")]
-    Signing(String),
+    #[error(transparent)]
+    Signing(SigningError),
     /// The `actor_token` could not be read.
     #[error("actor_token: {0}")]
     Actor(SecretError),
@@ -90,13 +100,17 @@ pub(super) fn private_key(client: &ClientConfig) -> Result<SigningKey, Credentia
         return Ok(key);
     };
     // Read on every use, like the key, so a rotated pair is picked up together.
-    let not_usable = |why| CredentialError::Certificate {
-        location: cert.clone(),
-        why,
-    };
-    let pem = cert.load().map_err(|e| not_usable(e.reason()))?;
+    let pem = cert
+        .load()
+        .map_err(|e| CredentialError::CertificateUnreadable {
+            location: cert.clone(),
+            reason: e.reason(),
+        })?;
     key.with_certificate(pem.expose_secret())
-        .map_err(not_usable)
+        .map_err(|why| CredentialError::Certificate {
+            location: cert.clone(),
+            why,
+        })
 }
 
 /// Authenticates `client` for a request to `endpoint`; assertions are minted fresh each call.
