@@ -10,7 +10,41 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{full, Body};
-use crate::token::TokenError;
+
+/// What kind of failure a credential problem is, as data: [`ProxyError::classify`] turns it
+/// into the status and `Proxy-Status` type. The token module implements [`Classify`] for its
+/// errors, so this module (a leaf every module may use) never names their types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The caller's own credential is missing, expired or refused (401).
+    Caller,
+    /// The authorization server refused the proxy's registration (`invalid_client`,
+    /// `invalid_scope`...): credentials, scopes or audiences the configuration names.
+    Refused,
+    /// The authorization server (or its metadata) did not answer, or said it is unavailable.
+    Unavailable,
+    /// An answer that is not a usable OAuth answer.
+    Protocol,
+    /// No answer in time (504).
+    Timeout,
+    /// The answer came, but after the token it carried was no longer usable.
+    Late,
+    /// The proxy's own configuration (a key or secret file) is unusable.
+    Configuration,
+    /// A bug, a cancelled fetch or a store that failed.
+    Internal,
+}
+
+/// A failure on the way to the route's credential, classified by its kind (never its text).
+pub trait Classify: std::error::Error + Send + Sync + 'static {
+    /// The kind of failure.
+    fn class(&self) -> Class;
+    /// `details` for `Proxy-Status`: short, bounded, never a secret or a description the
+    /// server wrote (the OAuth error code, or the kind of failure).
+    fn details(&self) -> Option<&str> {
+        None
+    }
+}
 
 /// Why the proxy answered instead of the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +91,7 @@ pub enum ProxyError {
         /// Route name.
         route: String,
         /// The token error (names client, endpoint and OAuth error).
-        source: Arc<TokenError>,
+        source: Arc<dyn Classify>,
     },
     /// The authorization server refused to exchange the caller's own token (on-behalf-of): the
     /// caller's credential is what is wrong, so the caller is told 401, not 502.
@@ -66,7 +100,7 @@ pub enum ProxyError {
         /// Route name.
         route: String,
         /// The token error (names client, endpoint and OAuth error).
-        source: Arc<TokenError>,
+        source: Arc<dyn Classify>,
     },
     /// No subject token for a token-exchange route.
     #[error("route {route}: {source}")]
@@ -74,7 +108,7 @@ pub enum ProxyError {
         /// Route name.
         route: String,
         /// What is missing.
-        source: crate::token::SubjectError,
+        source: Arc<dyn Classify>,
     },
     /// The upstream did not accept a connection in time.
     #[error("upstream {authority} did not accept a connection within {after_ms} ms")]
@@ -95,6 +129,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The one map from a failure to the caller's status and RFC 9209 error type.
     fn classify(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "http_request_error"),
@@ -106,17 +141,14 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "http_request_denied")
             }
-            ProxyError::Token { source, .. } if source.is_timeout() => {
-                (StatusCode::GATEWAY_TIMEOUT, token_error_type(source))
-            }
-            ProxyError::Token { source, .. } => (StatusCode::BAD_GATEWAY, token_error_type(source)),
             ProxyError::CallerTokenRefused { .. } => {
                 (StatusCode::UNAUTHORIZED, "http_request_denied")
             }
-            ProxyError::Subject { source, .. } if source.is_callers() => {
-                (StatusCode::UNAUTHORIZED, "http_request_denied")
-            }
-            ProxyError::Subject { .. } => (StatusCode::BAD_GATEWAY, "proxy_internal_error"),
+            ProxyError::Token { source, .. } => credential_status(source.class()),
+            ProxyError::Subject { source, .. } => match source.class() {
+                Class::Caller => (StatusCode::UNAUTHORIZED, "http_request_denied"),
+                _ => (StatusCode::BAD_GATEWAY, "proxy_internal_error"),
+            },
             ProxyError::ConnectTimeout { .. } => {
                 (StatusCode::GATEWAY_TIMEOUT, "connection_timeout")
             }
@@ -124,45 +156,47 @@ impl ProxyError {
         }
     }
 
-    /// `details` for `Proxy-Status`: for token failures, the OAuth error code or the kind of
-    /// failure (short, bounded, never a secret or a description the server wrote).
+    /// `details` for `Proxy-Status`, for token failures.
     fn details(&self) -> Option<String> {
-        let token = match self {
+        match self {
             ProxyError::Token { source, .. } | ProxyError::CallerTokenRefused { source, .. } => {
-                source
+                source.details().map(|d| format!("token endpoint: {d}"))
             }
-            _ => return None,
-        };
-        Some(match token.oauth_error() {
-            Some(code) => format!("token endpoint: {code}"),
-            None => format!("token endpoint: {}", token.kind()),
-        })
+            _ => None,
+        }
     }
 }
 
-/// The RFC 9209 §2.3 error type for a failure to get a token. The token endpoint is a hop
-/// the proxy makes on its own, so the types describe that hop: `proxy_internal_error` is
-/// kept for the proxy's own faults, and a refusal is the proxy's registration at the
-/// authorization server being wrong, not the caller's request.
-fn token_error_type(err: &TokenError) -> &'static str {
-    match err {
-        // invalid_client, invalid_scope, unauthorized_client...: credentials, scopes or
-        // audiences the configuration names do not work at the authorization server.
-        TokenError::OAuth { error, .. }
-            if error != "server_error" && error != "temporarily_unavailable" =>
-        {
-            "proxy_configuration_error"
-        }
-        TokenError::OAuth { .. } | TokenError::Unreachable { .. } => "destination_unavailable",
+/// The status and RFC 9209 §2.3 error type for a failure to get a token. The token endpoint
+/// is a hop the proxy makes on its own, so the types describe that hop:
+/// `proxy_internal_error` is kept for the proxy's own faults, and a refusal is the proxy's
+/// registration at the authorization server being wrong, not the caller's request.
+fn credential_status(class: Class) -> (StatusCode, &'static str) {
+    let kind = match class {
+        Class::Timeout => return (StatusCode::GATEWAY_TIMEOUT, "http_response_timeout"),
+        Class::Caller | Class::Refused | Class::Configuration => "proxy_configuration_error",
         // Discovery problems that make the config wrong are refused at start; at run time
         // this is the metadata server not answering.
-        TokenError::Discovery { .. } => "destination_unavailable",
-        TokenError::BadStatus { .. } | TokenError::BadResponse { .. } => "http_protocol_error",
-        // Late: the answer came, but after the token it carried was no longer usable.
-        TokenError::Timeout { .. } | TokenError::Late { .. } => "http_response_timeout",
-        TokenError::Secret { .. } | TokenError::Config { .. } => "proxy_configuration_error",
-        TokenError::Refresh { .. } | TokenError::Internal { .. } => "proxy_internal_error",
+        Class::Unavailable => "destination_unavailable",
+        Class::Protocol => "http_protocol_error",
+        Class::Late => "http_response_timeout",
+        Class::Internal => "proxy_internal_error",
+    };
+    (StatusCode::BAD_GATEWAY, kind)
+}
+
+/// Whether `err` or one of its sources is an I/O time-out (a connect timeout, for one).
+pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        next = e.source();
     }
+    false
 }
 
 /// An RFC 8941 sf-string: printable ASCII, `"` and `\` escaped, anything else dropped.
@@ -236,120 +270,62 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
-    fn proxy_status(source: TokenError) -> (u16, String) {
-        let response = response(&ProxyError::Token {
-            route: "r".into(),
-            source: Arc::new(source),
-        });
-        let header = response.headers()["proxy-status"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        (response.status().as_u16(), header)
+    #[derive(Debug, thiserror::Error)]
+    #[error("a {0:?} failure")]
+    struct Failure(Class, Option<&'static str>);
+
+    impl Classify for Failure {
+        fn class(&self) -> Class {
+            self.0
+        }
+        fn details(&self) -> Option<&str> {
+            self.1
+        }
     }
 
     #[test]
-    fn token_failures_get_their_rfc_9209_type_and_the_oauth_error_in_details() {
-        let (client, endpoint) = (|| "c".to_string(), || "https://idp/token".to_string());
-        let oauth = |error: &str| TokenError::OAuth {
-            client: client(),
-            endpoint: endpoint(),
-            status: 400,
-            error: error.into(),
-            description: Some("the secret is hunter2".into()),
-        };
+    fn credential_classes_get_their_status_and_rfc_9209_type() {
         let cases = [
-            (
-                oauth("invalid_client"),
-                502,
-                "error=proxy_configuration_error; details=\"token endpoint: invalid_client\"",
-            ),
-            (
-                oauth("temporarily_unavailable"),
-                502,
-                "error=destination_unavailable; details=\"token endpoint: temporarily_unavailable\"",
-            ),
-            (
-                oauth("x\"\\\r\n"),
-                502,
-                "error=proxy_configuration_error; details=\"token endpoint: x\\\"\\\\\"",
-            ),
-            (
-                TokenError::BadStatus {
-                    client: client(),
-                    endpoint: endpoint(),
-                    status: 503,
-                    detail: "html".into(),
-                },
-                502,
-                "error=http_protocol_error; details=\"token endpoint: bad_status\"",
-            ),
-            (
-                TokenError::BadResponse {
-                    client: client(),
-                    endpoint: endpoint(),
-                    detail: "no access_token".into(),
-                },
-                502,
-                "error=http_protocol_error; details=\"token endpoint: bad_response\"",
-            ),
-            (
-                TokenError::Timeout {
-                    client: client(),
-                    endpoint: endpoint(),
-                    after_ms: 10,
-                },
-                504,
-                "error=http_response_timeout; details=\"token endpoint: timeout\"",
-            ),
-            (
-                TokenError::Unreachable {
-                    client: client(),
-                    endpoint: endpoint(),
-                    detail: "refused".into(),
-                },
-                502,
-                "error=destination_unavailable; details=\"token endpoint: unreachable\"",
-            ),
-            (
-                TokenError::Discovery {
-                    client: client(),
-                    detail: "down".into(),
-                },
-                502,
-                "error=destination_unavailable; details=\"token endpoint: discovery\"",
-            ),
-            (
-                TokenError::Config {
-                    client: client(),
-                    detail: "key".into(),
-                },
-                502,
-                "error=proxy_configuration_error; details=\"token endpoint: config\"",
-            ),
-            (
-                TokenError::Refresh {
-                    client: client(),
-                    detail: "unwritable".into(),
-                },
-                502,
-                "error=proxy_internal_error; details=\"token endpoint: refresh_store\"",
-            ),
-            (
-                TokenError::Internal {
-                    client: client(),
-                    detail: "cancelled".into(),
-                },
-                502,
-                "error=proxy_internal_error; details=\"token endpoint: internal\"",
-            ),
+            (Class::Refused, 502, "proxy_configuration_error"),
+            (Class::Configuration, 502, "proxy_configuration_error"),
+            (Class::Unavailable, 502, "destination_unavailable"),
+            (Class::Protocol, 502, "http_protocol_error"),
+            (Class::Timeout, 504, "http_response_timeout"),
+            (Class::Late, 502, "http_response_timeout"),
+            (Class::Internal, 502, "proxy_internal_error"),
         ];
-        for (source, status, want) in cases {
-            let what = format!("{source:?}");
-            let (got_status, header) = proxy_status(source);
-            assert_eq!(got_status, status, "{what}");
-            assert_eq!(header, format!("oauth-egress; {want}"), "{what}");
-            assert!(!header.contains("hunter2"), "{header}");
+        for (class, status, kind) in cases {
+            let err = ProxyError::Token {
+                route: "r".into(),
+                source: Arc::new(Failure(class, Some("x"))),
+            };
+            let response = response(&err);
+            assert_eq!(response.status().as_u16(), status, "{class:?}");
+            assert_eq!(
+                response.headers()["proxy-status"],
+                format!("oauth-egress; error={kind}; details=\"token endpoint: x\""),
+                "{class:?}"
+            );
         }
+        let subject = |class| ProxyError::Subject {
+            route: "r".into(),
+            source: Arc::new(Failure(class, None)),
+        };
+        assert_eq!(response(&subject(Class::Caller)).status(), 401);
+        assert_eq!(response(&subject(Class::Internal)).status(), 502);
+    }
+
+    #[test]
+    fn a_timeout_is_found_among_the_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect failed")]
+        struct Wrapper(#[source] std::io::Error);
+        let timed_out = Wrapper(std::io::Error::new(std::io::ErrorKind::TimedOut, "slow"));
+        assert!(is_timeout(&timed_out));
+        let refused = Wrapper(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "timed out (but refused)",
+        ));
+        assert!(!is_timeout(&refused));
     }
 }

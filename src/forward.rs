@@ -341,7 +341,7 @@ impl<'a> Exchange<'a> {
             .slot(&parts.headers)
             .map_err(|source| ProxyError::Subject {
                 route: route.spec.name.clone(),
-                source,
+                source: Arc::new(source),
             })?;
         parts.headers.remove(header::AUTHORIZATION);
         let (token, lookup) = slot.get().await.map_err(|e| token_error(route, e))?;

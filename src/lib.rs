@@ -11,7 +11,7 @@
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
 //! | pick the route for host, port and path | `route.rs`, `host.rs` (patterns, normalisation) |
 //! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |
-//! | ask the authorization server | `token/endpoint.rs`, `token/client_auth.rs` |
+//! | ask the authorization server | `token/endpoint.rs`, `token/answer.rs`, `token/client_auth.rs` |
 //! | inject `Authorization` (and a DPoP proof), send | `forward.rs`, `sender/mod.rs` (`inject`), `replay.rs` (replay copy) |
 //! | decide a resend: DPoP nonce, refused token, once per kind | `retry.rs` |
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
@@ -48,6 +48,7 @@ pub mod route;
 pub mod secret;
 pub mod sender;
 pub mod server;
+pub mod sync;
 pub mod tls;
 pub mod token;
 pub mod upstream;

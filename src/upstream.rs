@@ -189,7 +189,9 @@ pub fn failure(
     authority: &Authority,
     connect_timeout: Duration,
 ) -> ProxyError {
-    if err.is_connect() && timed_out(err) {
+    // hyper-util reports its connect timeout as an `io::Error` of kind `TimedOut` (whose
+    // text is tokio's "deadline has elapsed"), as the OS reports its own.
+    if err.is_connect() && crate::error::is_timeout(err) {
         ProxyError::ConnectTimeout {
             authority: authority.to_string(),
             after_ms: connect_timeout.as_millis(),
@@ -200,22 +202,6 @@ pub fn failure(
             detail: crate::error::chain(err),
         }
     }
-}
-
-/// Whether a cause of `err` is an I/O timeout: hyper-util reports its connect timeout as an
-/// `io::Error` of kind `TimedOut` (whose text is tokio's "deadline has elapsed"), as the OS
-/// reports its own.
-fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
 }
 
 #[cfg(test)]
@@ -258,7 +244,7 @@ mod tests {
             ),
         ];
         for (err, want) in cases {
-            assert_eq!(timed_out(&err), want, "{err:?}");
+            assert_eq!(crate::error::is_timeout(&err), want, "{err:?}");
         }
     }
 

@@ -11,7 +11,7 @@ use super::Findings;
 use crate::secret::SecretSource;
 
 /// How a client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1).
@@ -49,7 +49,7 @@ impl fmt::Display for ClientAuth {
 }
 
 /// Signature algorithms for JWT assertions signed with a private key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum SigningAlg {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
     RS256,
@@ -60,7 +60,7 @@ pub enum SigningAlg {
 }
 
 /// What a client assertion's `aud` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AssertionAudience {
     /// The token endpoint URL (RFC 7523's suggestion; most servers).
@@ -71,7 +71,7 @@ pub enum AssertionAudience {
 }
 
 /// Where a client's token endpoint comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// Configured as `token_endpoint`.
     Fixed(reqwest::Url),

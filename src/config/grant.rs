@@ -12,7 +12,7 @@ use super::Findings;
 use crate::secret::SecretSource;
 
 /// The grant a route's token comes from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Grant {
     /// RFC 6749 §4.4.
     ClientCredentials,
@@ -45,7 +45,7 @@ impl Grant {
 }
 
 /// Token exchange parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TokenExchange {
     /// Whose token is exchanged.
     pub subject: SubjectSource,
@@ -58,7 +58,7 @@ pub struct TokenExchange {
 }
 
 /// The subject token of a token exchange.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SubjectSource {
     /// The caller's own `Authorization: Bearer` token (on-behalf-of).
     Inbound,
@@ -67,7 +67,7 @@ pub enum SubjectSource {
 }
 
 /// JWT-bearer grant parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct JwtBearer {
     /// `iss` (default: the client_id).
     pub issuer: Option<String>,
@@ -86,6 +86,21 @@ impl PartialEq for SecretSource {
             (SecretSource::File(a), SecretSource::File(b)) => a == b,
             (SecretSource::Inline(a), SecretSource::Inline(b)) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
+        }
+    }
+}
+
+impl Eq for SecretSource {}
+
+/// Consistent with `eq`: the source's name or path; an in-memory value by its kind alone
+/// (never its content).
+impl std::hash::Hash for SecretSource {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            SecretSource::Env(name) => name.hash(state),
+            SecretSource::File(path) => path.hash(state),
+            SecretSource::Inline(_) => {}
         }
     }
 }

@@ -104,12 +104,7 @@ mod tests {
 
     fn token(dpop: bool) -> AccessToken {
         let now = Instant::now();
-        let token = AccessToken::new(SecretString::from("tok.en"), now, now, None).unwrap();
-        if dpop {
-            token.into_dpop()
-        } else {
-            token
-        }
+        AccessToken::new(SecretString::from("tok.en"), now, now, None, dpop).unwrap()
     }
 
     /// A token, a proof binding, the `Authorization` wanted, and whether a proof of ours is

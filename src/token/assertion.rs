@@ -13,6 +13,51 @@ use serde::Serialize;
 
 use crate::config::SigningAlg;
 use crate::jose::{new_jti, unix_now};
+use crate::secret::KeyError;
+
+/// Why a key cannot sign, or a certificate cannot go with it. Never includes key material.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    /// The PEM holds no usable private key.
+    #[error(transparent)]
+    Pem(#[from] KeyError),
+    /// A PKCS#8 key of another kind.
+    #[error("a PKCS#8 key that is neither EC P-256 nor RSA 2048-8192 bits ({0})")]
+    UnsupportedPkcs8(ring::error::KeyRejected),
+    /// A SEC1 or PKCS#1 key `ring` cannot use as it is.
+    #[error("an EC key on a curve other than P-256")]
+    OtherCurve,
+    /// `signing_alg` needs an RSA key.
+    #[error("signing_alg {0:?} needs an RSA key, this is an EC key")]
+    NeedsRsa(SigningAlg),
+    /// `signing_alg` needs an EC key.
+    #[error("signing_alg {0:?} needs an EC P-256 key, this is an RSA key")]
+    NeedsEc(SigningAlg),
+    /// No certificate in the PEM.
+    #[error("no PEM certificate found")]
+    NoCertificate,
+    /// The PEM certificate cannot be read (the PEM parser's words).
+    #[error("unreadable PEM certificate: {0}")]
+    UnreadablePem(String),
+    /// Not a certificate (the X.509 parser's words).
+    #[error("not an X.509 certificate: {0}")]
+    NotX509(String),
+    /// A certificate with an HMAC key.
+    #[error("a certificate cannot go with {0:?}")]
+    CertificateWithoutKey(Algorithm),
+    /// The certificate is for another key (its subject).
+    #[error("the certificate ({0}) is not for this private key")]
+    OtherKeysCertificate(String),
+    /// `ring` refused to sign.
+    #[error("signing failed")]
+    Failed,
+    /// The JWS header could not be serialized.
+    #[error("header: {0}")]
+    Header(serde_json::Error),
+    /// The claims could not be serialized.
+    #[error("claims: {0}")]
+    Claims(serde_json::Error),
+}
 
 /// How long an assertion is valid: long enough for clock skew, short enough to be useless
 /// if captured.
@@ -64,7 +109,7 @@ struct JwsHeader<'a> {
 
 impl SigningKey {
     /// An HS256 key from a client secret (`client_secret_jwt`).
-    pub fn hmac(secret: &SecretString) -> SigningKey {
+    pub(crate) fn hmac(secret: &SecretString) -> SigningKey {
         SigningKey {
             signer: Signer::Hmac(ring::hmac::Key::new(
                 ring::hmac::HMAC_SHA256,
@@ -85,39 +130,28 @@ impl SigningKey {
         pem: &SecretString,
         alg: Option<SigningAlg>,
         kid: Option<String>,
-    ) -> Result<SigningKey, String> {
-        let der = crate::secret::private_key_from_pem(pem.expose_secret().as_bytes(), "the PEM")
-            .map_err(|e| e.to_string())?;
+    ) -> Result<SigningKey, SigningError> {
+        let der = crate::secret::private_key_from_pem(pem.expose_secret().as_bytes(), "the PEM")?;
         let rng = SystemRandom::new();
         let signer = match &der {
             PrivateKeyDer::Pkcs8(pkcs8) => {
                 let der = pkcs8.secret_pkcs8_der();
                 match EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
                     Ok(pair) => Signer::Ec(pair),
-                    Err(_) => Signer::Rsa(RsaKeyPair::from_pkcs8(der).map_err(|e| {
-                        format!(
-                            "a PKCS#8 key that is neither EC P-256 nor RSA 2048-8192 bits ({e})"
-                        )
-                    })?),
+                    Err(_) => Signer::Rsa(
+                        RsaKeyPair::from_pkcs8(der).map_err(SigningError::UnsupportedPkcs8)?,
+                    ),
                 }
             }
-            _ => return Err("an EC key on a curve other than P-256".into()),
+            _ => return Err(SigningError::OtherCurve),
         };
         let is_ec = matches!(signer, Signer::Ec(_));
         let alg = match (alg, is_ec) {
             (None, true) | (Some(SigningAlg::ES256), true) => Algorithm::ES256,
             (None, false) | (Some(SigningAlg::RS256), false) => Algorithm::RS256,
             (Some(SigningAlg::PS256), false) => Algorithm::PS256,
-            (Some(alg), true) => {
-                return Err(format!(
-                    "signing_alg {alg:?} needs an RSA key, this is an EC key"
-                ))
-            }
-            (Some(alg), false) => {
-                return Err(format!(
-                    "signing_alg {alg:?} needs an EC P-256 key, this is an RSA key"
-                ))
-            }
+            (Some(alg), true) => return Err(SigningError::NeedsRsa(alg)),
+            (Some(alg), false) => return Err(SigningError::NeedsEc(alg)),
         };
         Ok(SigningKey {
             signer,
@@ -133,31 +167,26 @@ impl SigningKey {
     /// Entra ID requires to find a certificate credential. Refused unless the certificate's
     /// public key verifies a signature made with this key, so a mismatched pair is caught here
     /// rather than as an opaque `invalid_client`.
-    pub fn with_certificate(mut self, cert_pem: &str) -> Result<SigningKey, String> {
+    pub(crate) fn with_certificate(mut self, cert_pem: &str) -> Result<SigningKey, SigningError> {
         use rustls::pki_types::{pem::PemObject, CertificateDer};
         let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .next()
-            .ok_or("no PEM certificate found")?
-            .map_err(|e| format!("unreadable PEM certificate: {e:?}"))?;
+            .ok_or(SigningError::NoCertificate)?
+            .map_err(|e| SigningError::UnreadablePem(format!("{e:?}")))?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+            .map_err(|e| SigningError::NotX509(e.to_string()))?;
         let public_key = cert.public_key().subject_public_key.data.to_vec();
         let verifier: &dyn ring::signature::VerificationAlgorithm = match self.alg {
             Algorithm::ES256 => &ring::signature::ECDSA_P256_SHA256_FIXED,
             Algorithm::RS256 => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
             Algorithm::PS256 => &ring::signature::RSA_PSS_2048_8192_SHA256,
-            other => return Err(format!("a certificate cannot go with {other:?}")),
+            other => return Err(SigningError::CertificateWithoutKey(other)),
         };
         let probe = b"oauth-egress assertion_cert probe";
         let signature = self.signature(probe)?;
         ring::signature::UnparsedPublicKey::new(verifier, &public_key)
             .verify(probe, &signature)
-            .map_err(|_| {
-                format!(
-                    "the certificate ({}) is not for this private key",
-                    cert.subject()
-                )
-            })?;
+            .map_err(|_| SigningError::OtherKeysCertificate(cert.subject().to_string()))?;
         let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
         let sha256 = ring::digest::digest(&ring::digest::SHA256, &der);
         self.thumbprints = Some((
@@ -167,14 +196,9 @@ impl SigningKey {
         Ok(self)
     }
 
-    /// The algorithm this key signs with.
-    pub fn algorithm(&self) -> Algorithm {
-        self.alg
-    }
-
     /// The raw JWS signature of `input`.
-    fn signature(&self, input: &[u8]) -> Result<Vec<u8>, String> {
-        let failed = |_| "signing failed".to_string();
+    fn signature(&self, input: &[u8]) -> Result<Vec<u8>, SigningError> {
+        let failed = |_| SigningError::Failed;
         match &self.signer {
             Signer::Hmac(key) => Ok(ring::hmac::sign(key, input).as_ref().to_vec()),
             Signer::Ec(pair) => Ok(pair
@@ -196,7 +220,7 @@ impl SigningKey {
     }
 
     /// Signs `claims` as a JWT (JWS compact serialization, RFC 7515 §7.1).
-    pub fn sign(&self, claims: &impl Serialize) -> Result<String, String> {
+    pub(crate) fn sign(&self, claims: &impl Serialize) -> Result<String, SigningError> {
         let alg = match self.alg {
             Algorithm::HS256 => "HS256",
             Algorithm::ES256 => "ES256",
@@ -210,11 +234,11 @@ impl SigningKey {
             x5t: self.thumbprints.as_ref().map(|t| t.0.as_str()),
             x5t_s256: self.thumbprints.as_ref().map(|t| t.1.as_str()),
         };
-        let mut jwt = URL_SAFE_NO_PAD
-            .encode(serde_json::to_vec(&header).map_err(|e| format!("header: {e}"))?);
+        let mut jwt =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(SigningError::Header)?);
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(
-            serde_json::to_vec(claims).map_err(|e| format!("claims: {e}"))?,
+            serde_json::to_vec(claims).map_err(SigningError::Claims)?,
             &mut jwt,
         );
         let signature = self.signature(jwt.as_bytes())?;
@@ -242,7 +266,7 @@ pub fn client_assertion(
     client_id: &str,
     audience: &str,
     key: &SigningKey,
-) -> Result<String, String> {
+) -> Result<String, SigningError> {
     let iat = unix_now();
     key.sign(&AssertionClaims {
         iss: client_id,
@@ -256,13 +280,13 @@ pub fn client_assertion(
 }
 
 /// A JWT-bearer grant assertion.
-pub fn bearer_assertion(
+pub(crate) fn bearer_assertion(
     issuer: &str,
     subject: Option<&str>,
     audience: &str,
     scope: Option<&str>,
     key: &SigningKey,
-) -> Result<String, String> {
+) -> Result<String, SigningError> {
     let iat = unix_now();
     key.sign(&AssertionClaims {
         iss: issuer,
@@ -349,12 +373,15 @@ mod tests {
             .unwrap()
             .with_certificate(&cert.pem())
             .unwrap_err();
-        assert!(err.contains("is not for this private key"), "{err}");
+        assert!(
+            err.to_string().contains("is not for this private key"),
+            "{err}"
+        );
         let err = SigningKey::from_pem(&SecretString::from(key.serialize_pem()), None, None)
             .unwrap()
             .with_certificate("not a pem")
             .unwrap_err();
-        assert!(err.contains("no PEM certificate"), "{err}");
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
     }
 
     #[test]
@@ -363,7 +390,7 @@ mod tests {
             let key =
                 SigningKey::from_pem(&SecretString::from(pem.clone()), None, Some("k1".into()))
                     .unwrap_or_else(|e| panic!("{form}: {e}"));
-            assert_eq!(key.algorithm(), Algorithm::ES256);
+            assert_eq!(key.alg, Algorithm::ES256);
             let jwt = client_assertion("client", "https://as.example/token", &key).unwrap();
             let header = jsonwebtoken::decode_header(&jwt).unwrap();
             assert_eq!(header.kid.as_deref(), Some("k1"), "{form}");
@@ -397,7 +424,7 @@ mod tests {
             ] {
                 let key = SigningKey::from_pem(&SecretString::from(pem.clone()), alg, None)
                     .unwrap_or_else(|e| panic!("{form}: {e}"));
-                assert_eq!(key.algorithm(), expected);
+                assert_eq!(key.alg, expected);
                 let jwt = client_assertion("client", "aud", &key).unwrap();
                 let mut validation = jsonwebtoken::Validation::new(expected);
                 validation.set_audience(&["aud"]);
@@ -429,7 +456,7 @@ mod tests {
     fn algorithm_must_fit_the_key() {
         let pem = SecretString::from(rcgen::KeyPair::generate().unwrap().serialize_pem());
         let err = SigningKey::from_pem(&pem, Some(SigningAlg::RS256), None).unwrap_err();
-        assert!(err.contains("needs an RSA key"), "{err}");
+        assert!(err.to_string().contains("needs an RSA key"), "{err}");
         assert!(SigningKey::from_pem(&SecretString::from("garbage"), None, None).is_err());
     }
 

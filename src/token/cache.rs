@@ -9,7 +9,7 @@
 //! - Refresh ahead: in the last part of its usable life the token keeps being served while one
 //!   background fetch replaces it; a failed renewal is retried after a short pause.
 //! - A waiter never gets a token already past its usable end (a fetch slower than the
-//!   token's life): it gets [`TokenError::Late`] instead.
+//!   token's life): it gets [`TokenErrorKind::Late`] instead.
 //! - Invalidation (after a 401) clears the token only if it is still the cached one, and bumps
 //!   an epoch so that a fetch that started before it can never put its result back. It
 //!   happens at most once per cooldown: a resource path that refuses every token costs one
@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::time::Instant;
 
-use super::{AccessToken, Fetcher, TokenError, TokenKey, TokenRequest};
+use super::{AccessToken, Fetcher, TokenError, TokenErrorKind, TokenKey, TokenRequest};
 
 type FetchResult = Result<Arc<AccessToken>, Arc<TokenError>>;
 
@@ -64,13 +64,9 @@ struct State {
 const RENEW_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 impl TokenSlot {
-    pub(super) fn new(
-        key: TokenKey,
-        request: Arc<TokenRequest>,
-        fetcher: Arc<Fetcher>,
-    ) -> TokenSlot {
+    pub(super) fn new(request: Arc<TokenRequest>, fetcher: Arc<Fetcher>) -> TokenSlot {
         TokenSlot {
-            key,
+            key: TokenKey::of(&request),
             request,
             fetcher,
             state: Mutex::new(State::default()),
@@ -88,7 +84,7 @@ impl TokenSlot {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// A token usable now: the cached one, or the result of the (single) fetch under way.
@@ -120,9 +116,10 @@ impl TokenSlot {
         // A fetch slower than the token's usable life (or a token capped by an `exp` that is
         // nearly past) must not hand a waiter a token it may no longer send.
         if !token.is_usable_at(Instant::now()) {
-            return Err(Arc::new(TokenError::Late {
-                client: self.key.client.clone(),
-            }));
+            return Err(Arc::new(TokenError::new(
+                &self.key.client,
+                TokenErrorKind::Late,
+            )));
         }
         Ok((token, Lookup::Miss))
     }
@@ -190,10 +187,9 @@ impl TokenSlot {
         let client = self.key.client.clone();
         let fut: BoxFuture<'static, FetchResult> = async move {
             task.await.unwrap_or_else(|join| {
-                Err(Arc::new(TokenError::Internal {
-                    client,
-                    detail: join.to_string(),
-                }))
+                let error =
+                    TokenError::new(&client, TokenErrorKind::Internal("the fetch task ended"));
+                Err(Arc::new(error.because(join)))
             })
         }
         .boxed();

@@ -7,8 +7,62 @@ use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::assertion::{client_assertion, SigningKey};
+use super::assertion::{client_assertion, SigningError, SigningKey};
 use crate::config::{AssertionAudience, ClientAuth, ClientConfig};
+use crate::secret::{SecretError, SecretSource};
+
+/// Why a token request could not be built: a credential is missing, unreadable or unusable.
+/// Names the key or file, never its content.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CredentialError {
+    /// A setting the client's `auth` or grant needs is not configured.
+    #[error("no {0} configured")]
+    Missing(&'static str),
+    /// A secret could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The private key cannot sign.
+    #[error("private_key ({location}): {why}")]
+    Key {
+        /// Where the key lives.
+        location: SecretSource,
+        /// Why it cannot be used.
+        #[source]
+        why: SigningError,
+    },
+    /// The assertion certificate cannot be read.
+    #[error("assertion_cert ({location}): {reason}")]
+    CertificateUnreadable {
+        /// Where the certificate lives.
+        location: SecretSource,
+        /// Why it cannot be read (as the secret source words it).
+        reason: String,
+    },
+    /// The assertion certificate does not fit the key.
+    #[error("assertion_cert ({location}): {why}")]
+    Certificate {
+        /// Where the certificate lives.
+        location: SecretSource,
+        /// Why.
+        #[source]
+        why: SigningError,
+    },
+    /// The client id or secret has bytes a header cannot carry.
+    #[error("client id or secret cannot go in a header")]
+    NotHeaderSafe,
+    /// An assertion could not be signed.
+    #[error(transparent)]
+    Signing(SigningError),
+    /// The `actor_token` could not be read.
+    #[error("actor_token: {0}")]
+    Actor(SecretError),
+    /// The DPoP proof could not be made.
+    #[error(transparent)]
+    Proof(#[from] crate::sender::dpop::DpopError),
+    /// The DPoP proof cannot go in a header.
+    #[error(transparent)]
+    ProofHeader(#[from] http::header::InvalidHeaderValue),
+}
 
 /// What client authentication adds to a token request.
 pub(super) struct Applied {
@@ -20,39 +74,47 @@ pub(super) struct Applied {
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-fn secret(client: &ClientConfig) -> Result<SecretString, String> {
-    client
+fn secret(client: &ClientConfig) -> Result<SecretString, CredentialError> {
+    let source = client
         .client_secret
         .as_ref()
-        .ok_or("no client_secret configured")?
-        .load()
-        .map_err(|e| e.to_string())
+        .ok_or(CredentialError::Missing("client_secret"))?;
+    Ok(source.load()?)
 }
 
 /// The signing key of a client's `private_key`.
-pub(super) fn private_key(client: &ClientConfig) -> Result<SigningKey, String> {
+pub(super) fn private_key(client: &ClientConfig) -> Result<SigningKey, CredentialError> {
     let source = client
         .private_key
         .as_ref()
-        .ok_or("no private_key configured")?;
-    let pem = source.load().map_err(|e| e.to_string())?;
-    let key = SigningKey::from_pem(&pem, client.signing_alg, client.key_id.clone())
-        .map_err(|e| format!("private_key ({source}): {e}"))?;
-    match &client.assertion_cert {
-        // Read on every use, like the key, so a rotated pair is picked up together.
-        Some(cert) => {
-            let pem = cert
-                .load()
-                .map_err(|e| format!("assertion_cert ({cert}): {}", e.reason()))?;
-            key.with_certificate(pem.expose_secret())
-                .map_err(|e| format!("assertion_cert ({cert}): {e}"))
-        }
-        None => Ok(key),
-    }
+        .ok_or(CredentialError::Missing("private_key"))?;
+    let pem = source.load()?;
+    let key =
+        SigningKey::from_pem(&pem, client.signing_alg, client.key_id.clone()).map_err(|why| {
+            CredentialError::Key {
+                location: source.clone(),
+                why,
+            }
+        })?;
+    let Some(cert) = &client.assertion_cert else {
+        return Ok(key);
+    };
+    // Read on every use, like the key, so a rotated pair is picked up together.
+    let pem = cert
+        .load()
+        .map_err(|e| CredentialError::CertificateUnreadable {
+            location: cert.clone(),
+            reason: e.reason(),
+        })?;
+    key.with_certificate(pem.expose_secret())
+        .map_err(|why| CredentialError::Certificate {
+            location: cert.clone(),
+            why,
+        })
 }
 
 /// Authenticates `client` for a request to `endpoint`; assertions are minted fresh each call.
-pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, String> {
+pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, CredentialError> {
     let id = || Zeroizing::new(client.client_id.clone());
     let audience = match (client.assertion_audience, client.issuer()) {
         (AssertionAudience::Issuer, Some(issuer)) => {
@@ -60,8 +122,9 @@ pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, St
         }
         _ => endpoint.to_string(),
     };
-    let assertion = |key: &SigningKey| -> Result<Applied, String> {
-        let jwt = client_assertion(&client.client_id, &audience, key)?;
+    let assertion = |key: &SigningKey| -> Result<Applied, CredentialError> {
+        let jwt = client_assertion(&client.client_id, &audience, key)
+            .map_err(CredentialError::Signing)?;
         Ok(Applied {
             form: vec![
                 ("client_id", id()),
@@ -89,8 +152,8 @@ pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, St
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
             ));
-            let mut header = HeaderValue::from_str(&value)
-                .map_err(|_| "client id or secret cannot go in a header")?;
+            let mut header =
+                HeaderValue::from_str(&value).map_err(|_| CredentialError::NotHeaderSafe)?;
             header.set_sensitive(true);
             Ok(Applied {
                 form: Vec::new(),

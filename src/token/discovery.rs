@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use serde::Deserialize;
 
 use crate::config::ClientAuth;
+use crate::sync::lock;
 
 /// The parts of the metadata document the proxy uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,18 +49,46 @@ impl Metadata {
     }
 
     /// Refuses an `auth` the server does not list, saying what it does support.
-    pub fn check_auth(&self, auth: ClientAuth) -> Result<(), String> {
-        let supported: Vec<&str> = match &self.token_endpoint_auth_methods_supported {
-            Some(list) => list.iter().map(String::as_str).collect(),
-            None => vec!["client_secret_basic"],
+    pub(crate) fn check_auth(&self, auth: ClientAuth) -> Result<(), UnsupportedAuth> {
+        let supported: Vec<String> = match &self.token_endpoint_auth_methods_supported {
+            Some(list) => list.clone(),
+            None => vec!["client_secret_basic".to_string()],
         };
-        if supported.contains(&auth.as_str()) {
+        if supported.iter().any(|s| s == auth.as_str()) {
             Ok(())
         } else {
-            Err(format!(
-                "the authorization server does not support auth = \"{auth}\"; it supports: {}",
-                supported.join(", ")
-            ))
+            Err(UnsupportedAuth { auth, supported })
+        }
+    }
+}
+
+/// The server does not accept the client's `auth`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the authorization server does not support auth = \"{auth}\"; it supports: {}", supported.join(", "))]
+pub struct UnsupportedAuth {
+    /// The configured method.
+    pub auth: ClientAuth,
+    /// The methods the metadata lists (`client_secret_basic` when it lists none).
+    pub supported: Vec<String>,
+}
+
+/// Why a discovered client cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryCheck {
+    /// No (acceptable) metadata.
+    #[error(transparent)]
+    Fetch(DiscoveryError),
+    /// The server does not accept the client's `auth`.
+    #[error(transparent)]
+    Unsupported(UnsupportedAuth),
+}
+
+impl DiscoveryCheck {
+    /// Whether this is a configuration error (as opposed to the server not answering).
+    pub fn is_misconfiguration(&self) -> bool {
+        match self {
+            DiscoveryCheck::Fetch(e) => e.is_misconfiguration(),
+            DiscoveryCheck::Unsupported(_) => true,
         }
     }
 }
@@ -194,22 +223,17 @@ impl Discovery {
         &self,
         http: &reqwest::Client,
     ) -> Result<std::sync::Arc<Metadata>, DiscoveryError> {
-        if let Some(m) = self
-            .cached
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(m) = lock(&self.cached).clone() {
             return Ok(m);
         }
         let fresh = std::sync::Arc::new(self.fetch(http).await?);
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+        *lock(&self.cached) = Some(fresh.clone());
         Ok(fresh)
     }
 
     /// Forgets the cached document (after its token endpoint could not be reached).
     pub fn forget(&self) {
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&self.cached) = None;
     }
 
     async fn fetch(&self, http: &reqwest::Client) -> Result<Metadata, DiscoveryError> {
@@ -312,6 +336,7 @@ mod tests {
             mtls_endpoint_aliases: None,
         };
         let err = m.check_auth(ClientAuth::ClientSecretBasic).unwrap_err();
+        let err = err.to_string();
         assert!(err.contains("supports: private_key_jwt"), "{err}");
         assert!(m.check_auth(ClientAuth::PrivateKeyJwt).is_ok());
     }

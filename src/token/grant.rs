@@ -4,6 +4,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use super::assertion::bearer_assertion;
+use super::client_auth::CredentialError;
 use super::TokenRequest;
 use crate::config::Grant;
 
@@ -17,7 +18,7 @@ pub(super) fn form(
     request: &TokenRequest,
     endpoint: &str,
     refresh_token: Option<&SecretString>,
-) -> Result<Vec<(&'static str, Zeroizing<String>)>, String> {
+) -> Result<Vec<(&'static str, Zeroizing<String>)>, CredentialError> {
     let text = |s: &str| Zeroizing::new(s.to_string());
     let mut form = Vec::new();
     let scope = (!request.scopes.is_empty()).then(|| request.scopes.join(" "));
@@ -26,11 +27,14 @@ pub(super) fn form(
         Grant::ClientCredentials => form.push(("grant_type", text("client_credentials"))),
         Grant::TokenExchange(x) => {
             form.push(("grant_type", text(TOKEN_EXCHANGE)));
-            let subject = request.subject.as_ref().ok_or("no subject token")?;
+            let subject = request
+                .subject
+                .as_ref()
+                .ok_or(CredentialError::Missing("subject token"))?;
             form.push(("subject_token", text(subject.expose_secret())));
             form.push(("subject_token_type", text(&x.subject_token_type)));
             if let Some((source, kind)) = &x.actor {
-                let actor = source.load().map_err(|e| format!("actor_token: {e}"))?;
+                let actor = source.load().map_err(CredentialError::Actor)?;
                 form.push(("actor_token", text(actor.expose_secret().trim())));
                 form.push(("actor_token_type", text(kind)));
             }
@@ -40,7 +44,7 @@ pub(super) fn form(
         }
         Grant::RefreshToken { .. } => {
             form.push(("grant_type", text("refresh_token")));
-            let token = refresh_token.ok_or("no refresh token")?;
+            let token = refresh_token.ok_or(CredentialError::Missing("refresh token"))?;
             form.push(("refresh_token", text(token.expose_secret())));
         }
         Grant::JwtBearer(j) => {
@@ -54,7 +58,8 @@ pub(super) fn form(
                 None
             };
             scope_as_param = !j.scope_in_claim;
-            let jwt = bearer_assertion(issuer, j.subject.as_deref(), audience, claim_scope, &key)?;
+            let jwt = bearer_assertion(issuer, j.subject.as_deref(), audience, claim_scope, &key)
+                .map_err(CredentialError::Signing)?;
             form.push(("assertion", Zeroizing::new(jwt)));
         }
     }

@@ -1,19 +1,29 @@
-//! Tokens: one [`TokenSlot`] per distinct token (client + everything that changes the token),
-//! shared by every route that asks for it.
+//! Tokens: one [`TokenSlot`] per distinct token ([`TokenKey`]: client + everything that
+//! changes the token), shared by every route that asks for it.
 //!
 //! - `cache.rs`: the slot's state machine: cached token, single flight, refresh ahead,
 //!   invalidation after a 401.
-//! - `endpoint.rs`: the token request itself (reqwest, no proxy, no redirects, timeouts) and
-//!   the checks on the answer.
-//! - `client_auth.rs`: how the client authenticates at the token endpoint.
+//! - `fetcher.rs`: the token clients (reqwest, no proxy, no redirects, timeouts; mutual TLS
+//!   per client), DPoP keys and nonces, discovered endpoints.
+//! - `endpoint.rs`: one token request and its retries; `answer.rs`: the checks on the
+//!   answer; `schedule.rs`: when a token stops being sent and when it is renewed.
+//! - `client_auth.rs`, `grant.rs`, `assertion.rs`: the request's form: how the client
+//!   authenticates, the grant's parameters, signed JWTs.
+//! - `subject.rs`: token exchange, one slot per subject token; `refresh_store.rs`: stored
+//!   refresh tokens, rotated in place; `discovery.rs`: authorization server metadata.
+//! - `error.rs`: [`TokenError`], classified for the caller's answer by [`crate::error`].
 
+mod answer;
 pub mod assertion;
 mod cache;
 mod client_auth;
-pub mod discovery;
+mod discovery;
 mod endpoint;
+mod error;
+mod fetcher;
 mod grant;
-pub mod refresh_store;
+mod refresh_store;
+mod schedule;
 mod subject;
 
 use std::collections::HashMap;
@@ -23,19 +33,26 @@ use std::sync::{Arc, Mutex};
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 pub use cache::{Lookup, TokenSlot};
-pub use endpoint::{schedule, DiscoveryCheck, Fetcher, FetcherError, Schedule, MAX_SKEW_SHARE};
+pub use discovery::{DiscoveryCheck, DiscoveryError, UnsupportedAuth};
+pub use error::{TokenError, TokenErrorKind, Unusable};
+pub use fetcher::{Fetcher, FetcherError};
+pub use schedule::{schedule, Schedule, MAX_SKEW_SHARE};
 pub use subject::{RouteToken, SubjectError, SubjectSlots};
 
-use crate::config::{ClientConfig, Grant, RouteSpec};
-use crate::secret::SecretError;
+use crate::config::{
+    AssertionAudience, ClientAuth, ClientConfig, Endpoint, Grant, RouteSpec, SigningAlg,
+};
+use crate::secret::SecretSource;
+use crate::sync::lock;
 
 /// Why this client's private key (or its `assertion_cert`) cannot be used, if it cannot;
 /// `None` for a good key or a client without one. Read now, so `check`, start-up and reload
-/// ([`crate::preflight`]) report it instead of the first token request. Never includes key
+/// (the preflight checks) report it instead of the first token request. Never includes key
 /// material.
-pub fn key_problem(client: &ClientConfig) -> Option<String> {
+pub(crate) fn key_problem(client: &ClientConfig) -> Option<String> {
     client.private_key.as_ref()?;
     client_auth::private_key(client)
         .err()
@@ -61,65 +78,6 @@ pub fn refresh_problems(config: &crate::config::Config) -> Vec<(String, String)>
                 .map(|problem| (r.name.clone(), problem))
         })
         .collect()
-}
-
-/// Everything that changes which token the authorization server issues. Two routes with the
-/// same key share one cached token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TokenKey {
-    /// Client name in the config.
-    pub client: String,
-    /// The client's whole registration (endpoint, auth, key and secret *sources*, never
-    /// values): a changed registration never reuses a token.
-    pub registration: String,
-    /// `client_id`.
-    pub client_id: String,
-    /// The grant and its parameters (never a secret: sources are named, not read).
-    pub grant: String,
-    /// Sorted, deduplicated scopes.
-    pub scopes: Vec<String>,
-    /// `audience` parameter.
-    pub audience: Option<String>,
-    /// `resource` parameter.
-    pub resource: Option<String>,
-    /// SHA-256 of the subject token, for token exchange.
-    pub subject: Option<[u8; 32]>,
-    /// The DPoP key's thumbprint, for DPoP routes.
-    pub dpop: Option<String>,
-    /// `dpop_required`: a route that refuses Bearer tokens never shares one with a route
-    /// that accepts them.
-    pub dpop_required: bool,
-}
-
-impl TokenKey {
-    /// The key for a route of this client.
-    pub fn for_route(client: &ClientConfig, spec: &RouteSpec) -> TokenKey {
-        TokenKey {
-            client: client.name.clone(),
-            registration: format!(
-                "{:?}",
-                (
-                    &client.endpoint,
-                    &client.auth,
-                    &client.client_secret,
-                    &client.private_key,
-                    &client.signing_alg,
-                    &client.key_id,
-                    &client.assertion_audience,
-                    &client.client_cert,
-                    &client.client_key
-                )
-            ),
-            client_id: client.client_id.clone(),
-            grant: format!("{:?}", spec.grant),
-            scopes: spec.scopes.clone(),
-            audience: spec.audience.clone(),
-            resource: spec.resource.clone(),
-            subject: None,
-            dpop: None,
-            dpop_required: spec.dpop && spec.dpop_required,
-        }
-    }
 }
 
 /// What a token request asks for.
@@ -161,6 +119,140 @@ impl TokenRequest {
     }
 }
 
+/// Everything that changes which token the authorization server issues: the identity of a
+/// [`TokenRequest`], built from it by [`TokenKey::of`] alone. Two routes with the same key
+/// share one cached token. Secrets are keyed on their *source* (an env name, a path), never
+/// on their value; a subject token on its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    /// Client name in the config.
+    pub client: String,
+    /// The client's registration: a changed registration never reuses a token.
+    registration: Registration,
+    /// The grant and its parameters (sources, never values).
+    grant: Grant,
+    /// Sorted, deduplicated scopes.
+    scopes: Vec<String>,
+    /// `audience` parameter.
+    audience: Option<String>,
+    /// `resource` parameter.
+    resource: Option<String>,
+    /// SHA-256 of the subject token, for token exchange.
+    subject: Option<[u8; 32]>,
+    /// The DPoP key's thumbprint, for DPoP routes.
+    pub dpop: Option<String>,
+    /// `dpop_required`: a route that refuses Bearer tokens never shares one with a route
+    /// that accepts them.
+    dpop_required: bool,
+}
+
+/// The parts of a client registration that change its tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Registration {
+    endpoint: Endpoint,
+    client_id: String,
+    auth: ClientAuth,
+    client_secret: Option<SourceName>,
+    private_key: Option<SourceName>,
+    signing_alg: Option<SigningAlg>,
+    key_id: Option<String>,
+    assertion_audience: AssertionAudience,
+    client_cert: Option<SourceName>,
+    client_key: Option<SourceName>,
+}
+
+/// A secret's source as the key sees it: its name or path, never its value. A value held in
+/// memory (`demo`, tests: set after the config is built, so a new one on every build) is one
+/// source, whatever it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SourceName {
+    Env(String),
+    File(std::path::PathBuf),
+    InMemory,
+}
+
+impl SourceName {
+    fn of(source: &Option<SecretSource>) -> Option<SourceName> {
+        source.as_ref().map(|source| match source {
+            SecretSource::Env(name) => SourceName::Env(name.clone()),
+            SecretSource::File(path) => SourceName::File(path.clone()),
+            SecretSource::Inline(_) => SourceName::InMemory,
+        })
+    }
+}
+
+impl Registration {
+    fn of(client: &ClientConfig) -> Registration {
+        // Every field is named: a new one must be placed in the key or said not to matter.
+        let ClientConfig {
+            name: _,
+            endpoint,
+            client_id,
+            auth,
+            client_secret,
+            private_key,
+            signing_alg,
+            key_id,
+            assertion_audience,
+            // The certificate only adds `x5t` headers to assertions signed by the same key.
+            assertion_cert: _,
+            client_cert,
+            client_key,
+            // In the key as the DPoP key's thumbprint.
+            dpop: _,
+            dpop_key: _,
+        } = client;
+        Registration {
+            endpoint: endpoint.clone(),
+            client_id: client_id.clone(),
+            auth: *auth,
+            client_secret: SourceName::of(client_secret),
+            private_key: SourceName::of(private_key),
+            signing_alg: *signing_alg,
+            key_id: key_id.clone(),
+            assertion_audience: *assertion_audience,
+            client_cert: SourceName::of(client_cert),
+            client_key: SourceName::of(client_key),
+        }
+    }
+}
+
+impl TokenKey {
+    /// The identity of `request`. Every field is named, so a field added to the request
+    /// changes the key or fails to compile until it is said not to.
+    pub(crate) fn of(request: &TokenRequest) -> TokenKey {
+        let TokenRequest {
+            client,
+            grant,
+            scopes,
+            audience,
+            resource,
+            subject,
+            // Read from the subject token, which is in the key.
+            subject_exp: _,
+            dpop,
+            dpop_required,
+        } = request;
+        TokenKey {
+            client: client.name.clone(),
+            registration: Registration::of(client),
+            grant: grant.clone(),
+            scopes: scopes.clone(),
+            audience: audience.clone(),
+            resource: resource.clone(),
+            subject: subject.as_deref().map(subject_hash),
+            dpop: dpop.as_ref().map(|key| key.thumbprint().to_string()),
+            dpop_required: *dpop_required,
+        }
+    }
+}
+
+/// The SHA-256 of a subject token: its identity in keys and maps, never the token itself.
+fn subject_hash(subject: &SecretString) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(subject.expose_secret().as_bytes()).into()
+}
+
 /// How a token is presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenScheme {
@@ -180,9 +272,13 @@ impl TokenScheme {
     }
 }
 
-/// An access token in hand. Its value is zeroized on drop and never printed.
+/// An access token in hand. It is held only as its `Authorization` header value, built
+/// once when the token arrives and marked sensitive (hyper never logs or indexes it), never
+/// printed. The value is not zeroized on drop: `HeaderValue` is backed by `bytes::Bytes`,
+/// which cannot be wiped; in exchange every request clones a reference count instead of
+/// copying the token (the buffers it is built from are zeroized).
 pub struct AccessToken {
-    value: SecretString,
+    authorization: HeaderValue,
     /// How it must be presented.
     pub scheme: TokenScheme,
     /// For DPoP tokens: the `ath` every proof carries (computed once per token).
@@ -196,45 +292,45 @@ pub struct AccessToken {
 }
 
 impl AccessToken {
-    /// Builds a token after checking that its value can go in a header (RFC 6750 token68).
+    /// Builds a token after checking that its value can go in a header (RFC 6750 token68);
+    /// `dpop`: presented as `DPoP`, with `ath` in every proof, else as `Bearer`.
     pub fn new(
         value: SecretString,
         usable_until: Instant,
         refresh_at: Instant,
         granted_scope: Option<String>,
-    ) -> Result<AccessToken, &'static str> {
-        if !is_token68(value.expose_secret()) {
-            return Err("access_token has characters that are not allowed in an Authorization header (RFC 6750 token68)");
+        dpop: bool,
+    ) -> Result<AccessToken, Unusable> {
+        let secret = value.expose_secret();
+        if !is_token68(secret) {
+            return Err(Unusable::NotToken68);
         }
+        let scheme = if dpop {
+            TokenScheme::Dpop
+        } else {
+            TokenScheme::Bearer
+        };
+        let mut bytes = Zeroizing::new(Vec::with_capacity(scheme.name().len() + 1 + secret.len()));
+        bytes.extend_from_slice(scheme.name().as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(secret.as_bytes());
+        // token68 bytes are always valid header bytes.
+        let mut authorization =
+            HeaderValue::from_bytes(&bytes).map_err(|_| Unusable::NotToken68)?;
+        authorization.set_sensitive(true);
         Ok(AccessToken {
-            value,
-            scheme: TokenScheme::Bearer,
-            ath: None,
+            authorization,
+            scheme,
+            ath: dpop.then(|| crate::sender::dpop::ath(secret)),
             usable_until,
             refresh_at,
             granted_scope,
         })
     }
 
-    /// Marks the token as DPoP-bound: presented as `DPoP`, with `ath` in every proof.
-    pub fn into_dpop(mut self) -> AccessToken {
-        self.ath = Some(crate::sender::dpop::ath(self.value.expose_secret()));
-        self.scheme = TokenScheme::Dpop;
-        self
-    }
-
-    /// The `Authorization` header value, marked sensitive so hyper never logs or indexes it.
+    /// The `Authorization` header value (sensitive): a clone of the one built with the token.
     pub fn authorization(&self) -> HeaderValue {
-        let secret = self.value.expose_secret();
-        let scheme = self.scheme.name();
-        let mut bytes = Vec::with_capacity(scheme.len() + 1 + secret.len());
-        bytes.extend_from_slice(scheme.as_bytes());
-        bytes.push(b' ');
-        bytes.extend_from_slice(secret.as_bytes());
-        // Checked by `new`: token68 bytes are always valid header bytes.
-        let mut header = HeaderValue::from_bytes(&bytes).unwrap_or(HeaderValue::from_static(""));
-        header.set_sensitive(true);
-        header
+        self.authorization.clone()
     }
 
     /// Whether the token may still be sent at `now`.
@@ -253,151 +349,12 @@ impl fmt::Debug for AccessToken {
 }
 
 /// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-pub fn is_token68(s: &str) -> bool {
+pub(crate) fn is_token68(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
         && body.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
         })
-}
-
-/// Why no token could be had. Names the client and the endpoint, never a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// The server answered with an OAuth error (RFC 6749 §5.2).
-    #[error("token endpoint {endpoint} refused client {client}: {error}{}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    OAuth {
-        /// Client name.
-        client: String,
-        /// Token endpoint URL.
-        endpoint: String,
-        /// HTTP status.
-        status: u16,
-        /// The OAuth `error` code.
-        error: String,
-        /// `error_description`, cleaned and shortened.
-        description: Option<String>,
-    },
-    /// An error status without an OAuth error body (an HTML page, a proxy error...).
-    #[error("token endpoint {endpoint} answered HTTP {status} for client {client} without an OAuth error body ({detail})")]
-    BadStatus {
-        /// Client name.
-        client: String,
-        /// Token endpoint URL.
-        endpoint: String,
-        /// HTTP status.
-        status: u16,
-        /// What the body was.
-        detail: String,
-    },
-    /// A success status whose body is not a usable token response.
-    #[error("token endpoint {endpoint} gave client {client} an unusable token response: {detail}")]
-    BadResponse {
-        /// Client name.
-        client: String,
-        /// Token endpoint URL.
-        endpoint: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// No answer in time.
-    #[error("token endpoint {endpoint} did not answer within {after_ms} ms (client {client})")]
-    Timeout {
-        /// Client name.
-        client: String,
-        /// Token endpoint URL.
-        endpoint: String,
-        /// The configured bound.
-        after_ms: u128,
-    },
-    /// Connection refused, DNS, TLS...
-    #[error("cannot reach token endpoint {endpoint} for client {client}: {detail}")]
-    Unreachable {
-        /// Client name.
-        client: String,
-        /// Token endpoint URL.
-        endpoint: String,
-        /// The transport error.
-        detail: String,
-    },
-    /// The client's secret could not be read.
-    #[error("client {client}: {source}")]
-    Secret {
-        /// Client name.
-        client: String,
-        /// Why.
-        source: SecretError,
-    },
-    /// The token endpoint could not be discovered or does not fit the client.
-    #[error("client {client}: {detail}")]
-    Discovery {
-        /// Client name.
-        client: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The request could not be built (a key or token file is unreadable or unusable).
-    #[error("client {client}: {detail}")]
-    Config {
-        /// Client name.
-        client: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The stored refresh token could not be read or the rotated one saved.
-    #[error("client {client}: refresh token: {detail}")]
-    Refresh {
-        /// Client name.
-        client: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The token arrived already past its usable end (the token request took longer than
-    /// the token lives, or its `exp` was nearly past).
-    #[error("client {client}: the token arrived already past its usable end (a token request slower than the token's lifetime?)")]
-    Late {
-        /// Client name.
-        client: String,
-    },
-    /// A bug or a cancelled fetch.
-    #[error("token fetch for client {client} failed: {detail}")]
-    Internal {
-        /// Client name.
-        client: String,
-        /// What happened.
-        detail: String,
-    },
-}
-
-impl TokenError {
-    /// The OAuth error code, when the server gave one.
-    pub fn oauth_error(&self) -> Option<&str> {
-        match self {
-            TokenError::OAuth { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-
-    /// A short, bounded name for the failure (a metrics label).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            TokenError::OAuth { .. } => "oauth_error",
-            TokenError::BadStatus { .. } => "bad_status",
-            TokenError::BadResponse { .. } => "bad_response",
-            TokenError::Timeout { .. } => "timeout",
-            TokenError::Unreachable { .. } => "unreachable",
-            TokenError::Secret { .. } | TokenError::Config { .. } => "config",
-            TokenError::Discovery { .. } => "discovery",
-            TokenError::Refresh { .. } => "refresh_store",
-            TokenError::Late { .. } => "late",
-            TokenError::Internal { .. } => "internal",
-        }
-    }
-
-    /// Whether the token endpoint timed out.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, TokenError::Timeout { .. })
-    }
 }
 
 /// All token slots, by key, so routes asking for the same token share it.
@@ -433,25 +390,22 @@ impl TokenCache {
         spec: &RouteSpec,
         previous: Option<&TokenCache>,
     ) -> RouteToken {
-        let mut key = TokenKey::for_route(client, spec);
         let mut request = TokenRequest::for_route(client, spec);
         if spec.dpop {
             if let Some(previous) = previous {
                 self.fetcher
                     .adopt_generated_dpop_key(&client.name, &previous.fetcher);
             }
-            if let Some(dpop) = self.fetcher.dpop_key(&client.name) {
-                key.dpop = Some(dpop.thumbprint().to_string());
-                request.dpop = Some(dpop);
-            }
+            request.dpop = self.fetcher.dpop_key(&client.name);
         }
+        let key = TokenKey::of(&request);
         if let Grant::TokenExchange(exchange) = &spec.grant {
             let inherited = previous.and_then(|p| lock(&p.subjects).get(&key).cloned());
             let slots = lock(&self.subjects)
-                .entry(key.clone())
+                .entry(key)
                 .or_insert_with(|| {
                     let fetcher = self.fetcher.clone();
-                    let slots = SubjectSlots::new(request, key, &exchange.subject, fetcher);
+                    let slots = SubjectSlots::new(request, &exchange.subject, fetcher);
                     Arc::new(match inherited {
                         Some(old) => slots.carrying(&old),
                         None => slots,
@@ -462,9 +416,9 @@ impl TokenCache {
         }
         let inherited = previous.and_then(|p| lock(&p.slots).get(&key).cloned());
         let slot = lock(&self.slots)
-            .entry(key.clone())
+            .entry(key)
             .or_insert_with(|| {
-                let slot = TokenSlot::new(key, Arc::new(request), self.fetcher.clone());
+                let slot = TokenSlot::new(Arc::new(request), self.fetcher.clone());
                 Arc::new(match inherited {
                     Some(old) => slot.carrying(&old),
                     None => slot,
@@ -473,10 +427,6 @@ impl TokenCache {
             .clone();
         RouteToken::Fixed(slot)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -504,9 +454,24 @@ mod tests {
     #[test]
     fn debug_never_shows_the_token() {
         let now = Instant::now();
-        let t = AccessToken::new(SecretString::from("s3cr3t-token"), now, now, None).unwrap();
+        let t =
+            AccessToken::new(SecretString::from("s3cr3t-token"), now, now, None, false).unwrap();
         assert!(!format!("{t:?}").contains("s3cr3t"));
         assert!(t.authorization().is_sensitive());
         assert_eq!(t.authorization().to_str().unwrap(), "Bearer s3cr3t-token");
+    }
+
+    #[test]
+    fn the_authorization_value_is_built_once_per_token() {
+        let now = Instant::now();
+        let t = AccessToken::new(SecretString::from("tok"), now, now, None, true).unwrap();
+        let (a, b) = (t.authorization(), t.authorization());
+        assert_eq!(
+            a.as_bytes().as_ptr(),
+            b.as_bytes().as_ptr(),
+            "rebuilt per call"
+        );
+        assert_eq!(a.to_str().unwrap(), "DPoP tok");
+        assert!(a.is_sensitive() && t.ath.is_some());
     }
 }

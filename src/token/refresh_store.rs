@@ -48,9 +48,7 @@ impl RefreshStore {
     /// The state of the file at `path`; hold [`StoredFile::lock`] across read, request and
     /// write back.
     pub fn file(&self, path: &Path) -> Arc<StoredFile> {
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.files)
             .entry(path.to_owned())
             .or_default()
             .clone()
@@ -78,7 +76,7 @@ impl StoredFile {
 impl Held<'_> {
     /// The refresh token to send: the rotated one not saved yet (trying its save once more
     /// first), else the one in the file.
-    pub fn current(&mut self) -> Result<SecretString, String> {
+    pub fn current(&mut self) -> Result<SecretString, StoredTokenError> {
         if let Some(token) = self.unsaved.as_ref() {
             let token = SecretString::from(token.expose_secret().to_string());
             if write_atomic(self.path, &token).is_ok() {
@@ -151,26 +149,54 @@ fn saved_late(path: &Path) {
     crate::metrics::refresh_token_unsaved(&path.display().to_string(), false);
 }
 
+/// Why the stored refresh token cannot be used. Names the file, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredTokenError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file holds no token.
+    #[error("{} is empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is a symbolic link (a planted link could send the rotated token elsewhere).
+    #[error("{} is a symbolic link; refusing it (point refresh_token.file at the file itself)", path.display())]
+    Symlink {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 /// The refresh token currently in `path` (never through a symbolic link).
-pub fn read(path: &Path) -> Result<SecretString, String> {
+pub fn read(path: &Path) -> Result<SecretString, StoredTokenError> {
     refuse_symlink(path)?;
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-    );
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        StoredTokenError::Unreadable {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(StoredTokenError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(SecretString::from(token.to_string()))
 }
 
-fn refuse_symlink(path: &Path) -> Result<(), String> {
+fn refuse_symlink(path: &Path) -> Result<(), StoredTokenError> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => Err(format!(
-            "{} is a symbolic link; refusing it (point refresh_token.file at the file itself)",
-            path.display()
-        )),
+        Ok(m) if m.file_type().is_symlink() => Err(StoredTokenError::Symlink {
+            path: path.to_owned(),
+        }),
         _ => Ok(()),
     }
 }
@@ -281,7 +307,7 @@ mod tests {
         std::fs::write(&real, "token\n").unwrap();
         let link = dir.path().join("refresh");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let err = read(&link).unwrap_err();
+        let err = read(&link).unwrap_err().to_string();
         assert!(err.contains("symbolic link"), "{err}");
         assert!(write_atomic(&link, &SecretString::from("new")).is_err());
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "token\n");

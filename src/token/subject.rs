@@ -11,13 +11,14 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::assertion::unverified_exp;
 use super::{Fetcher, TokenKey, TokenRequest, TokenSlot};
 use crate::config::SubjectSource;
-use crate::secret::SecretSource;
+use crate::error::{Class, Classify};
+use crate::secret::{SecretError, SecretSource};
+use crate::sync::lock;
 
 /// At most this many subjects are cached per route; expired ones go first.
 const MAX_SUBJECTS: usize = 10_000;
@@ -40,13 +41,19 @@ pub enum SubjectError {
     /// The caller's token has expired.
     #[error("the caller's token has expired; get a new one")]
     Expired,
-    /// The workload token could not be read or has expired.
-    #[error("workload token in {source_label}: {detail}")]
-    Workload {
+    /// The workload token has expired.
+    #[error("workload token in {location}: the token has expired (exp is in the past)")]
+    WorkloadExpired {
         /// Where it lives.
-        source_label: String,
-        /// What is wrong.
-        detail: String,
+        location: SecretSource,
+    },
+    /// The workload token could not be read.
+    #[error("workload token in {location}: {source}")]
+    WorkloadUnreadable {
+        /// Where it lives.
+        location: SecretSource,
+        /// Why.
+        source: SecretError,
     },
 }
 
@@ -54,6 +61,16 @@ impl SubjectError {
     /// Whether the caller can fix it (401) rather than the operator (502).
     pub fn is_callers(&self) -> bool {
         matches!(self, SubjectError::Missing | SubjectError::Expired)
+    }
+}
+
+impl Classify for SubjectError {
+    fn class(&self) -> Class {
+        if self.is_callers() {
+            Class::Caller
+        } else {
+            Class::Internal
+        }
     }
 }
 
@@ -100,7 +117,6 @@ impl SubjectSlots {
     /// Slots for `template` (whose subject is filled per request) from `source`.
     pub(super) fn new(
         template: TokenRequest,
-        base_key: TokenKey,
         source: &SubjectSource,
         fetcher: Arc<Fetcher>,
     ) -> SubjectSlots {
@@ -112,8 +128,8 @@ impl SubjectSlots {
             }),
         };
         SubjectSlots {
+            base_key: TokenKey::of(&template),
             template,
-            base_key,
             fetcher,
             workload,
             slots: Mutex::new(HashMap::new()),
@@ -124,14 +140,13 @@ impl SubjectSlots {
     /// configuration's request and fetcher.
     pub(super) fn carrying(self, previous: &SubjectSlots) -> SubjectSlots {
         {
-            let old = previous.slots.lock().unwrap_or_else(|e| e.into_inner());
-            let mut new = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let old = lock(&previous.slots);
+            let mut new = lock(&self.slots);
             for (hash, slot) in old.iter() {
                 let mut request = self.template.clone();
                 request.subject = slot.request().subject.clone();
                 request.subject_exp = slot.request().subject_exp;
-                let fresh =
-                    TokenSlot::new(slot.key().clone(), Arc::new(request), self.fetcher.clone());
+                let fresh = TokenSlot::new(Arc::new(request), self.fetcher.clone());
                 new.insert(*hash, Arc::new(fresh.carrying(slot)));
             }
         }
@@ -147,14 +162,13 @@ impl SubjectSlots {
         if exp.is_some_and(|exp| exp <= crate::jose::unix_now()) {
             return Err(match &self.workload {
                 None => SubjectError::Expired,
-                Some(w) => SubjectError::Workload {
-                    source_label: w.source.to_string(),
-                    detail: "the token has expired (exp is in the past)".into(),
+                Some(w) => SubjectError::WorkloadExpired {
+                    location: w.source.clone(),
                 },
             });
         }
-        let hash: [u8; 32] = Sha256::digest(subject.expose_secret().as_bytes()).into();
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let hash = super::subject_hash(&subject);
+        let mut slots = lock(&self.slots);
         if let Some(slot) = slots.get(&hash) {
             return Ok(slot.clone());
         }
@@ -168,9 +182,7 @@ impl SubjectSlots {
         let mut request = self.template.clone();
         request.subject = Some(subject);
         request.subject_exp = exp;
-        let mut key = self.base_key.clone();
-        key.subject = Some(hash);
-        let slot = Arc::new(TokenSlot::new(key, Arc::new(request), self.fetcher.clone()));
+        let slot = Arc::new(TokenSlot::new(Arc::new(request), self.fetcher.clone()));
         slots.insert(hash, slot.clone());
         Ok(slot)
     }
@@ -189,7 +201,7 @@ impl Workload {
     /// The current token, re-read when the file changed (checked at most once a second).
     fn current(&self) -> Result<Arc<SecretString>, SubjectError> {
         let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         if let Some(s) = state.as_ref() {
             if now.duration_since(s.checked) < Duration::from_secs(1) {
                 return Ok(s.token.clone());
@@ -208,10 +220,13 @@ impl Workload {
                 return Ok(s.token.clone());
             }
         }
-        let token = self.source.load().map_err(|e| SubjectError::Workload {
-            source_label: self.source.to_string(),
-            detail: e.to_string(),
-        })?;
+        let token = self
+            .source
+            .load()
+            .map_err(|source| SubjectError::WorkloadUnreadable {
+                location: self.source.clone(),
+                source,
+            })?;
         let token = Arc::new(SecretString::from(token.expose_secret().trim().to_string()));
         *state = Some(WorkloadState {
             checked: now,
