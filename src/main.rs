@@ -556,15 +556,27 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+#[cfg(feature = "demo")]
+mod demo;
+
+#[cfg(feature = "demo")]
 async fn demo(path: Option<PathBuf>, once: bool) -> Result<(), Failure> {
     let config = match path {
         Some(path) => load(&path)?,
-        None => config::load_example().map_err(|e| Failure::Config(e.to_string()))?,
+        None => demo::example().map_err(|e| Failure::Config(e.to_string()))?,
     };
-    oauth_egress::demo::run::run(config, once, shutdown_signal())
+    demo::run(config, once, shutdown_signal())
         .await
         .map_err(|err| match err {
-            oauth_egress::demo::run::DemoError::Config(m) => Failure::Config(m),
+            demo::DemoError::Config(m) => Failure::Config(m),
             other => Failure::Other(other.into()),
         })
+}
+
+#[cfg(not(feature = "demo"))]
+async fn demo(_path: Option<PathBuf>, _once: bool) -> Result<(), Failure> {
+    Err(Failure::Other(anyhow::anyhow!(
+        "this oauth-egress was built without the demo (cargo feature `demo`); \
+         build it with default features to run `oauth-egress demo`"
+    )))
 }

@@ -24,9 +24,6 @@ mod route;
 pub use client::{is_loopback, AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
 pub use route::{Grant, JwtBearer, RouteSpec, SubjectSource, TokenExchange};
 
-/// The example configuration shipped in the repository; `demo` runs on it.
-pub const EXAMPLE: &str = include_str!("../../routes.toml");
-
 /// The validated configuration the proxy runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -151,20 +148,6 @@ pub enum ConfigError {
         /// One sentence per problem.
         problems: Vec<String>,
     },
-}
-
-impl Config {
-    /// Replaces a client's secret source (the demo and tests hand secrets over in memory).
-    /// Returns false when there is no such client.
-    pub fn set_client_secret(&mut self, client: &str, source: SecretSource) -> bool {
-        match self.clients.get_mut(client) {
-            Some(c) => {
-                Arc::make_mut(c).client_secret = Some(source);
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -422,12 +405,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let figment = Figment::from(Toml::file_exact(path));
     from_figment(figment, &base, path.display().to_string())
-}
-
-/// Loads and validates the shipped example (`routes.toml` compiled into the binary), with
-/// environment overrides. Relative paths are relative to the working directory.
-pub fn load_example() -> Result<Config, ConfigError> {
-    from_toml(EXAMPLE, Path::new("."), "embedded routes.toml")
 }
 
 /// Loads and validates TOML text, with environment overrides; relative paths are relative

@@ -119,7 +119,6 @@ impl PartialEq for SecretSource {
         match (self, other) {
             (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
             (SecretSource::File(a), SecretSource::File(b)) => a == b,
-            (SecretSource::Inline(a), SecretSource::Inline(b)) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
         }
     }

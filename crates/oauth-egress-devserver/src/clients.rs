@@ -5,8 +5,8 @@
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
-use super::auth_server::DevClient;
-use super::BoxError;
+use crate::auth_server::DevClient;
+use crate::BoxError;
 
 /// A token endpoint client authentication method (the registered names of the
 /// IANA "OAuth Token Endpoint Authentication Methods" registry).

@@ -16,8 +16,8 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::assertion::now_secs;
-use super::lock;
+use crate::assertion::now_secs;
+use crate::lock;
 
 /// How far a proof's `iat` may be from the server's clock (seconds, both ways).
 pub const MAX_IAT_SKEW_SECS: u64 = 60;

@@ -1,17 +1,23 @@
 //! `oauth-egress demo`: the proxy on the shipped routes.toml, with the development
 //! authorization server and echo API the file points at, a self-check request through the
 //! proxy, and the curl command that shows the same thing by hand.
+//!
+//! A module of the binary, compiled with the `demo` feature only: the servers come from the
+//! `oauth-egress-devserver` crate, and the library knows nothing of them.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
+use oauth_egress::config::{self, Config, ConfigError};
+use oauth_egress::intercept::ca::CertificateAuthority;
+use oauth_egress::secret::SecretSource;
+use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, TestPki};
 use rand::RngCore;
 use tokio::net::TcpListener;
 
-use super::{AuthServer, DevClient, EchoApi, TestPki};
-use crate::config::Config;
-use crate::intercept::ca::CertificateAuthority;
-use crate::secret::{SecretSource, SecretString};
+/// The shipped routes.toml, which the demo runs on unless given another file.
+const EXAMPLE: &str = include_str!("../routes.toml");
 
 /// The client and route names the demo looks for in the config.
 pub const DEMO_CLIENT: &str = "demo";
@@ -28,6 +34,12 @@ pub enum DemoError {
     /// The self-check request through the proxy failed.
     #[error("self-check through the proxy failed: {0}")]
     SelfCheck(String),
+}
+
+/// The shipped example (compiled in), with environment overrides; relative paths are
+/// relative to the working directory.
+pub fn example() -> Result<Config, ConfigError> {
+    config::from_toml(EXAMPLE, Path::new("."), "embedded routes.toml")
 }
 
 /// Runs the demo; with `once`, makes the self-check request and returns, else serves until
@@ -54,7 +66,7 @@ pub async fn run(
                 config.origin
             ))
         })?;
-    let crate::config::Endpoint::Fixed(token_endpoint) = &client.endpoint else {
+    let config::Endpoint::Fixed(token_endpoint) = &client.endpoint else {
         return Err(DemoError::Config(
             "clients.demo needs a token_endpoint (not an issuer)".into(),
         ));
@@ -79,10 +91,20 @@ pub async fn run(
         rand::rng().fill_bytes(&mut bytes);
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     });
-    config.set_client_secret(
-        DEMO_CLIENT,
-        SecretSource::Inline(Arc::new(SecretString::from(secret.clone()))),
-    );
+    // The proxy reads the client secret from a file only it can read (0600 in a private
+    // temporary directory), removed when the demo ends.
+    let secret_dir = tempfile::tempdir()
+        .map_err(|e| DemoError::Start(format!("temporary directory for the secret: {e}")))?;
+    let secret_file = tempfile::NamedTempFile::new_in(secret_dir.path())
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, secret.as_bytes())?;
+            Ok(file)
+        })
+        .map_err(|e| DemoError::Start(format!("cannot write the demo client secret: {e}")))?;
+    if let Some(demo_client) = config.clients.get_mut(DEMO_CLIENT) {
+        Arc::make_mut(demo_client).client_secret =
+            Some(SecretSource::File(secret_file.path().to_path_buf()));
+    }
 
     let start = |e: Box<dyn std::error::Error + Send + Sync>| DemoError::Start(e.to_string());
     let pki = TestPki::new("oauth-egress demo upstream CA").map_err(|e| start(e.into()))?;
@@ -129,7 +151,7 @@ pub async fn run(
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
     let ca = Arc::new(ca);
-    let running = crate::server::start(config, ca.clone(), &[pki.ca_cert_der()])
+    let running = oauth_egress::server::start(config, ca.clone(), &[pki.ca_cert_der()])
         .await
         .map_err(|e| DemoError::Start(e.to_string()))?;
 
@@ -161,13 +183,14 @@ pub async fn run(
     println!("  curl -x {proxy_url} --cacert {} {url}", ca_path.display());
     if once {
         running.stop().await;
+        drop((secret_file, secret_dir));
         return check.map(|_| ()).map_err(DemoError::SelfCheck);
     }
     println!();
     println!("Press Ctrl-C to stop.");
     shutdown.await;
     running.stop().await;
-    drop((auth, api));
+    drop((auth, api, secret_file, secret_dir));
     Ok(())
 }
 
@@ -191,7 +214,7 @@ async fn self_check(proxy_url: &str, ca_pem: &str, url: &str) -> Result<String, 
         .get(url)
         .send()
         .await
-        .map_err(|e| crate::error::chain(&e))?;
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
     let status = response.status();
     let body = response.text().await.map_err(|e| e.to_string())?;
     if status.is_success() {

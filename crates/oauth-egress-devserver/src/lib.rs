@@ -1,4 +1,5 @@
-//! Demo and test servers that make the proxy's OAuth flow visible and testable.
+//! Development servers for oauth-egress: an OAuth 2.0 authorization server, a protected
+//! echo API and a throwaway PKI, for `oauth-egress demo` and the tests.
 //!
 //! * [`pki::TestPki`]: a throwaway certificate authority for the servers below.
 //! * [`auth_server::AuthServer`]: a development OAuth 2.0 authorization server
@@ -15,10 +16,15 @@
 //!   echo API then demands the proof or the certificate. Both use
 //!   [`dpop::verify_proof`].
 //!
-//! `oauth-egress demo` runs them next to the proxy, and the integration tests use
-//! them over real loopback sockets. They are real (TLS, signatures, strict checks),
-//! observable (counters and records) and steerable (failure injection), and are
-//! never meant to face untrusted networks.
+//! They are real (TLS, signatures, strict checks), observable (counters and records) and
+//! steerable (failure injection: `fail_next`, `set_delay`, `revoke`, ...), and are never meant
+//! to face untrusted networks. This crate does not depend on `oauth-egress`: it checks the
+//! proxy's requests with code of its own, so a test passes only when the proxy does what the
+//! RFCs say, not what the proxy thinks they say. The product pulls it in only through its
+//! `demo` feature, so a build without it carries none of these servers or their test knobs.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod assertion;
 mod auth_knobs;
@@ -35,7 +41,6 @@ mod grants;
 mod mtls;
 pub mod pki;
 mod refresh;
-pub mod run;
 mod token_endpoint;
 mod tokens;
 pub mod workload;
