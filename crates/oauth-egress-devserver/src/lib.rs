@@ -6,15 +6,14 @@
 //!   (client credentials, refresh, token exchange and JWT bearer grants; secret,
 //!   JWT assertion, mTLS and public clients; discovery) that issues real
 //!   ES256-signed JWTs.
-//! * [`workload::WorkloadIssuer`]: a stand-in workload identity issuer whose
+//! * [`WorkloadIssuer`]: a stand-in workload identity issuer whose
 //!   tokens the server can be told to trust (for token exchange).
 //! * [`echo_api::EchoApi`]: a protected API that verifies those tokens and echoes
 //!   what it received.
-//! * [`dpop`]: sender-constrained tokens. The server binds tokens to a DPoP key
+//! * DPoP (`dpop.rs`): sender-constrained tokens. The server binds tokens to a DPoP key
 //!   (RFC 9449, `cnf.jkt`) when the token request carries a proof, and to the
 //!   client certificate (RFC 8705 §3, `cnf["x5t#S256"]`) on its mTLS alias; the
-//!   echo API then demands the proof or the certificate. Both use
-//!   [`dpop::verify_proof`].
+//!   echo API then demands the proof or the certificate, and both check proofs the same way.
 //!
 //! They are real (TLS, signatures, strict checks), observable (counters and records) and
 //! steerable (failure injection: `fail_next`, `set_delay`, `revoke`, ...), and are never meant
@@ -30,9 +29,9 @@ mod assertion;
 mod auth_knobs;
 pub mod auth_server;
 mod client_auth;
-pub mod clients;
+mod clients;
 mod discovery;
-pub mod dpop;
+mod dpop;
 mod dpop_state;
 pub mod echo_api;
 mod echo_dpop;
@@ -43,14 +42,14 @@ pub mod pki;
 mod refresh;
 mod token_endpoint;
 mod tokens;
-pub mod workload;
+mod workload;
 
 pub use auth_server::{AuthServer, Claims, DevClient, Failure, TokenVerifier};
 pub use clients::{
     AssertionAudience, AuthMethod, ClientAuthSpec, ClientRegistration, JwtPublicKey,
 };
 pub use discovery::DiscoveryMode;
-pub use dpop::{jwk_thumbprint, verify_proof, ProofError, ProofInfo, ReplayCache};
+pub use dpop::jwk_thumbprint;
 pub use echo_api::{EchoApi, Seen};
 pub use pki::TestPki;
 pub use workload::WorkloadIssuer;

@@ -44,7 +44,7 @@ pub struct Claims {
 
 impl Claims {
     /// Whether `scope` is one of the granted scopes.
-    pub fn has_scope(&self, scope: &str) -> bool {
+    pub(crate) fn has_scope(&self, scope: &str) -> bool {
         self.scope
             .as_deref()
             .is_some_and(|granted| granted.split(' ').any(|s| s == scope))
