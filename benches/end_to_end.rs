@@ -42,12 +42,11 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use oauth_egress::demo::auth_server::{AuthServer, DevClient};
-use oauth_egress::demo::echo_api::EchoApi;
-use oauth_egress::demo::pki::TestPki;
 use oauth_egress::intercept::ca::CertificateAuthority;
 use oauth_egress::proxy::Proxy;
-use oauth_egress::secret::{SecretSource, SecretString};
+use oauth_egress_devserver::auth_server::{AuthServer, DevClient};
+use oauth_egress_devserver::echo_api::EchoApi;
+use oauth_egress_devserver::pki::TestPki;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -255,7 +254,7 @@ unmatched = "tunnel"
 token_endpoint = "{endpoint}"
 client_id = "{CLIENT_ID}"
 auth = "client_secret_basic"
-client_secret = {{ env = "SET_IN_MEMORY" }}
+client_secret = {{ file = "client-secret" }}
 
 [[route]]
 name = "echo"
@@ -270,12 +269,10 @@ dpop = {dpop}
             dpop = std::env::var("E2E_DPOP").is_ok_and(|v| v == "1"),
         );
         let ca_dir = tempfile::tempdir().expect("temp dir");
-        let mut config = oauth_egress::config::from_toml(&toml, ca_dir.path(), "end_to_end bench")
+        // The client reads its secret from this file (`{ file = "client-secret" }`).
+        std::fs::write(ca_dir.path().join("client-secret"), CLIENT_SECRET).expect("secret file");
+        let config = oauth_egress::config::from_toml(&toml, ca_dir.path(), "end_to_end bench")
             .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        config.set_client_secret(
-            "bench",
-            SecretSource::Inline(Arc::new(SecretString::from(CLIENT_SECRET))),
-        );
         let ca = Arc::new(CertificateAuthority::generate().expect("CA"));
         let proxy = Proxy::new(config, ca.clone(), &[pki.ca_cert_der()]).expect("proxy");
 

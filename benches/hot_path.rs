@@ -33,12 +33,12 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Uri};
-use oauth_egress::demo::auth_server::{AuthServer, DevClient};
-use oauth_egress::demo::pki::TestPki;
 use oauth_egress::intercept::ca::CertificateAuthority;
 use oauth_egress::proxy::Proxy;
-use oauth_egress::secret::{SecretSource, SecretString};
+use oauth_egress::secret::SecretString;
 use oauth_egress::token::Lookup;
+use oauth_egress_devserver::auth_server::{AuthServer, DevClient};
+use oauth_egress_devserver::pki::TestPki;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
@@ -55,6 +55,8 @@ struct Fixture {
     rt: Runtime,
     _auth: AuthServer,
     proxy: Arc<Proxy>,
+    /// Holds the client secret file.
+    _dir: tempfile::TempDir,
 }
 
 /// A 50-route table: 40 exact routes over 31 hosts (some with ports and path prefixes, one
@@ -69,7 +71,7 @@ listen = "127.0.0.1:0"
 token_endpoint = "{token_endpoint}"
 client_id = "{CLIENT_ID}"
 auth = "client_secret_basic"
-client_secret = {{ env = "SET_IN_MEMORY" }}
+client_secret = {{ file = "client-secret" }}
 
 [[route]]
 name = "warm"
@@ -134,21 +136,20 @@ fn fixture() -> Fixture {
     });
     let toml = routes_toml(&auth.token_endpoint());
     // The CA files are never read or written (the CA is generated in memory); the directory
-    // only keeps config validation from seeing stray files.
+    // keeps config validation from seeing stray files and holds the client secret.
     let ca_dir = tempfile::tempdir().expect("temp dir");
-    let mut config = oauth_egress::config::from_toml(&toml, ca_dir.path(), "hot_path bench config")
+    // The client reads its secret from this file (`{ file = "client-secret" }`).
+    std::fs::write(ca_dir.path().join("client-secret"), CLIENT_SECRET).expect("secret file");
+    let config = oauth_egress::config::from_toml(&toml, ca_dir.path(), "hot_path bench config")
         .unwrap_or_else(|e| panic!("{e}\n{toml}"));
     assert_eq!(config.routes.len(), 50, "the table should hold 50 routes");
-    config.set_client_secret(
-        "bench",
-        SecretSource::Inline(Arc::new(SecretString::from(CLIENT_SECRET))),
-    );
     let ca = Arc::new(CertificateAuthority::generate().expect("CA"));
     let proxy = Proxy::new(config, ca, &[pki.ca_cert_der()]).expect("proxy");
     Fixture {
         rt,
         _auth: auth,
         proxy,
+        _dir: ca_dir,
     }
 }
 

@@ -17,10 +17,15 @@
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
 //! | turn any failure into the caller's response | `error.rs` |
 //!
-//! Around it: `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment → validate → [`config::Config`]; one file per section), `jose.rs` (jti, base64url, JWK for the signers), `secret.rs` (secret
-//! sources, never printable), `client_env.rs` (what `oauth-egress env` prints), `proxy.rs` (the assembled state), `preflight.rs` (the start-up checks `check`, `run` and reload share), `admin.rs` (health), and
-//! `demo/` (a development authorization server and echo API used by `oauth-egress demo` and
-//! the tests).
+//! Around it: `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment →
+//! validate → [`config::Config`]; one file per section), `jose.rs` (jti, base64url, JWK for the
+//! signers), `secret.rs` (secret sources, never printable), `client_env.rs` (what
+//! `oauth-egress env` prints), `proxy.rs` (the assembled state), `preflight.rs` (the start-up
+//! checks `check`, `run` and reload share), `admin.rs` (health), `sync.rs` (the one lock helper).
+//!
+//! Not here: the development authorization server, echo API and test PKI live in the
+//! `oauth-egress-devserver` crate (`crates/`), used by the tests and, behind the default-on
+//! `demo` feature, by the binary's `oauth-egress demo` (`src/demo.rs`, a module of `main.rs`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -31,7 +36,6 @@ pub mod ca;
 pub mod client_env;
 pub mod config;
 pub mod connect;
-pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod forward;

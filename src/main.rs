@@ -4,14 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use oauth_egress::config;
 
 mod cli;
 
 use cli::check::{check, CheckArgs};
 use cli::env::{env, EnvArgs};
-use cli::run::{run, shutdown_signal};
-use cli::{ca_export, load, ConfigArg, Failure};
+use cli::run::run;
+use cli::{ca_export, ConfigArg, Failure};
 
 /// sysexits' EX_USAGE: the configuration is wrong.
 const EX_USAGE: u8 = 64;
@@ -120,15 +119,27 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
+mod demo;
+
+#[cfg(feature = "demo")]
 async fn demo(path: Option<PathBuf>, once: bool) -> Result<(), Failure> {
     let config = match path {
-        Some(path) => load(&path)?,
-        None => config::load_example().map_err(|e| Failure::Config(e.to_string()))?,
+        Some(path) => cli::load(&path)?,
+        None => demo::example().map_err(|e| Failure::Config(e.to_string()))?,
     };
-    oauth_egress::demo::run::run(config, once, shutdown_signal())
+    demo::run(config, once, cli::run::shutdown_signal())
         .await
         .map_err(|err| match err {
-            oauth_egress::demo::run::DemoError::Config(m) => Failure::Config(m),
+            demo::DemoError::Config(m) => Failure::Config(m),
             other => Failure::Other(other.into()),
         })
+}
+
+#[cfg(not(feature = "demo"))]
+async fn demo(_path: Option<PathBuf>, _once: bool) -> Result<(), Failure> {
+    Err(Failure::Other(anyhow::anyhow!(
+        "this oauth-egress was built without the demo (cargo feature `demo`); \
+         build it with default features to run `oauth-egress demo`"
+    )))
 }

@@ -6,7 +6,6 @@
 //! then costs nothing).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 pub use secrecy::{ExposeSecret, SecretString};
 
@@ -17,8 +16,6 @@ pub enum SecretSource {
     Env(String),
     /// A file, re-read on every use; one trailing newline is ignored.
     File(PathBuf),
-    /// A value held in memory (the `demo` command and tests; not expressible in a config file).
-    Inline(Arc<SecretString>),
 }
 
 impl std::fmt::Debug for SecretSource {
@@ -26,7 +23,6 @@ impl std::fmt::Debug for SecretSource {
         match self {
             Self::Env(name) => write!(f, "env:{name}"),
             Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::Inline(_) => f.write_str("inline:***"),
         }
     }
 }
@@ -36,7 +32,6 @@ impl std::fmt::Display for SecretSource {
         match self {
             Self::Env(name) => write!(f, "environment variable {name}"),
             Self::File(path) => write!(f, "file {}", path.display()),
-            Self::Inline(_) => f.write_str("an in-memory value"),
         }
     }
 }
@@ -76,7 +71,7 @@ impl SecretSource {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             Self::File(path) => Some(path),
-            Self::Env(_) | Self::Inline(_) => None,
+            Self::Env(_) => None,
         }
     }
 
@@ -101,7 +96,6 @@ impl SecretSource {
                 text.truncate(trimmed);
                 text
             }
-            Self::Inline(secret) => secret.expose_secret().to_owned(),
         };
         if value.is_empty() {
             return Err(SecretError::Empty(self.to_string()));
@@ -383,7 +377,11 @@ mod tests {
         let source = SecretSource::Env("OAUTH_EGRESS_TEST_SURELY_UNSET".into());
         let err = source.load().unwrap_err().to_string();
         assert!(err.contains("OAUTH_EGRESS_TEST_SURELY_UNSET"), "{err}");
-        let inline = SecretSource::Inline(Arc::new(SecretString::from("hunter2")));
-        assert!(!format!("{inline:?} {inline}").contains("hunter2"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "hunter2").unwrap();
+        let file = SecretSource::File(path);
+        let loaded = file.load().unwrap();
+        assert!(!format!("{file:?} {file} {loaded:?}").contains("hunter2"));
     }
 }

@@ -315,7 +315,7 @@ fn env_names_a_missing_system_bundle() {
 /// route that exchanges the caller's token is skipped; a good one says OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_fetch_gets_a_token_per_route_and_names_failures() {
-    use oauth_egress::demo::{AuthServer, DevClient, TestPki};
+    use oauth_egress_devserver::{AuthServer, DevClient, TestPki};
     let pki = TestPki::new("check CA").unwrap();
     let auth = AuthServer::start(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),

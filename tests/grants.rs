@@ -9,7 +9,7 @@ use base64::Engine as _;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use oauth_egress::demo::{
+use oauth_egress_devserver::{
     AssertionAudience, ClientAuthSpec, ClientRegistration, DiscoveryMode, Failure, JwtPublicKey,
     TestPki, WorkloadIssuer,
 };

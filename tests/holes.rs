@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use oauth_egress::demo::echo_api::EchoApi;
+use oauth_egress_devserver::echo_api::EchoApi;
 use support::{connect_tunnel, raw_exchange, Harness, Setup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -3,7 +3,7 @@
 
 mod support;
 
-use oauth_egress::demo::{ClientAuthSpec, ClientRegistration, TestPki};
+use oauth_egress_devserver::{ClientAuthSpec, ClientRegistration, TestPki};
 use support::{Harness, Setup, CLIENT_ID, SCOPE};
 
 /// The product's source, without test modules (`#[cfg(test)]` to the end of a file, and

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use oauth_egress::demo::{AuthServer, DevClient, EchoApi, TestPki};
 use oauth_egress::intercept::ca::CertificateAuthority;
 use oauth_egress::server::Running;
+use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, TestPki};
 use tokio::net::TcpListener;
 
 const SCOPE: &str = "echo:read";

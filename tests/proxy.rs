@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oauth_egress::demo::auth_server::Failure;
+use oauth_egress_devserver::auth_server::Failure;
 use support::{connect_tunnel, raw_exchange, read_head, ApiTls, Harness, Setup, CLIENT_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

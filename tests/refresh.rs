@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use oauth_egress::config::Config;
-use oauth_egress::demo::auth_server::{AuthServer, DevClient};
-use oauth_egress::demo::pki::TestPki;
-use oauth_egress::secret::{SecretSource, SecretString};
 use oauth_egress::token::{Fetcher, Lookup, TokenCache, TokenSlot};
+use oauth_egress_devserver::auth_server::{AuthServer, DevClient};
+use oauth_egress_devserver::pki::TestPki;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -40,11 +39,10 @@ impl Env {
         )
         .await
         .unwrap();
-        Env {
-            pki,
-            auth,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        let dir = tempfile::tempdir().unwrap();
+        // `config` points the client at this file.
+        std::fs::write(dir.path().join("client-secret"), SECRET).unwrap();
+        Env { pki, auth, dir }
     }
 
     /// A config with `[tokens]` lines `tokens` and the `[[route]]` tables `routes`.
@@ -61,19 +59,14 @@ listen = "127.0.0.1:0"
 token_endpoint = "{endpoint}"
 client_id = "{CLIENT_ID}"
 auth = "client_secret_basic"
-client_secret = {{ env = "SET_IN_MEMORY" }}
+client_secret = {{ file = "client-secret" }}
 
 {routes}
 "#,
             endpoint = self.auth.token_endpoint(),
         );
-        let mut config = oauth_egress::config::from_toml(&toml, self.dir.path(), "test")
-            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        config.set_client_secret(
-            "c",
-            SecretSource::Inline(Arc::new(SecretString::from(SECRET))),
-        );
-        config
+        oauth_egress::config::from_toml(&toml, self.dir.path(), "test")
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"))
     }
 
     /// The token cache a proxy on `config` would build (`previous`: the one it replaces).
@@ -488,7 +481,7 @@ async fn a_jwt_access_tokens_own_exp_is_respected() {
 #[tokio::test]
 async fn an_exchanged_token_stops_a_skew_before_its_subject_expires() {
     let env = Env::start().await;
-    let workload = oauth_egress::demo::WorkloadIssuer::new("https://kubernetes.test").unwrap();
+    let workload = oauth_egress_devserver::WorkloadIssuer::new("https://kubernetes.test").unwrap();
     env.auth
         .trust_issuer(workload.iss(), workload.public_key().unwrap());
     let subject = workload

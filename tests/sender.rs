@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use oauth_egress::demo::{ClientAuthSpec, ClientRegistration, TestPki};
+use oauth_egress_devserver::{ClientAuthSpec, ClientRegistration, TestPki};
 use support::{Harness, Setup, CLIENT_ID, SCOPE};
 
 fn dpop_route() -> String {

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oauth_egress::demo::{AuthServer, DevClient, EchoApi, TestPki};
 use oauth_egress::intercept::ca::CertificateAuthority;
 use oauth_egress::preflight::{preflight, Basis};
 use oauth_egress::server::Running;
+use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -84,7 +84,6 @@ impl PartialEq for SecretSource {
         match (self, other) {
             (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
             (SecretSource::File(a), SecretSource::File(b)) => a == b,
-            (SecretSource::Inline(a), SecretSource::Inline(b)) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -92,15 +91,13 @@ impl PartialEq for SecretSource {
 
 impl Eq for SecretSource {}
 
-/// Consistent with `eq`: the source's name or path; an in-memory value by its kind alone
-/// (never its content).
+/// Consistent with `eq`: the source's name or path (never its content).
 impl std::hash::Hash for SecretSource {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
         match self {
             SecretSource::Env(name) => name.hash(state),
             SecretSource::File(path) => path.hash(state),
-            SecretSource::Inline(_) => {}
         }
     }
 }

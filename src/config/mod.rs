@@ -14,8 +14,6 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-use crate::secret::SecretSource;
-
 mod client;
 mod grant;
 mod proxy;
@@ -29,9 +27,6 @@ pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
 pub use proxy::{AdminSettings, ProxySettings, Unmatched};
 pub use route::RouteSpec;
 pub use tokens::TokenSettings;
-
-/// The example configuration shipped in the repository; `demo` runs on it.
-pub const EXAMPLE: &str = include_str!("../../routes.toml");
 
 /// The validated configuration the proxy runs on.
 #[derive(Debug, Clone)]
@@ -79,20 +74,6 @@ pub enum ConfigError {
         /// One sentence per problem.
         problems: Vec<String>,
     },
-}
-
-impl Config {
-    /// Replaces a client's secret source (the demo and tests hand secrets over in memory).
-    /// Returns false when there is no such client.
-    pub fn set_client_secret(&mut self, client: &str, source: SecretSource) -> bool {
-        match self.clients.get_mut(client) {
-            Some(c) => {
-                Arc::make_mut(c).client_secret = Some(source);
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 /// What validation found: problems (the config is refused) and warnings (it runs, but
@@ -144,12 +125,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let figment = Figment::from(Toml::file_exact(path));
     from_figment(figment, &base, path.display().to_string())
-}
-
-/// Loads and validates the shipped example (`routes.toml` compiled into the binary), with
-/// environment overrides. Relative paths are relative to the working directory.
-pub fn load_example() -> Result<Config, ConfigError> {
-    from_toml(EXAMPLE, Path::new("."), "embedded routes.toml")
 }
 
 /// Loads and validates TOML text, with environment overrides; relative paths are relative

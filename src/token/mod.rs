@@ -152,33 +152,13 @@ struct Registration {
     endpoint: Endpoint,
     client_id: String,
     auth: ClientAuth,
-    client_secret: Option<SourceName>,
-    private_key: Option<SourceName>,
+    client_secret: Option<SecretSource>,
+    private_key: Option<SecretSource>,
     signing_alg: Option<SigningAlg>,
     key_id: Option<String>,
     assertion_audience: AssertionAudience,
-    client_cert: Option<SourceName>,
-    client_key: Option<SourceName>,
-}
-
-/// A secret's source as the key sees it: its name or path, never its value. A value held in
-/// memory (`demo`, tests: set after the config is built, so a new one on every build) is one
-/// source, whatever it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum SourceName {
-    Env(String),
-    File(std::path::PathBuf),
-    InMemory,
-}
-
-impl SourceName {
-    fn of(source: &Option<SecretSource>) -> Option<SourceName> {
-        source.as_ref().map(|source| match source {
-            SecretSource::Env(name) => SourceName::Env(name.clone()),
-            SecretSource::File(path) => SourceName::File(path.clone()),
-            SecretSource::Inline(_) => SourceName::InMemory,
-        })
-    }
+    client_cert: Option<SecretSource>,
+    client_key: Option<SecretSource>,
 }
 
 impl Registration {
@@ -206,13 +186,13 @@ impl Registration {
             endpoint: endpoint.clone(),
             client_id: client_id.clone(),
             auth: *auth,
-            client_secret: SourceName::of(client_secret),
-            private_key: SourceName::of(private_key),
+            client_secret: client_secret.clone(),
+            private_key: private_key.clone(),
             signing_alg: *signing_alg,
             key_id: key_id.clone(),
             assertion_audience: *assertion_audience,
-            client_cert: SourceName::of(client_cert),
-            client_key: SourceName::of(client_key),
+            client_cert: client_cert.clone(),
+            client_key: client_key.clone(),
         }
     }
 }

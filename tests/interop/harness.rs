@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use oauth_egress::demo::TestPki;
 use oauth_egress::intercept::ca::CertificateAuthority;
 use oauth_egress::server::Running;
+use oauth_egress_devserver::TestPki;
 use serde_json::Value;
 
 /// `tests/interop`, where the Node project and the client programs live.

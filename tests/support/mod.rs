@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use oauth_egress::demo::auth_server::{AuthServer, DevClient};
-use oauth_egress::demo::echo_api::EchoApi;
-use oauth_egress::demo::pki::TestPki;
 use oauth_egress::intercept::ca::CertificateAuthority;
 use oauth_egress::proxy::Proxy;
-use oauth_egress::secret::{SecretSource, SecretString};
+use oauth_egress_devserver::auth_server::{AuthServer, DevClient};
+use oauth_egress_devserver::echo_api::EchoApi;
+use oauth_egress_devserver::pki::TestPki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -99,14 +98,12 @@ async fn spawn_proxy(
     ca: Arc<CertificateAuthority>,
     upstream_ca: rustls::pki_types::CertificateDer<'static>,
 ) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let mut config = oauth_egress::config::from_toml(toml, base, "test config")
-        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
     if let Some(secret) = secret {
-        config.set_client_secret(
-            "test",
-            SecretSource::Inline(Arc::new(SecretString::from(secret))),
-        );
+        // The default client reads its secret from this file (`{ file = "client-secret" }`).
+        std::fs::write(base.join("client-secret"), secret).unwrap();
     }
+    let config = oauth_egress::config::from_toml(toml, base, "test config")
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let proxy = Proxy::new(config, ca, &[upstream_ca]).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
@@ -213,7 +210,7 @@ audience = "{aud}"
                     .replace("{token_endpoint}", &auth.token_endpoint())
                     .replace("{issuer}", &auth.issuer()),
                 None => format!(
-                    "token_endpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nauth = \"{}\"\nclient_secret = {{ env = \"SET_IN_MEMORY\" }}",
+                    "token_endpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nauth = \"{}\"\nclient_secret = {{ file = \"client-secret\" }}",
                     setup.token_endpoint.clone().unwrap_or_else(|| auth.token_endpoint()),
                     setup.auth
                 ),

@@ -8,12 +8,12 @@ use base64::Engine as _;
 use hyper::header::HeaderValue;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use super::assertion::{peek, verify, Peeked, Rules};
-use super::auth_server::Shared;
-use super::clients::{AssertionAudience, AuthMethod, ClientRegistration};
-use super::mtls::cert_has_dns_san;
-use super::token_endpoint::{Arrival, Form, OAuthError};
-use super::{lock, PeerCertificates};
+use crate::assertion::{peek, verify, Peeked, Rules};
+use crate::auth_server::Shared;
+use crate::clients::{AssertionAudience, AuthMethod, ClientRegistration};
+use crate::mtls::cert_has_dns_san;
+use crate::token_endpoint::{Arrival, Form, OAuthError};
+use crate::{lock, PeerCertificates};
 
 /// The `client_assertion_type` of JWT client assertions (RFC 7523 §2.2).
 pub(super) const ASSERTION_TYPE_JWT: &str =

@@ -9,10 +9,10 @@ use hyper::header::{HeaderValue, WWW_AUTHENTICATE};
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::dpop::{cert_thumbprint, ProofError, SUPPORTED_ALGS};
-use super::dpop_state::DpopState;
-use super::echo_api::EchoApi;
-use super::{header_safe, json_response, Claims, HttpResponse, PeerCertificates};
+use crate::dpop::{cert_thumbprint, ProofError, SUPPORTED_ALGS};
+use crate::dpop_state::DpopState;
+use crate::echo_api::EchoApi;
+use crate::{header_safe, json_response, Claims, HttpResponse, PeerCertificates};
 
 /// The authorization scheme a token arrived with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

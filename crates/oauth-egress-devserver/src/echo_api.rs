@@ -19,10 +19,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::dpop_state::{DpopState, DPOP};
-use super::echo_dpop::{check_binding, parse_authorization, BindingDenial, Possession};
-use super::echo_upgrade::{switch_protocols, upgrade_protocol};
-use super::{
+use crate::dpop_state::{DpopState, DPOP};
+use crate::echo_dpop::{check_binding, parse_authorization, BindingDenial, Possession};
+use crate::echo_upgrade::{switch_protocols, upgrade_protocol};
+use crate::{
     header_safe, json_response, spawn_server, text_response, AbortOnDrop, BoxError, Claims,
     HttpResponse, PeerCertificates, TokenVerifier,
 };

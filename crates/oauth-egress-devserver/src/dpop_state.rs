@@ -11,10 +11,10 @@ use base64::Engine as _;
 use hyper::header::{HeaderName, HeaderValue};
 use serde_json::{json, Value};
 
-use super::auth_server::{AuthServer, Shared};
-use super::dpop::{cert_thumbprint, peek_proof, verify_proof, ProofError, ProofInfo, ReplayCache};
-use super::token_endpoint::OAuthError;
-use super::{lock, HttpResponse, PeerCertificates};
+use crate::auth_server::{AuthServer, Shared};
+use crate::dpop::{cert_thumbprint, peek_proof, verify_proof, ProofError, ProofInfo, ReplayCache};
+use crate::token_endpoint::OAuthError;
+use crate::{lock, HttpResponse, PeerCertificates};
 
 /// The `DPoP` request header carrying a proof.
 pub(super) const DPOP: HeaderName = HeaderName::from_static("dpop");

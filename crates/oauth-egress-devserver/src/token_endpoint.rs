@@ -14,12 +14,12 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
-use super::assertion::peek;
-use super::auth_server::{Failure, Shared};
-use super::client_auth::{authenticate, detect_method, parse_basic};
-use super::dpop_state::{bind, Binding, DPOP};
-use super::grants::{self, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE};
-use super::{json_response, DropConnection, HttpResponse, PeerCertificates};
+use crate::assertion::peek;
+use crate::auth_server::{Failure, Shared};
+use crate::client_auth::{authenticate, detect_method, parse_basic};
+use crate::dpop_state::{bind, Binding, DPOP};
+use crate::grants::{self, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE};
+use crate::{json_response, DropConnection, HttpResponse, PeerCertificates};
 
 /// Largest `/token` request body we read; real ones are a few hundred bytes.
 const MAX_FORM_BYTES: usize = 64 * 1024;

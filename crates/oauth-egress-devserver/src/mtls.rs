@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 
-use super::BoxError;
+use crate::BoxError;
 
 /// A server config that presents `chain`/`key` and REQUIRES a client certificate
 /// issued by `client_ca` (with the clientAuth extended key usage); ALPN offers h2

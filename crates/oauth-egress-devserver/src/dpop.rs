@@ -16,17 +16,17 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::assertion::now_secs;
-use super::lock;
+use crate::assertion::now_secs;
+use crate::lock;
 
 /// How far a proof's `iat` may be from the server's clock (seconds, both ways).
-pub const MAX_IAT_SKEW_SECS: u64 = 60;
+pub(crate) const MAX_IAT_SKEW_SECS: u64 = 60;
 
 /// The `typ` header value of a DPoP proof.
-pub const DPOP_TYP: &str = "dpop+jwt";
+pub(crate) const DPOP_TYP: &str = "dpop+jwt";
 
 /// The signature algorithms accepted in proofs (`ES256`, `RS256`, `PS256`).
-pub const SUPPORTED_ALGS: &str = "ES256 RS256 PS256";
+pub(crate) const SUPPORTED_ALGS: &str = "ES256 RS256 PS256";
 
 /// JWK members that only private keys have; a proof's `jwk` must carry none.
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];
@@ -45,7 +45,7 @@ impl ReplayCache {
     }
 
     /// Remembers `jti` until `until` (Unix seconds); `false` if it was already seen.
-    pub fn check_and_remember(&self, jti: &str, until: u64) -> bool {
+    pub(crate) fn check_and_remember(&self, jti: &str, until: u64) -> bool {
         let now = now_secs();
         let mut seen = lock(&self.seen);
         seen.retain(|_, expiry| *expiry >= now);
@@ -56,14 +56,10 @@ impl ReplayCache {
         true
     }
 
-    /// How many `jti`s are currently remembered.
-    pub fn len(&self) -> usize {
+    /// How many `jti`s are currently remembered (the tests check expired ones are dropped).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         lock(&self.seen).len()
-    }
-
-    /// Whether no `jti` is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -102,7 +98,7 @@ pub struct ProofInfo {
 
 /// The JOSE header and claims of a compact JWS, without any verification, as
 /// `{"header": {...}, "claims": {...}}` (for records).
-pub fn peek_proof(proof: &str) -> Result<Value, String> {
+pub(crate) fn peek_proof(proof: &str) -> Result<Value, String> {
     let (header, claims, _, _) = split(proof)?;
     Ok(serde_json::json!({ "header": header, "claims": claims }))
 }
@@ -114,7 +110,7 @@ pub fn peek_proof(proof: &str) -> Result<Value, String> {
 /// [`access_token_hash`] of `access_token` when one is given, and `nonce` equal
 /// to `expected_nonce` when one is given ([`ProofError::UseNonce`] otherwise).
 /// Finally the `jti` must be new to `replay` (it is remembered then).
-pub fn verify_proof(
+pub(crate) fn verify_proof(
     proof: &str,
     htm: &str,
     htu: &str,
@@ -273,19 +269,19 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, String> {
 }
 
 /// The `ath` of a proof for `access_token`: base64url(SHA-256(token)).
-pub fn access_token_hash(access_token: &str) -> String {
+pub(crate) fn access_token_hash(access_token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
 }
 
 /// The RFC 8705 §3.1 `x5t#S256` of a certificate: base64url(SHA-256(DER)).
-pub fn cert_thumbprint(der: &[u8]) -> String {
+pub(crate) fn cert_thumbprint(der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(der))
 }
 
 /// Normalises an `htu` for comparison (RFC 9449 §4.3, RFC 3986 §6.2.2–6.2.3):
 /// scheme and host lowercased, the default port (80/443) dropped, an empty path
 /// made `/`, query and fragment removed. Only `http` and `https` are accepted.
-pub fn normalize_htu(url: &str) -> Result<String, String> {
+pub(crate) fn normalize_htu(url: &str) -> Result<String, String> {
     let url = url.split(['#', '?']).next().unwrap_or_default();
     let (scheme, rest) = url
         .split_once("://")

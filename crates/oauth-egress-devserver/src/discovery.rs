@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use hyper::StatusCode;
 use serde_json::json;
 
-use super::auth_server::{Shared, JWKS_PATH, TOKEN_PATH};
-use super::clients::AuthMethod;
-use super::grants::{GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE};
-use super::{json_response, lock, text_response, HttpResponse};
+use crate::auth_server::{Shared, JWKS_PATH, TOKEN_PATH};
+use crate::clients::AuthMethod;
+use crate::grants::{GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE};
+use crate::{json_response, lock, text_response, HttpResponse};
 
 /// RFC 8414 metadata path.
 pub(super) const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
@@ -18,7 +18,7 @@ pub(super) const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-s
 pub(super) const OIDC_METADATA_PATH: &str = "/.well-known/openid-configuration";
 
 /// Which discovery documents the server answers (set with
-/// [`super::AuthServer::set_discovery`]).
+/// [`crate::AuthServer::set_discovery`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DiscoveryMode {
     /// Both documents (the default).

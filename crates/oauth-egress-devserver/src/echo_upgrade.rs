@@ -1,5 +1,5 @@
 //! Protocol upgrades at the echo API: `101 Switching Protocols`, then raw bytes
-//! are echoed back until EOF or until the [`super::EchoApi`] is dropped.
+//! are echoed back until EOF or until the [`crate::EchoApi`] is dropped.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
-use super::HttpResponse;
+use crate::HttpResponse;
 
 /// The `Upgrade` value of an HTTP/1.1 request with `Connection: upgrade`.
 pub(super) fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {

@@ -2,7 +2,7 @@
 //! `tls_client_auth` on the mTLS alias, and public clients.
 
 use jsonwebtoken::{Algorithm, EncodingKey};
-use oauth_egress::demo::{
+use oauth_egress_devserver::{
     AssertionAudience, ClientAuthSpec, ClientRegistration, JwtPublicKey, TestPki,
 };
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
@@ -176,7 +176,7 @@ async fn private_key_jwt_with_rsa_and_ec_keys() {
     );
 
     // An EC client registered by JWK, allowed ES256 only.
-    let ec = oauth_egress::demo::WorkloadIssuer::new("unused").expect("ec key");
+    let ec = oauth_egress_devserver::WorkloadIssuer::new("unused").expect("ec key");
     let ec_private = EncodingKey::from_ec_pem(ec.private_key_pem().as_bytes()).expect("ec");
     let ec_public = JwtPublicKey::from_jwk(ec.public_jwk()).expect("jwk");
     env.auth.register_client(

@@ -1,6 +1,6 @@
 //! A stand-in workload identity issuer (think Kubernetes service account tokens
 //! or a SPIFFE JWT-SVID issuer) for token exchange tests: it mints ES256 JWTs with
-//! a fresh P-256 key that an [`super::AuthServer`] can be told to trust.
+//! a fresh P-256 key that an [`crate::AuthServer`] can be told to trust.
 
 use std::time::Duration;
 
@@ -9,9 +9,9 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use super::assertion::now_secs;
-use super::clients::JwtPublicKey;
-use super::BoxError;
+use crate::assertion::now_secs;
+use crate::clients::JwtPublicKey;
+use crate::BoxError;
 
 /// Mints ES256 workload identity tokens for one issuer.
 pub struct WorkloadIssuer {
@@ -88,7 +88,7 @@ impl WorkloadIssuer {
         Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
     }
 
-    /// The public key, ready for [`super::AuthServer::trust_issuer`].
+    /// The public key, ready for [`crate::AuthServer::trust_issuer`].
     pub fn public_key(&self) -> Result<JwtPublicKey, BoxError> {
         JwtPublicKey::from_pem(&self.public_pem)
     }

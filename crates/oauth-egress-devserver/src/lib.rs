@@ -1,32 +1,37 @@
-//! Demo and test servers that make the proxy's OAuth flow visible and testable.
+//! Development servers for oauth-egress: an OAuth 2.0 authorization server, a protected
+//! echo API and a throwaway PKI, for `oauth-egress demo` and the tests.
 //!
 //! * [`pki::TestPki`]: a throwaway certificate authority for the servers below.
 //! * [`auth_server::AuthServer`]: a development OAuth 2.0 authorization server
 //!   (client credentials, refresh, token exchange and JWT bearer grants; secret,
 //!   JWT assertion, mTLS and public clients; discovery) that issues real
 //!   ES256-signed JWTs.
-//! * [`workload::WorkloadIssuer`]: a stand-in workload identity issuer whose
+//! * [`WorkloadIssuer`]: a stand-in workload identity issuer whose
 //!   tokens the server can be told to trust (for token exchange).
 //! * [`echo_api::EchoApi`]: a protected API that verifies those tokens and echoes
 //!   what it received.
-//! * [`dpop`]: sender-constrained tokens. The server binds tokens to a DPoP key
+//! * DPoP (`dpop.rs`): sender-constrained tokens. The server binds tokens to a DPoP key
 //!   (RFC 9449, `cnf.jkt`) when the token request carries a proof, and to the
 //!   client certificate (RFC 8705 §3, `cnf["x5t#S256"]`) on its mTLS alias; the
-//!   echo API then demands the proof or the certificate. Both use
-//!   [`dpop::verify_proof`].
+//!   echo API then demands the proof or the certificate, and both check proofs the same way.
 //!
-//! `oauth-egress demo` runs them next to the proxy, and the integration tests use
-//! them over real loopback sockets. They are real (TLS, signatures, strict checks),
-//! observable (counters and records) and steerable (failure injection), and are
-//! never meant to face untrusted networks.
+//! They are real (TLS, signatures, strict checks), observable (counters and records) and
+//! steerable (failure injection: `fail_next`, `set_delay`, `revoke`, ...), and are never meant
+//! to face untrusted networks. This crate does not depend on `oauth-egress`: it checks the
+//! proxy's requests with code of its own, so a test passes only when the proxy does what the
+//! RFCs say, not what the proxy thinks they say. The product pulls it in only through its
+//! `demo` feature, so a build without it carries none of these servers or their test knobs.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod assertion;
 mod auth_knobs;
 pub mod auth_server;
 mod client_auth;
-pub mod clients;
+mod clients;
 mod discovery;
-pub mod dpop;
+mod dpop;
 mod dpop_state;
 pub mod echo_api;
 mod echo_dpop;
@@ -35,17 +40,16 @@ mod grants;
 mod mtls;
 pub mod pki;
 mod refresh;
-pub mod run;
 mod token_endpoint;
 mod tokens;
-pub mod workload;
+mod workload;
 
 pub use auth_server::{AuthServer, Claims, DevClient, Failure, TokenVerifier};
 pub use clients::{
     AssertionAudience, AuthMethod, ClientAuthSpec, ClientRegistration, JwtPublicKey,
 };
 pub use discovery::DiscoveryMode;
-pub use dpop::{jwk_thumbprint, verify_proof, ProofError, ProofInfo, ReplayCache};
+pub use dpop::jwk_thumbprint;
 pub use echo_api::{EchoApi, Seen};
 pub use pki::TestPki;
 pub use workload::WorkloadIssuer;

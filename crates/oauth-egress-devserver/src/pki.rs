@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use time::OffsetDateTime;
 
-use super::BoxError;
+use crate::BoxError;
 
 /// How long generated certificates stay valid (long enough for any demo session).
 const VALIDITY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -127,7 +127,7 @@ impl TestPki {
 
     /// Like [`TestPki::server_config`], but also REQUESTS (without requiring) a
     /// client certificate issued by `client_ca` (for certificate-bound tokens at
-    /// [`super::EchoApi`]). Clients without a certificate still connect; one that
+    /// [`crate::EchoApi`]). Clients without a certificate still connect; one that
     /// does not chain to `client_ca` fails the handshake.
     pub fn server_config_client_auth(
         &self,

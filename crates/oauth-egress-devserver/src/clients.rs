@@ -5,8 +5,8 @@
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
-use super::auth_server::DevClient;
-use super::BoxError;
+use crate::auth_server::DevClient;
+use crate::BoxError;
 
 /// A token endpoint client authentication method (the registered names of the
 /// IANA "OAuth Token Endpoint Authentication Methods" registry).
@@ -115,7 +115,7 @@ impl JwtPublicKey {
     }
 
     /// The algorithms this key verifies by default: RS256 and PS256, or ES256.
-    pub fn default_algs(&self) -> Vec<Algorithm> {
+    pub(crate) fn default_algs(&self) -> Vec<Algorithm> {
         [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256]
             .into_iter()
             .filter(|alg| self.supports(*alg))
@@ -215,12 +215,6 @@ impl ClientAuthSpec {
     /// A public client (`none`): `client_id` in the body, no credentials.
     pub fn public() -> ClientAuthSpec {
         ClientAuthSpec::empty(vec![AuthMethod::None])
-    }
-
-    /// Replaces the allowed methods (the credentials they need must be set).
-    pub fn with_methods(mut self, methods: &[AuthMethod]) -> ClientAuthSpec {
-        self.methods = methods.to_vec();
-        self
     }
 
     /// Sets which `aud` assertions must carry.

@@ -9,12 +9,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::BoxError;
+use crate::BoxError;
 
-/// The claims of an access token issued by [`super::AuthServer`].
+/// The claims of an access token issued by [`crate::AuthServer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// Issuer: the server's [`super::AuthServer::issuer`].
+    /// Issuer: the server's [`crate::AuthServer::issuer`].
     pub iss: String,
     /// Subject: the client id (the client acts on its own behalf); for token
     /// exchange the subject token's `sub`, for JWT bearer the assertion's `sub`.
@@ -44,14 +44,14 @@ pub struct Claims {
 
 impl Claims {
     /// Whether `scope` is one of the granted scopes.
-    pub fn has_scope(&self, scope: &str) -> bool {
+    pub(crate) fn has_scope(&self, scope: &str) -> bool {
         self.scope
             .as_deref()
             .is_some_and(|granted| granted.split(' ').any(|s| s == scope))
     }
 }
 
-/// Verifies access tokens issued by one [`super::AuthServer`]: ES256 signature with its
+/// Verifies access tokens issued by one [`crate::AuthServer`]: ES256 signature with its
 /// key, `kid`, `typ`, `iss`, `exp` (no leeway), and optionally `aud` and a scope.
 #[derive(Clone)]
 pub struct TokenVerifier {

@@ -10,12 +10,12 @@ use hyper::header::{HeaderValue, PRAGMA};
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::assertion::{now_secs, peek, verify, Rules};
-use super::auth_server::Shared;
-use super::client_auth::Authenticated;
-use super::clients::AuthMethod;
-use super::token_endpoint::{Arrival, Form, OAuthError};
-use super::{json_response, lock, Claims, HttpResponse};
+use crate::assertion::{now_secs, peek, verify, Rules};
+use crate::auth_server::Shared;
+use crate::client_auth::Authenticated;
+use crate::clients::AuthMethod;
+use crate::token_endpoint::{Arrival, Form, OAuthError};
+use crate::{json_response, lock, Claims, HttpResponse};
 
 /// `grant_type` of RFC 8693 token exchange.
 pub(super) const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";

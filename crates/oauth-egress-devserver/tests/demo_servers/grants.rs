@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey};
-use oauth_egress::demo::WorkloadIssuer;
+use oauth_egress_devserver::WorkloadIssuer;
 use serde_json::{json, Value};
 
 use super::{basic, error_code, fresh_jti, now, setup, sign, status_and_json, Env, SECRET};

@@ -1,6 +1,6 @@
 //! Discovery documents and their knobs, and connection-level failures.
 
-use oauth_egress::demo::{DiscoveryMode, Failure};
+use oauth_egress_devserver::{DiscoveryMode, Failure};
 use serde_json::Value;
 
 use super::{basic, setup, Env, SECRET};
@@ -61,7 +61,7 @@ async fn discovery_modes_and_knobs() {
     );
     assert_eq!(env.auth.discovery_requests(), 7);
 
-    let client_pki = oauth_egress::demo::TestPki::new("client CA").expect("pki");
+    let client_pki = oauth_egress_devserver::TestPki::new("client CA").expect("pki");
     let alias = env
         .auth
         .enable_mtls(

@@ -21,15 +21,15 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use super::assertion::ReplayCache;
-use super::clients::{ClientRegistration, JwtPublicKey};
-use super::discovery::{metadata, DiscoveryMode, OAUTH_METADATA_PATH, OIDC_METADATA_PATH};
-use super::dpop_state::DpopState;
-use super::refresh::RefreshStore;
-use super::token_endpoint::token;
-use super::tokens::SigningKey;
-pub use super::tokens::{Claims, TokenVerifier};
-use super::{json_response, spawn_server, text_response, AbortOnDrop, BoxError, HttpResponse};
+use crate::assertion::ReplayCache;
+use crate::clients::{ClientRegistration, JwtPublicKey};
+use crate::discovery::{metadata, DiscoveryMode, OAUTH_METADATA_PATH, OIDC_METADATA_PATH};
+use crate::dpop_state::DpopState;
+use crate::refresh::RefreshStore;
+use crate::token_endpoint::token;
+use crate::tokens::SigningKey;
+pub use crate::tokens::{Claims, TokenVerifier};
+use crate::{json_response, spawn_server, text_response, AbortOnDrop, BoxError, HttpResponse};
 
 /// Path of the token endpoint (on the main listener and the mTLS alias).
 pub(super) const TOKEN_PATH: &str = "/token";
@@ -288,7 +288,7 @@ impl AuthServer {
         self.shared.settings().last_auth_method.clone()
     }
 
-    /// A verifier for tokens issued by this server (hand it to [`super::EchoApi`]).
+    /// A verifier for tokens issued by this server (hand it to [`crate::EchoApi`]).
     pub fn verifier(&self) -> TokenVerifier {
         self.shared.signing.verifier.clone()
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use oauth_egress::demo::{EchoApi, TestPki};
+use oauth_egress_devserver::{EchoApi, TestPki};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use http_body_util::{BodyExt, Empty};
-use oauth_egress::demo::{AuthServer, DevClient, EchoApi, Failure, TestPki};
+use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, Failure, TestPki};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -9,10 +9,10 @@ use jsonwebtoken::Algorithm;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
-use super::auth_server::{serve, AuthServer, TOKEN_PATH};
-use super::clients::{ClientRegistration, JwtPublicKey};
-use super::discovery::{DiscoveryMode, OAUTH_METADATA_PATH, OIDC_METADATA_PATH};
-use super::{lock, mtls, BoxError, TestPki};
+use crate::auth_server::{serve, AuthServer, TOKEN_PATH};
+use crate::clients::{ClientRegistration, JwtPublicKey};
+use crate::discovery::{DiscoveryMode, OAUTH_METADATA_PATH, OIDC_METADATA_PATH};
+use crate::{lock, mtls, BoxError, TestPki};
 
 impl AuthServer {
     /// Registers `client`, replacing any client with the same id.
