@@ -192,7 +192,7 @@ impl CertificateAuthority {
     pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
         let now = Instant::now();
         {
-            let leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
+            let leaves = crate::sync::lock(&self.leaves);
             if let Some(leaf) = leaves.get(host) {
                 if now < leaf.renew_after {
                     return Ok(leaf.config.clone());
@@ -200,7 +200,7 @@ impl CertificateAuthority {
             }
         }
         let config = self.mint(host)?;
-        let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leaves = crate::sync::lock(&self.leaves);
         if leaves.len() >= MAX_CACHED_LEAVES {
             leaves.clear();
         }

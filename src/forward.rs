@@ -304,7 +304,7 @@ impl ResendHead {
         inject(
             &mut headers,
             &self.method,
-            Some(&creds.token),
+            Some(&*creds.token),
             creds.proof.as_ref(),
         )?;
         let mut resend = Request::new(body);
@@ -361,7 +361,7 @@ impl<'a> Exchange<'a> {
         inject(
             &mut parts.headers,
             &parts.method,
-            Some(&creds.token),
+            Some(&*creds.token),
             creds.proof.as_ref(),
         )
         .map_err(|e| self.proof_error(e))?;

@@ -120,7 +120,7 @@ async fn read_rest(mut source: Body, copy: &Mutex<CappedCopy>, idle: Duration) -
 }
 
 fn lock(copy: &Mutex<CappedCopy>) -> std::sync::MutexGuard<'_, CappedCopy> {
-    copy.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(copy)
 }
 
 /// Prepares a request body for a route whose 401 may be retried.

@@ -209,7 +209,7 @@ impl NonceStore {
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<str>>> {
-        self.nonces.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.nonces)
     }
 }
 

@@ -10,8 +10,37 @@ use std::sync::Arc;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Method, Uri};
 
-use crate::token::{AccessToken, TokenScheme};
 use dpop::{DpopError, DpopKey, NonceStore};
+
+/// How a token is presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScheme {
+    /// `Authorization: Bearer` (RFC 6750).
+    Bearer,
+    /// `Authorization: DPoP` plus a `DPoP` proof (RFC 9449).
+    Dpop,
+}
+
+impl TokenScheme {
+    /// The `Authorization` scheme name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenScheme::Bearer => "Bearer",
+            TokenScheme::Dpop => "DPoP",
+        }
+    }
+}
+
+/// A token as a request presents it. Implemented by the token cache's `AccessToken`; a trait
+/// here so that the sender, which token requests use too, does not depend on the cache.
+pub trait Presented {
+    /// The `Authorization` value (sensitive), built once per token.
+    fn authorization(&self) -> HeaderValue;
+    /// `Bearer` or `DPoP`.
+    fn scheme(&self) -> TokenScheme;
+    /// For a DPoP-bound token, the `ath` every proof carries.
+    fn ath(&self) -> Option<&str>;
+}
 
 /// The `DPoP` request header (RFC 9449 §4.1).
 const DPOP: HeaderName = HeaderName::from_static("dpop");
@@ -77,7 +106,7 @@ impl<'a> Proof<'a> {
 pub fn inject(
     headers: &mut HeaderMap,
     method: &Method,
-    token: Option<&AccessToken>,
+    token: Option<&dyn Presented>,
     proof: Option<&Proof<'_>>,
 ) -> Result<(), DpopError> {
     if let Some(token) = token {
@@ -88,8 +117,8 @@ pub fn inject(
     };
     match token {
         None => headers.insert(DPOP, proof.header(method, None)?),
-        Some(t) if t.scheme == TokenScheme::Dpop => {
-            headers.insert(DPOP, proof.header(method, t.ath.as_deref())?)
+        Some(t) if t.scheme() == TokenScheme::Dpop => {
+            headers.insert(DPOP, proof.header(method, t.ath())?)
         }
         Some(_) => return Ok(()),
     };
@@ -99,6 +128,7 @@ pub fn inject(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::AccessToken;
     use secrecy::SecretString;
     use tokio::time::Instant;
 
@@ -138,7 +168,13 @@ mod tests {
             if token.is_none() {
                 headers.clear();
             }
-            inject(&mut headers, &Method::GET, token, proof).unwrap();
+            inject(
+                &mut headers,
+                &Method::GET,
+                token.map(|t| t as &dyn Presented),
+                proof,
+            )
+            .unwrap();
             let got = headers.get(AUTHORIZATION);
             assert_eq!(got.map(|v| v.to_str().unwrap()), authorization, "case {i}");
             assert!(got.is_none_or(|v| v.is_sensitive()), "case {i}");

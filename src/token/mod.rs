@@ -35,6 +35,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+pub use crate::sender::TokenScheme;
 pub use cache::{Lookup, TokenSlot};
 pub use discovery::{DiscoveryCheck, DiscoveryError, UnsupportedAuth};
 pub use error::{TokenError, TokenErrorKind, Unusable};
@@ -233,30 +234,11 @@ fn subject_hash(subject: &SecretString) -> [u8; 32] {
     Sha256::digest(subject.expose_secret().as_bytes()).into()
 }
 
-/// How a token is presented.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenScheme {
-    /// `Authorization: Bearer` (RFC 6750).
-    Bearer,
-    /// `Authorization: DPoP` plus a `DPoP` proof (RFC 9449).
-    Dpop,
-}
-
-impl TokenScheme {
-    /// The `Authorization` scheme name.
-    pub fn name(self) -> &'static str {
-        match self {
-            TokenScheme::Bearer => "Bearer",
-            TokenScheme::Dpop => "DPoP",
-        }
-    }
-}
-
 /// An access token in hand. It is held only as its `Authorization` header value, built
 /// once when the token arrives and marked sensitive (hyper never logs or indexes it), never
-/// printed. The value is not zeroized on drop: `HeaderValue` is backed by `bytes::Bytes`,
-/// which cannot be wiped; in exchange every request clones a reference count instead of
-/// copying the token (the buffers it is built from are zeroized).
+/// printed. Every request clones a reference count, not the token; the bytes are owned by a
+/// `Zeroizing` buffer that is wiped when the last clone (the cache's or a request's in
+/// flight) is dropped.
 pub struct AccessToken {
     authorization: HeaderValue,
     /// How it must be presented.
@@ -294,9 +276,10 @@ impl AccessToken {
         bytes.extend_from_slice(scheme.name().as_bytes());
         bytes.push(b' ');
         bytes.extend_from_slice(secret.as_bytes());
-        // token68 bytes are always valid header bytes.
-        let mut authorization =
-            HeaderValue::from_bytes(&bytes).map_err(|_| Unusable::NotToken68)?;
+        // token68 bytes are always valid header bytes. `from_owner` keeps the zeroizing
+        // buffer as the storage (no copy), so it is wiped when the last clone goes.
+        let mut authorization = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(bytes))
+            .map_err(|_| Unusable::NotToken68)?;
         authorization.set_sensitive(true);
         Ok(AccessToken {
             authorization,
@@ -316,6 +299,20 @@ impl AccessToken {
     /// Whether the token may still be sent at `now`.
     pub fn is_usable_at(&self, now: Instant) -> bool {
         now < self.usable_until
+    }
+}
+
+impl crate::sender::Presented for AccessToken {
+    fn authorization(&self) -> HeaderValue {
+        self.authorization.clone()
+    }
+
+    fn scheme(&self) -> TokenScheme {
+        self.scheme
+    }
+
+    fn ath(&self) -> Option<&str> {
+        self.ath.as_deref()
     }
 }
 
