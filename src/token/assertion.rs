@@ -4,7 +4,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::Algorithm;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use rustls::pki_types::PrivateKeyDer;
@@ -14,6 +13,31 @@ use serde::Serialize;
 use crate::config::SigningAlg;
 use crate::jose::{new_jti, unix_now};
 use crate::secret::KeyError;
+
+/// A JWS algorithm the proxy signs client assertions with (RFC 7518 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// HMAC SHA-256 with the client secret (`client_secret_jwt`).
+    HS256,
+    /// ECDSA P-256 SHA-256.
+    ES256,
+    /// RSASSA-PKCS1-v1_5 SHA-256.
+    RS256,
+    /// RSASSA-PSS SHA-256.
+    PS256,
+}
+
+impl Algorithm {
+    /// The JWS `alg` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HS256 => "HS256",
+            Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
+            Algorithm::PS256 => "PS256",
+        }
+    }
+}
 
 /// Why a key cannot sign, or a certificate cannot go with it. Never includes key material.
 #[derive(Debug, thiserror::Error)]
@@ -221,14 +245,8 @@ impl SigningKey {
 
     /// Signs `claims` as a JWT (JWS compact serialization, RFC 7515 §7.1).
     pub(crate) fn sign(&self, claims: &impl Serialize) -> Result<String, SigningError> {
-        let alg = match self.alg {
-            Algorithm::HS256 => "HS256",
-            Algorithm::ES256 => "ES256",
-            Algorithm::PS256 => "PS256",
-            _ => "RS256",
-        };
         let header = JwsHeader {
-            alg,
+            alg: self.alg.name(),
             typ: "JWT",
             kid: self.kid.as_deref(),
             x5t: self.thumbprints.as_ref().map(|t| t.0.as_str()),
@@ -399,7 +417,7 @@ mod tests {
                 crate::secret::test_keys::ec_public_pem(&pem).as_bytes(),
             )
             .unwrap();
-            let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
             validation.set_audience(&["https://as.example/token"]);
             jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &validation)
                 .unwrap_or_else(|e| panic!("{form}: {e}"));
@@ -426,7 +444,11 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{form}: {e}"));
                 assert_eq!(key.alg, expected);
                 let jwt = client_assertion("client", "aud", &key).unwrap();
-                let mut validation = jsonwebtoken::Validation::new(expected);
+                let jwt_alg = match expected {
+                    Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
+                    _ => jsonwebtoken::Algorithm::RS256,
+                };
+                let mut validation = jsonwebtoken::Validation::new(jwt_alg);
                 validation.set_audience(&["aud"]);
                 let claims =
                     jsonwebtoken::decode::<serde_json::Value>(&jwt, &decoding, &validation)
@@ -442,7 +464,7 @@ mod tests {
     fn client_secret_jwt_verifies_as_hs256() {
         let key = SigningKey::hmac(&SecretString::from("a-client-secret"));
         let jwt = client_assertion("c", "aud", &key).unwrap();
-        let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.set_audience(&["aud"]);
         jsonwebtoken::decode::<serde_json::Value>(
             &jwt,
