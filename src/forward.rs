@@ -344,6 +344,9 @@ impl<'a> Exchange<'a> {
                 source: Arc::new(source),
             })?;
         parts.headers.remove(header::AUTHORIZATION);
+        // A caller's own proof, too: on a DPoP route `inject` sets the proxy's, on a Bearer
+        // route none goes (the proxy owns the credential either way).
+        parts.headers.remove(crate::sender::DPOP);
         let (token, lookup) = slot.get().await.map_err(|e| token_error(route, e))?;
         self.outcome.lookup = Some(lookup);
         let limit = self.proxy.config.proxy.retry_body_limit;

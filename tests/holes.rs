@@ -207,6 +207,27 @@ async fn credential_trailers_are_dropped_on_a_route_and_others_pass() {
     h.stop().await;
 }
 
+/// The proxy owns the credential on a route: a caller's own `DPoP` header never reaches the
+/// upstream of a Bearer route (on a DPoP route the proxy's proof replaces it).
+#[tokio::test]
+async fn a_callers_dpop_header_is_dropped_on_a_bearer_route() {
+    let h = Harness::start(Setup::default()).await;
+    let port = h.api.addr.port();
+    let request = format!(
+        "GET /hello HTTP/1.1\r\nHost: localhost:{port}\r\nDPoP: caller.chosen.proof\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let answer = intercepted_h1(&h, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = h.api.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].dpop_headers, 0,
+        "the caller's DPoP header was forwarded"
+    );
+    h.stop().await;
+}
+
 // ---- 3. TRACE -----------------------------------------------------------------------------
 
 #[tokio::test]

@@ -43,7 +43,7 @@ pub trait Presented {
 }
 
 /// The `DPoP` request header (RFC 9449 §4.1).
-const DPOP: HeaderName = HeaderName::from_static("dpop");
+pub(crate) const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// What the DPoP proofs of one request are bound to: the key that signs them, the request's
 /// `htu`, and the origin whose latest nonce they carry. Built once per request and reused by

@@ -55,6 +55,8 @@ pub struct Seen {
     pub dpop_nonce_challenged: bool,
     /// Every `Host` header, in order (a proxy must send at most one).
     pub hosts: Vec<String>,
+    /// How many `DPoP` request headers arrived (a proxy sends one only with a DPoP token).
+    pub dpop_headers: usize,
     /// The request trailers, as (name, value) pairs.
     pub trailers: Vec<(String, String)>,
 }
@@ -218,6 +220,7 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect(),
         trailers: Vec::new(),
+        dpop_headers: req.headers().get_all(DPOP).iter().count(),
     };
     let dpop_values: Vec<HeaderValue> = req.headers().get_all(DPOP).iter().cloned().collect();
     let proof = shared.dpop.observe(&dpop_values);
