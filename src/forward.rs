@@ -398,6 +398,14 @@ impl<'a> Exchange<'a> {
                 tracing::debug!(route = %name, "401 not retried: body not replayable");
                 return Ok(response);
             };
+            // The body first: a resend it cannot make must not cost a token request.
+            let body = match replay.replay(REPLAY_READ).await {
+                Ok(body) => body,
+                Err(why) => {
+                    tracing::debug!(route = %name, ?why, "401 not retried: body not replayable");
+                    return Ok(response);
+                }
+            };
             if kind == Retry::Token {
                 let cooldown = self.proxy.config.tokens.invalidate_cooldown;
                 let newer = newer_token(&creds.slot, &creds.token, cooldown)
@@ -412,13 +420,6 @@ impl<'a> Exchange<'a> {
                 };
                 creds.token = newer;
             }
-            let body = match replay.replay(REPLAY_READ).await {
-                Ok(body) => body,
-                Err(why) => {
-                    tracing::debug!(route = %name, ?why, "401 not retried: body not replayable");
-                    return Ok(response);
-                }
-            };
             drop(response);
             self.outcome.resent.spend(kind);
             let resend = head

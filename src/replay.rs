@@ -63,15 +63,16 @@ impl ReplayBody {
     }
 
     /// The body for a second attempt. A streamed body the upstream answered before reading
-    /// to its end is read to its end now (up to the limit, within `bounds`), and the first
-    /// attempt's body stops there: it is being abandoned.
+    /// to its end is read to its end now (up to the limit, within `bounds`); the first
+    /// attempt's body, already answered, ends cleanly where it was, whether the replay then
+    /// succeeds or not, so the response it got (returned as is when there is no replay) is
+    /// never cut by a request-body error.
     pub async fn replay(&self, bounds: ReadBounds) -> Result<Body, NoReplay> {
         match self {
             ReplayBody::Buffered(bytes) => Ok(full(bytes.clone())),
             ReplayBody::Teed(copy) => {
                 let source = {
                     let mut st = lock(copy);
-                    st.detached = true;
                     if st.complete || st.overflowed {
                         None
                     } else {
@@ -143,11 +144,20 @@ where
     }
     match content_length {
         Some(n) if n <= limit as u64 => {
-            let bytes = http_body_util::Limited::new(body, limit)
-                .collect()
-                .await?
-                .to_bytes();
-            Ok((full(bytes.clone()), ReplayBody::Buffered(bytes)))
+            let collected = http_body_util::Limited::new(body, limit).collect().await?;
+            let trailers = collected.trailers().cloned();
+            let bytes = collected.to_bytes();
+            match trailers {
+                None => Ok((full(bytes.clone()), ReplayBody::Buffered(bytes))),
+                // HTTP/2 allows trailers after a body of known length: they go on, and such
+                // a body is not replayed (as a teed body with trailers is not).
+                Some(trailers) => {
+                    let frames: [Result<Frame<Bytes>, BoxError>; 2] =
+                        [Ok(Frame::data(bytes)), Ok(Frame::trailers(trailers))];
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                    Ok((boxed(body), ReplayBody::Streamed))
+                }
+            }
         }
         Some(_) => Ok((boxed(body), ReplayBody::Streamed)),
         None => {
@@ -172,8 +182,6 @@ pub struct CappedCopy {
     limit: usize,
     overflowed: bool,
     complete: bool,
-    /// A replay took over: the first attempt's body ends with an error.
-    detached: bool,
 }
 
 impl CappedCopy {
@@ -212,11 +220,6 @@ struct Tee {
     copy: Arc<Mutex<CappedCopy>>,
 }
 
-/// The first attempt's body was taken over by the replay.
-#[derive(Debug, thiserror::Error)]
-#[error("request body taken over by the retry")]
-struct Detached;
-
 impl HttpBody for Tee {
     type Data = Bytes;
     type Error = BodyError;
@@ -226,9 +229,7 @@ impl HttpBody for Tee {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut st = lock(&self.copy);
-        if st.detached {
-            return Poll::Ready(Some(Err(BodyError(Box::new(Detached)))));
-        }
+        // Taken by a replay: the upstream has answered; end here.
         let Some(source) = st.source.as_mut() else {
             return Poll::Ready(None);
         };
@@ -255,6 +256,31 @@ impl HttpBody for Tee {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn trailers_after_a_body_of_known_length_go_on() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from("hello"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let (body, out) = prepare(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            Some(5),
+            10,
+        )
+        .await
+        .unwrap();
+        let collected = body.collect().await.unwrap();
+        assert_eq!(
+            collected.trailers().and_then(|t| t.get("x-checksum")),
+            Some(&http::HeaderValue::from_static("abc"))
+        );
+        assert_eq!(collected.to_bytes(), "hello");
+        assert!(!out.may_replay(), "a body with trailers is not replayed");
+    }
+
     use super::*;
     use http_body_util::Full;
     use http_body_util::StreamBody;
@@ -319,8 +345,8 @@ mod tests {
         assert_eq!(first, "ab");
         assert_eq!(text(out.replay(WAIT).await).await, "abcdef");
         assert!(
-            body.frame().await.unwrap().is_err(),
-            "the abandoned attempt's body stops with an error"
+            body.frame().await.is_none(),
+            "the answered attempt's body ends where it was"
         );
     }
 
@@ -361,7 +387,7 @@ mod tests {
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|frame| (frame, rx))
         });
-        let (_body, out) = prepare(StreamBody::new(Box::pin(stream)), None, 100)
+        let (mut body, out) = prepare(StreamBody::new(Box::pin(stream)), None, 100)
             .await
             .unwrap();
         tx.send(Ok(Frame::data(Bytes::from("ab")))).await.unwrap();
@@ -372,6 +398,12 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(out.replay(bounds).await.err(), Some(NoReplay::TimedOut));
         assert!(started.elapsed() < Duration::from_secs(2));
+        // No replay: the response goes back as is, so the first attempt's body must end
+        // cleanly (an error would make hyper tear down the connection and cut that response).
+        let end = tokio::time::timeout(Duration::from_secs(2), body.frame())
+            .await
+            .expect("the first attempt's body ends");
+        assert!(end.is_none(), "ended with {:?}", end.map(|f| f.is_ok()));
         drop(tx);
     }
 }

@@ -41,18 +41,19 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, scheme: TokenScheme) ->
     if status != StatusCode::UNAUTHORIZED {
         return Retry::No;
     }
-    if scheme == TokenScheme::Dpop && crate::sender::dpop::is_nonce_challenge(headers) {
-        return Retry::Nonce;
-    }
-    let mut errors = headers
+    let errors: Vec<String> = headers
         .get_all(header::WWW_AUTHENTICATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(challenges)
         .filter(|(name, _)| name.eq_ignore_ascii_case(scheme.name()))
         .filter_map(|(_, error)| error)
-        .peekable();
-    if errors.peek().is_none() || errors.any(|e| e == "invalid_token") {
+        .collect();
+    // RFC 9449 §9: the DPoP challenge's own `error`, wherever it stands among the challenges
+    // (not a substring of some description).
+    if scheme == TokenScheme::Dpop && errors.iter().any(|e| e == "use_dpop_nonce") {
+        Retry::Nonce
+    } else if errors.is_empty() || errors.iter().any(|e| e == "invalid_token") {
         Retry::Token
     } else {
         Retry::No
@@ -189,6 +190,20 @@ mod tests {
             (403, &[r#"Bearer error="invalid_token""#], Bearer, No),
             (401, &[], Bearer, Token),
             (401, &["Bearer"], Bearer, Token),
+            // A nonce challenge is the DPoP challenge's `error`, wherever it stands.
+            (401, &[r#"DPoP error="use_dpop_nonce""#], Dpop, Nonce),
+            (
+                401,
+                &[r#"Bearer realm="api", DPoP error="use_dpop_nonce""#],
+                Dpop,
+                Nonce,
+            ),
+            (
+                401,
+                &[r#"DPoP error="invalid_token", error_description="not use_dpop_nonce""#],
+                Dpop,
+                Token,
+            ),
             (401, &[r#"Bearer realm="api""#], Bearer, Token),
             (401, &[r#"Bearer error="invalid_token""#], Bearer, Token),
             (

@@ -228,18 +228,6 @@ pub fn origin_len(htu: &str) -> usize {
         .map_or(htu.len(), |i| after_scheme + i)
 }
 
-/// Whether a 401's `WWW-Authenticate` is a DPoP nonce challenge (RFC 9449 §9).
-pub fn is_nonce_challenge(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            let v = v.trim_start();
-            v.len() > 4 && v[..4].eq_ignore_ascii_case("dpop") && v.contains("use_dpop_nonce")
-        })
-}
-
 /// `ath`: base64url SHA-256 of the access token (RFC 9449 §4.2).
 pub fn ath(access_token: &str) -> String {
     crate::jose::sha256_b64url(access_token)
@@ -355,20 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn nonce_challenges_and_origins() {
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            "www-authenticate",
-            r#"DPoP error="use_dpop_nonce", error_description="x""#
-                .parse()
-                .unwrap(),
-        );
-        assert!(is_nonce_challenge(&h));
-        h.insert(
-            "www-authenticate",
-            r#"Bearer error="invalid_token""#.parse().unwrap(),
-        );
-        assert!(!is_nonce_challenge(&h));
+    fn origins() {
         let uri: http::Uri = "https://API.example:443/a/b?q".parse().unwrap();
         assert_eq!(origin(&uri), "https://api.example");
         let store = NonceStore::default();

@@ -65,7 +65,11 @@ impl Backoff {
     /// `None` when the next attempt would start past the deadline.
     fn wait(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
         let wait = retry_after.unwrap_or_else(|| jitter(self.next));
-        if Instant::now() + wait > self.deadline {
+        // A `Retry-After` of u64::MAX seconds must not overflow the clock: past the deadline.
+        if Instant::now()
+            .checked_add(wait)
+            .is_none_or(|t| t > self.deadline)
+        {
             return None;
         }
         self.next = (self.next * 2).min(MAX_BACKOFF);
@@ -334,6 +338,15 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_retry_after_beyond_the_clock_ends_the_retries_instead_of_panicking() {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let huge = parse_retry_after("18446744073709551615");
+        assert_eq!(huge, Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(backoff.wait(huge), None);
+        assert!(backoff.wait(Some(Duration::from_millis(1))).is_some());
+    }
+
     use super::*;
 
     #[test]

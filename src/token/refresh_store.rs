@@ -47,9 +47,11 @@ impl RefreshStore {
 
     /// The state of the file at `path`; hold [`StoredFile::lock`] across read, request and
     /// write back.
+    /// Keyed by the file's canonical location, so two spellings of one file (`a/../b/rt`,
+    /// a linked directory) share one lock.
     pub fn file(&self, path: &Path) -> Arc<StoredFile> {
         crate::sync::lock(&self.files)
-            .entry(path.to_owned())
+            .entry(canonical(path))
             .or_default()
             .clone()
     }
@@ -125,12 +127,16 @@ impl Held<'_> {
                 tokio::time::sleep(pause).await;
                 let mut unsaved = file.unsaved.lock().await;
                 let Some(token) = unsaved.as_ref() else {
+                    // Cleared under the lock: a rotation that fails to save after this
+                    // (it must take the lock first) starts a new task.
+                    file.retrying.store(false, Ordering::SeqCst);
                     break;
                 };
                 match write_atomic(&path, token) {
                     Ok(()) => {
                         *unsaved = None;
                         saved_late(&path);
+                        file.retrying.store(false, Ordering::SeqCst);
                         break;
                     }
                     Err(err) => {
@@ -139,8 +145,21 @@ impl Held<'_> {
                 }
                 pause = (pause * 2).min(MAX_SAVE_PAUSE);
             }
-            file.retrying.store(false, Ordering::SeqCst);
         });
+    }
+}
+
+/// `path` with its directory resolved (the file itself may be replaced by renames, and is
+/// never a link: see [`read`]); as written when the directory cannot be resolved.
+fn canonical(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    match (
+        dir.map_or_else(|| std::fs::canonicalize("."), std::fs::canonicalize),
+        name,
+    ) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_owned(),
     }
 }
 
@@ -255,6 +274,22 @@ pub fn file_problems(path: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn two_spellings_of_one_file_share_one_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let plain = dir.path().join("state/rt");
+        let detour = dir.path().join("a/../state/rt");
+        let store = RefreshStore::default();
+        assert!(Arc::ptr_eq(&store.file(&plain), &store.file(&detour)));
+        assert!(!Arc::ptr_eq(
+            &store.file(&plain),
+            &store.file(&dir.path().join("state/other"))
+        ));
+    }
+
     use super::*;
 
     #[test]
