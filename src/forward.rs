@@ -266,10 +266,12 @@ fn prepare<'a>(
     let identity = route
         .filter(|r| r.spec.mtls_bound)
         .map(|r| r.client.name.as_str());
+    // A host no route covers goes through the destination policy's connector.
+    let guarded = route.is_none() && !proxy.routes.intercepts(&target.host, target.port);
     Ok(Prepared {
         parts,
         body,
-        client: proxy.upstream.client(upgrade, identity),
+        client: proxy.upstream.client(upgrade, identity, guarded),
         upgrade: downstream_upgrade,
     })
 }
