@@ -86,7 +86,7 @@ fn unrouted(
     if !listed {
         judge(mode, refuse(host.to_string(), Rule::NotListed))?;
     }
-    if !ports.contains(&port) {
+    if !ports.contains(port) {
         judge(mode, refuse(format!("{host}:{port}: port {port}"), rule))?;
     }
     Ok(())

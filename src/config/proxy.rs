@@ -49,7 +49,7 @@ impl ProxySettings {
         };
         format!(
             "{mode}: private, loopback, link-local, CGNAT, ULA, multicast addresses denied; \
-             allow_cidrs {}, deny_cidrs {}; connect_ports {:?}, http_ports {:?}; own listeners \
+             allow_cidrs {}, deny_cidrs {}; connect_ports {}, http_ports {}; own listeners \
              always refused",
             list(&self.addresses.allow),
             list(&self.addresses.deny),
@@ -57,6 +57,63 @@ impl ProxySettings {
             self.http_ports
         )
     }
+}
+
+/// A list of ports and port ranges (`[443, "8000-8099"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports(Vec<std::ops::RangeInclusive<u16>>);
+
+impl Ports {
+    /// Whether `port` is listed.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&port))
+    }
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let each: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r.start() == r.end() {
+                true => r.start().to_string(),
+                false => format!("{}-{}", r.start(), r.end()),
+            })
+            .collect();
+        write!(f, "[{}]", each.join(", "))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    One(u16),
+    Range(String),
+}
+
+/// `proxy.connect_ports` / `proxy.http_ports`, each entry checked.
+fn ports(raw: &[RawPort], key: &str, found: &mut Findings) -> Ports {
+    let range = |text: &str| {
+        let (lo, hi) = text.split_once('-')?;
+        let (lo, hi) = (
+            lo.trim().parse::<u16>().ok()?,
+            hi.trim().parse::<u16>().ok()?,
+        );
+        (lo <= hi).then_some(lo..=hi)
+    };
+    Ports(
+        raw.iter()
+            .filter_map(|port| match port {
+                RawPort::One(p) => Some(*p..=*p),
+                RawPort::Range(text) => range(text).or_else(|| {
+                    found.problem(format!(
+                        "{key}: {text:?} is neither a port nor a range like \"8000-8099\""
+                    ));
+                    None
+                }),
+            })
+            .collect(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -76,9 +133,9 @@ pub struct ProxySettings {
     /// Where unmatched traffic may go (`allow_cidrs`, `deny_cidrs`, `policy_mode`).
     pub addresses: Arc<AddressPolicy>,
     /// Ports an unmatched `CONNECT` or `https://` forward may name.
-    pub connect_ports: Vec<u16>,
+    pub connect_ports: Ports,
     /// Ports an unmatched `http://` forward may name.
-    pub http_ports: Vec<u16>,
+    pub http_ports: Ports,
     /// `enforce` or `report` (also for ports and the unmatched list).
     pub policy_mode: Mode,
     /// The interception CA certificate (PEM, a file or a variable).
@@ -114,8 +171,8 @@ pub(super) struct RawProxy {
     unmatched: RawUnmatched,
     allow_cidrs: Vec<String>,
     deny_cidrs: Vec<String>,
-    connect_ports: Vec<u16>,
-    http_ports: Vec<u16>,
+    connect_ports: Vec<RawPort>,
+    http_ports: Vec<RawPort>,
     policy_mode: Mode,
     ca_cert: RawSource,
     ca_key: RawSource,
@@ -134,8 +191,8 @@ impl Default for RawProxy {
             unmatched: RawUnmatched::Word("tunnel".into()),
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),
-            connect_ports: vec![443],
-            http_ports: vec![80],
+            connect_ports: vec![RawPort::One(443)],
+            http_ports: vec![RawPort::One(80)],
             policy_mode: Mode::Enforce,
             ca_cert: RawSource::File("ca/ca.pem".into()),
             ca_key: RawSource::File("ca/ca.key".into()),
@@ -180,8 +237,8 @@ impl RawProxy {
             listen: self.listen,
             unmatched: unmatched(self.unmatched, found),
             addresses: Arc::new(addresses),
-            connect_ports: self.connect_ports,
-            http_ports: self.http_ports,
+            connect_ports: ports(&self.connect_ports, "proxy.connect_ports", found),
+            http_ports: ports(&self.http_ports, "proxy.http_ports", found),
             policy_mode: self.policy_mode,
             ca_cert: self.ca_cert.into_source(base),
             ca_key: self.ca_key.into_source(base),

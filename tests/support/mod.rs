@@ -185,6 +185,10 @@ impl Harness {
 [proxy]
 listen = "127.0.0.1:0"
 unmatched = "{unmatched}"
+# The tests' upstreams are on loopback, on random ports.
+allow_cidrs = ["127.0.0.0/8", "::1/128"]
+connect_ports = ["1-65535"]
+http_ports = ["1-65535"]
 retry_body_limit = {limit}
 connect_timeout_ms = 2000
 
