@@ -89,6 +89,10 @@ fn unrouted(
     if !ports.contains(port) {
         judge(mode, refuse(format!("{host}:{port}: port {port}"), rule))?;
     }
+    if let Some(ip) = crate::destination::literal(host) {
+        let addresses = &settings.addresses;
+        addresses.judge(addresses.check(std::net::SocketAddr::new(ip, port)))?;
+    }
     Ok(())
 }
 

@@ -191,6 +191,34 @@ fn v6_rule(ip: Ipv6Addr) -> Option<Rule> {
     })
 }
 
+/// The address a host names without DNS: an IP literal (`[::1]`, `10.0.0.1`) or a
+/// numeric IPv4 form the C resolver accepts (`127.1`, `0x7f.1`, `017700000001`,
+/// `2130706433`), so such a host is judged before anything (TLS included) sees it.
+pub fn literal(host: &str) -> Option<IpAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let parts: Vec<u32> = host
+        .split('.')
+        .map(|part| {
+            let (digits, radix) = match part.strip_prefix("0x").or(part.strip_prefix("0X")) {
+                Some(hex) => (hex, 16),
+                None if part.len() > 1 && part.starts_with('0') => (&part[1..], 8),
+                None => (part, 10),
+            };
+            u32::from_str_radix(digits, radix).ok()
+        })
+        .collect::<Option<_>>()?;
+    let (last, head) = parts.split_last()?;
+    let width = 32 - 8 * head.len() as u32;
+    if head.len() > 3 || head.iter().any(|p| *p > 255) || width < 32 && *last >> width != 0 {
+        return None;
+    }
+    let high = head.iter().fold(0u32, |acc, p| acc << 8 | p) << (width % 32);
+    Some(IpAddr::V4(Ipv4Addr::from(high | last)))
+}
+
 /// The address policy for unmatched traffic, as configured.
 #[derive(Debug, Clone, Default)]
 pub struct AddressPolicy {
