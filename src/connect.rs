@@ -328,5 +328,23 @@ client = "c"
             let got = admit(&proxy.routes, host, 443, form, &policy);
             assert_eq!(got, want, "{host} {form:?} {policy:?}");
         }
+        let only = U::Only(vec![
+            crate::host::HostPattern::parse("*.github.com").unwrap()
+        ]);
+        let listed = [
+            ("api.example", Connect, A::Intercept),
+            ("api.example", Absolute, A::Forward),
+            ("codeload.github.com", Connect, A::Tunnel),
+            ("codeload.github.com", Absolute, A::Forward),
+            ("github.com", Connect, A::NotListed),
+            ("other.example", Absolute, A::NotListed),
+        ];
+        for (host, form, want) in listed {
+            assert_eq!(
+                admit(&proxy.routes, host, 443, form, &only),
+                want,
+                "{host} {form:?}"
+            );
+        }
     }
 }

@@ -322,3 +322,55 @@ fn check_ca_pair(proxy: &ProxySettings, found: &mut Findings) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn problems(proxy: &str) -> String {
+        match crate::config::from_toml(&format!("[proxy]\n{proxy}"), std::path::Path::new("."), "t")
+        {
+            Ok(_) => String::new(),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn destination_keys_are_checked_and_named() {
+        let cases = [
+            ("allow_cidrs = [\"10.0.0.0/8\", \"::1\"]", None),
+            (
+                "allow_cidrs = [\"10.0.0.0/33\"]",
+                Some("proxy.allow_cidrs: \"10.0.0.0/33\""),
+            ),
+            (
+                "deny_cidrs = [\"example.com\"]",
+                Some("proxy.deny_cidrs: \"example.com\""),
+            ),
+            ("connect_ports = [443, \"8000-8099\"]", None),
+            (
+                "connect_ports = [\"9-1\"]",
+                Some("proxy.connect_ports: \"9-1\""),
+            ),
+            (
+                "http_ports = [\"http\"]",
+                Some("proxy.http_ports: \"http\""),
+            ),
+            (
+                "unmatched = { tunnel = [\"*.github.com\", \"pypi.org\"] }",
+                None,
+            ),
+            (
+                "unmatched = { tunnel = [\"https://pypi.org\"] }",
+                Some("proxy.unmatched.tunnel"),
+            ),
+            ("unmatched = \"tunel\"", Some("proxy.unmatched: \"tunel\"")),
+            ("policy_mode = \"report\"", None),
+        ];
+        for (line, want) in cases {
+            let got = problems(line);
+            match want {
+                None => assert_eq!(got, "", "{line}"),
+                Some(want) => assert!(got.contains(want), "{line}: {got}"),
+            }
+        }
+    }
+}
