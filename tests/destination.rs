@@ -259,3 +259,44 @@ async fn report_mode_lets_refused_destinations_through_and_counts_them() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_route_with_guard_is_checked_too_and_one_without_is_not() {
+    use support::{Harness, Setup};
+    // No loopback exception: the routed API is on 127.0.0.1.
+    let policy = String::new();
+    let guarded = Harness::start(Setup {
+        route_extra: "scopes = [\"echo:read\"]\nguard = true".into(),
+        proxy_policy: policy.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let answer = guarded
+        .client()
+        .get(guarded.api_url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    let status = answer.headers()["proxy-status"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(status.contains("destination_ip_prohibited"), "{status}");
+    let body = answer.text().await.unwrap();
+    assert!(
+        body.contains("is loopback") && body.contains("proxy.allow_cidrs"),
+        "{body}"
+    );
+    assert_eq!(guarded.api.requests(), 0);
+    guarded.stop().await;
+
+    let plain = Harness::start(Setup {
+        proxy_policy: policy,
+        ..Setup::default()
+    })
+    .await;
+    let answer = plain.client().get(plain.api_url()).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "a route names its host: exempt");
+    plain.stop().await;
+}
