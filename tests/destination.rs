@@ -300,3 +300,35 @@ async fn a_route_with_guard_is_checked_too_and_one_without_is_not() {
     assert_eq!(answer.status(), 200, "a route names its host: exempt");
     plain.stop().await;
 }
+
+#[test]
+fn check_prints_the_policy_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nallow_cidrs = [\"10.20.0.0/16\"]\n\
+         deny_cidrs = [\"10.20.9.0/24\"]\nconnect_ports = [443, \"8443-8444\"]\n\
+         policy_mode = \"report\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oauth-egress"))
+        .args(["check", "-c", "routes.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("policy "))
+        .unwrap_or_default();
+    for part in [
+        "report",
+        "allow_cidrs [10.20.0.0/16]",
+        "deny_cidrs [10.20.9.0/24]",
+        "connect_ports [443, 8443-8444]",
+        "http_ports [80]",
+    ] {
+        assert!(line.contains(part), "{part} in {text}");
+    }
+}
