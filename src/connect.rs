@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
 use crate::config::{ProxySettings, Unmatched};
-use crate::destination::{judge, Refused, ResolveError, Rule};
+use crate::destination::{judge, Mode, Refused, ResolveError, Rule};
 use crate::drain::Drain;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, Target};
@@ -89,7 +89,9 @@ fn unrouted(
     if !ports.contains(port) {
         judge(mode, refuse(format!("{host}:{port}: port {port}"), rule))?;
     }
-    if let Some(ip) = crate::destination::literal(host) {
+    // A numeric host is judged here, before TLS sees it (rustls refuses `127.1` as a name);
+    // in report mode the dial judges (and counts) it once instead.
+    if let (Some(ip), Mode::Enforce) = (crate::destination::literal(host), mode) {
         let addresses = &settings.addresses;
         addresses.judge(addresses.check(std::net::SocketAddr::new(ip, port)))?;
     }
