@@ -198,7 +198,8 @@ async fn connect(
                 Ok(()) => dial(settings, &target).await,
                 Err(err) => Err(err),
             };
-            crate::metrics::connect(if upstream.is_ok() { "tunnel" } else { "deny" });
+            let refused = matches!(upstream, Err(ProxyError::DestinationRefused(_)));
+            crate::metrics::connect(if refused { "deny" } else { "tunnel" });
             let upstream = upstream?;
             let _ = upstream.set_nodelay(true);
             let on_upgrade = hyper::upgrade::on(req);
