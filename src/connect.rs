@@ -12,7 +12,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
-use crate::config::Unmatched;
+use crate::config::{ProxySettings, Unmatched};
+use crate::destination::{judge, Mode, Refused, ResolveError, Rule};
 use crate::drain::Drain;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, Target};
@@ -39,6 +40,9 @@ pub enum Admission {
     Tunnel,
     /// An unrouted destination under `unmatched = "deny"`: 403.
     Deny,
+    /// An unrouted destination not on the `unmatched = { tunnel = [...] }` list: 403, or
+    /// (in report mode) let through as the unlisted host it is.
+    NotListed,
 }
 
 /// The one rule for every entry point: a destination is routed when any route covers its
@@ -49,14 +53,86 @@ pub fn admit(
     host: &str,
     port: u16,
     form: Form,
-    unmatched: Unmatched,
+    unmatched: &Unmatched,
 ) -> Admission {
-    match (routes.intercepts(host, port), unmatched, form) {
+    let routed = routes.intercepts(host, port);
+    match (routed, unmatched, form) {
         (true, _, Form::Connect) => Admission::Intercept,
+        (true, _, Form::Absolute) => Admission::Forward,
         (false, Unmatched::Deny, _) => Admission::Deny,
-        (false, Unmatched::Tunnel, Form::Connect) => Admission::Tunnel,
-        (_, _, Form::Absolute) => Admission::Forward,
+        (false, list, _) if !list.lets_through(host) => Admission::NotListed,
+        (false, _, Form::Connect) => Admission::Tunnel,
+        (false, _, Form::Absolute) => Admission::Forward,
     }
+}
+
+/// The destination rules for an unrouted `host:port` before anything is resolved: the
+/// unmatched list (when `listed` is false) and the port (`proxy.connect_ports` for
+/// `CONNECT` and `https://`, `proxy.http_ports` for `http://`), under `proxy.policy_mode`.
+fn unrouted(
+    settings: &ProxySettings,
+    host: &str,
+    port: u16,
+    plain_http: bool,
+    listed: bool,
+) -> Result<(), ProxyError> {
+    let refuse = |what: String, rule| Err(Refused { what, rule });
+    let (ports, rule) = if plain_http {
+        (&settings.http_ports, Rule::HttpPorts)
+    } else {
+        (&settings.connect_ports, Rule::ConnectPorts)
+    };
+    let mode = settings.policy_mode;
+    if !listed {
+        judge(mode, refuse(host.to_string(), Rule::NotListed))?;
+    }
+    if !ports.contains(port) {
+        judge(mode, refuse(format!("{host}:{port}: port {port}"), rule))?;
+    }
+    // A numeric host is judged here, before TLS sees it (rustls refuses `127.1` as a name);
+    // in report mode the dial judges (and counts) it once instead.
+    if let (Some(ip), Mode::Enforce) = (crate::destination::literal(host), mode) {
+        let addresses = &settings.addresses;
+        addresses.judge(addresses.check(std::net::SocketAddr::new(ip, port)))?;
+    }
+    Ok(())
+}
+
+/// Resolves an unrouted tunnel's host once and connects to the first address the policy
+/// allows (trying the next on failure); a refused address is never dialled.
+async fn dial(settings: &ProxySettings, target: &Target) -> Result<TcpStream, ProxyError> {
+    let (host, port) = (target.host.as_str(), target.port);
+    let addrs = crate::destination::resolve(host, port, Some(&settings.addresses))
+        .await
+        .map_err(|err| match err {
+            ResolveError::Refused(refused) => ProxyError::DestinationRefused(refused),
+            ResolveError::Lookup(e) => ProxyError::Upstream {
+                authority: target.authority.to_string(),
+                detail: format!("cannot resolve: {e}"),
+            },
+        })?;
+    let mut last = ProxyError::Upstream {
+        authority: target.authority.to_string(),
+        detail: "the name resolved to no address".into(),
+    };
+    for addr in addrs {
+        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => {
+                last = ProxyError::Upstream {
+                    authority: target.authority.to_string(),
+                    detail: format!("{addr}: {e}"),
+                }
+            }
+            Err(_) => {
+                last = ProxyError::ConnectTimeout {
+                    authority: target.authority.to_string(),
+                    after_ms: settings.connect_timeout.as_millis(),
+                }
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Answers one request received on the proxy port.
@@ -92,8 +168,15 @@ async fn connect(
     })?;
     let target = Target::new(Scheme::HTTPS, authority.host(), port)?;
 
-    let unmatched = proxy.config.proxy.unmatched;
-    match admit(&proxy.routes, &target.host, port, Form::Connect, unmatched) {
+    let settings = &proxy.config.proxy;
+    let admission = admit(
+        &proxy.routes,
+        &target.host,
+        port,
+        Form::Connect,
+        &settings.unmatched,
+    );
+    match admission {
         Admission::Intercept => {
             crate::metrics::connect("intercept");
             let on_upgrade = hyper::upgrade::on(req);
@@ -109,20 +192,15 @@ async fn connect(
             crate::metrics::connect("deny");
             Err(denied(&target))
         }
-        Admission::Tunnel => {
-            crate::metrics::connect("tunnel");
-            let addr = (target.host.as_str(), port);
-            let upstream =
-                tokio::time::timeout(proxy.config.proxy.connect_timeout, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| ProxyError::ConnectTimeout {
-                        authority: target.authority.to_string(),
-                        after_ms: proxy.config.proxy.connect_timeout.as_millis(),
-                    })?
-                    .map_err(|e| ProxyError::Upstream {
-                        authority: target.authority.to_string(),
-                        detail: e.to_string(),
-                    })?;
+        Admission::Tunnel | Admission::NotListed => {
+            let listed = admission == Admission::Tunnel;
+            let upstream = match unrouted(settings, &target.host, port, false, listed) {
+                Ok(()) => dial(settings, &target).await,
+                Err(err) => Err(err),
+            };
+            let refused = matches!(upstream, Err(ProxyError::DestinationRefused(_)));
+            crate::metrics::connect(if refused { "deny" } else { "tunnel" });
+            let upstream = upstream?;
             let _ = upstream.set_nodelay(true);
             let on_upgrade = hyper::upgrade::on(req);
             tokio::spawn(async move {
@@ -163,10 +241,23 @@ async fn absolute_form(
     };
     let port = explicit_port.unwrap_or(default_port);
     let host = crate::host::normalize_host(authority.host()).into_owned();
-    let unmatched = proxy.config.proxy.unmatched;
-    if admit(&proxy.routes, &host, port, Form::Absolute, unmatched) == Admission::Deny {
-        let target = Target::new(scheme.clone(), &host, port)?;
-        let err = denied(&target);
+    let settings = &proxy.config.proxy;
+    let admission = admit(
+        &proxy.routes,
+        &host,
+        port,
+        Form::Absolute,
+        &settings.unmatched,
+    );
+    let refused = match admission {
+        Admission::Deny => Err(denied(&Target::new(scheme.clone(), &host, port)?)),
+        Admission::NotListed => unrouted(settings, &host, port, !secure, false),
+        _ if !proxy.routes.intercepts(&host, port) => {
+            unrouted(settings, &host, port, !secure, true)
+        }
+        _ => Ok(()),
+    };
+    if let Err(err) = refused {
         tracing::info!(error = %err, "request refused");
         return Err(err);
     }
@@ -237,8 +328,26 @@ client = "c"
             ("other.example", Absolute, U::Deny, A::Deny),
         ];
         for (host, form, policy, want) in cases {
-            let got = admit(&proxy.routes, host, 443, form, policy);
+            let got = admit(&proxy.routes, host, 443, form, &policy);
             assert_eq!(got, want, "{host} {form:?} {policy:?}");
+        }
+        let only = U::Only(vec![
+            crate::host::HostPattern::parse("*.github.com").unwrap()
+        ]);
+        let listed = [
+            ("api.example", Connect, A::Intercept),
+            ("api.example", Absolute, A::Forward),
+            ("codeload.github.com", Connect, A::Tunnel),
+            ("codeload.github.com", Absolute, A::Forward),
+            ("github.com", Connect, A::NotListed),
+            ("other.example", Absolute, A::NotListed),
+        ];
+        for (host, form, want) in listed {
+            assert_eq!(
+                admit(&proxy.routes, host, 443, form, &only),
+                want,
+                "{host} {form:?}"
+            );
         }
     }
 }

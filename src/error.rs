@@ -59,6 +59,10 @@ pub enum ProxyError {
         /// `host:port` asked for.
         host: String,
     },
+    /// A destination the destination policy refuses (an address range, the proxy itself, a
+    /// port, a host not on the unmatched list): never dialled.
+    #[error("{0}")]
+    DestinationRefused(#[from] crate::destination::Refused),
     /// An `http://` request on a route that would send its token in clear.
     #[error("route {route}: refusing to send its token over plain http; use https, or set upgrade_tls = true (the proxy speaks https upstream) or allow_plaintext = true on the route")]
     PlaintextRefused {
@@ -134,6 +138,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "http_request_error"),
             ProxyError::Denied { .. } => (StatusCode::FORBIDDEN, "destination_not_found"),
+            ProxyError::DestinationRefused(_) => {
+                (StatusCode::FORBIDDEN, "destination_ip_prohibited")
+            }
             ProxyError::PlaintextRefused { .. } => (StatusCode::FORBIDDEN, "http_request_denied"),
             ProxyError::Misdirected { .. } => {
                 (StatusCode::MISDIRECTED_REQUEST, "http_request_denied")

@@ -266,10 +266,16 @@ fn prepare<'a>(
     let identity = route
         .filter(|r| r.spec.mtls_bound)
         .map(|r| r.client.name.as_str());
+    // A host no route covers, or a route with `guard = true`, goes through the destination
+    // policy's connector.
+    let guarded = match route {
+        Some(route) => route.spec.guard,
+        None => !proxy.routes.intercepts(&target.host, target.port),
+    };
     Ok(Prepared {
         parts,
         body,
-        client: proxy.upstream.client(upgrade, identity),
+        client: proxy.upstream.client(upgrade, identity, guarded),
         upgrade: downstream_upgrade,
     })
 }

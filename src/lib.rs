@@ -8,6 +8,7 @@
 //! |---|---|
 //! | accept a caller connection, drain on shutdown | `listener.rs`, `drain.rs` |
 //! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
+//! | where unmatched traffic may go: resolved once, address and port checked, dialled as checked | `destination.rs` |
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
 //! | pick the route for host, port and path | `route.rs`, `host.rs` (patterns, normalisation) |
 //! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |
@@ -36,6 +37,7 @@ pub mod ca;
 pub mod client_env;
 pub mod config;
 pub mod connect;
+pub mod destination;
 pub mod drain;
 pub mod error;
 pub mod forward;

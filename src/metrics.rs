@@ -83,6 +83,10 @@ fn describe() {
         "oauth_egress_connects_total",
         "CONNECT requests by action: intercept, tunnel, deny"
     );
+    describe_counter!(
+        "oauth_egress_policy_total",
+        "Destinations the destination policy refused (deny) or, in report mode, would refuse (would_deny), by rule"
+    );
     describe_gauge!("oauth_egress_open_connections", "Open caller connections");
     describe_counter!(
         "oauth_egress_config_reloads_total",
@@ -223,6 +227,11 @@ pub(crate) fn retry(route: &str, reason: &'static str) {
 /// A CONNECT was answered (`intercept`, `tunnel`, `deny`).
 pub(crate) fn connect(action: &'static str) {
     counter!("oauth_egress_connects_total", "action" => action).increment(1);
+}
+
+/// A destination refused (`deny`) or let through in report mode (`would_deny`), by rule.
+pub(crate) fn policy(action: &'static str, rule: &'static str) {
+    counter!("oauth_egress_policy_total", "action" => action, "rule" => rule).increment(1);
 }
 
 /// A caller connection opened (+1) or closed (-1).

@@ -83,6 +83,8 @@ pub async fn start(
         }
         None => None,
     };
+    let own: Vec<_> = std::iter::once(proxy_addr).chain(admin_addr).collect();
+    let _ = proxy.load().config.proxy.addresses.own.set(own);
     let mut stopped = stopped;
     let task = tokio::spawn(crate::listener::run(
         proxy.clone(),
@@ -135,6 +137,10 @@ impl Running {
                 .await
                 .map_err(|e| e.to_string())?,
         );
+        let own: Vec<_> = std::iter::once(self.proxy_addr)
+            .chain(self.admin_addr)
+            .collect();
+        let _ = next.config.proxy.addresses.own.set(own);
         crate::metrics::register(&next.config);
         next.prefetch();
         let routes = next.routes.routes().len();

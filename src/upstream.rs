@@ -21,10 +21,11 @@ use rustls::RootCertStore;
 
 use crate::body::{self, Body};
 use crate::config::ProxySettings;
+use crate::destination::{AddressPolicy, Guarded, ResolveError};
 use crate::error::ProxyError;
 
 /// The pooled client type.
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type HttpsClient = Client<HttpsConnector<Guarded>, Body>;
 
 /// One pair of pooled clients sharing a TLS identity.
 #[derive(Clone)]
@@ -37,10 +38,14 @@ struct Pair {
 
 /// Pooled upstream clients: one pair without a client certificate, and one pair per client
 /// certificate of `mtls_bound` routes, so certificate-bound tokens only ever travel on
-/// connections made with their certificate, and pools never mix identities.
+/// connections made with their certificate, and pools never mix identities. Unmatched
+/// traffic has its own pair, whose connector checks every resolved address against
+/// `proxy.allow_cidrs`/`deny_cidrs` ([`Guarded`]), so its pool never holds a connection
+/// made for a route, nor the reverse.
 #[derive(Clone)]
 pub struct Upstream {
     anonymous: Pair,
+    unmatched: Pair,
     bound: HashMap<String, Pair>,
 }
 
@@ -52,25 +57,30 @@ impl Upstream {
         settings: &ProxySettings,
         identities: Vec<(String, rustls::ClientConfig)>,
     ) -> Upstream {
-        let pair = |tls: rustls::ClientConfig| Pair {
-            pooled: build(tls.clone(), true, settings),
-            http1: build(tls, false, settings),
+        let pair = |tls: rustls::ClientConfig, policy: Option<&Arc<AddressPolicy>>| Pair {
+            pooled: build(tls.clone(), true, settings, policy.cloned()),
+            http1: build(tls, false, settings, policy.cloned()),
         };
+        let tls = crate::tls::client_config(roots);
         Upstream {
-            anonymous: pair(crate::tls::client_config(roots)),
+            unmatched: pair(tls.clone(), Some(&settings.addresses)),
+            anonymous: pair(tls, None),
             bound: identities
                 .into_iter()
-                .map(|(name, tls)| (name, pair(tls)))
+                .map(|(name, tls)| (name, pair(tls, None)))
                 .collect(),
         }
     }
 
     /// The client for a request: with the certificate of client `identity` (an
-    /// `mtls_bound` route) or none; `upgrade` requests need HTTP/1.1.
-    pub fn client(&self, upgrade: bool, identity: Option<&str>) -> &HttpsClient {
-        let pair = identity
-            .and_then(|name| self.bound.get(name))
-            .unwrap_or(&self.anonymous);
+    /// `mtls_bound` route) or none; `upgrade` requests need HTTP/1.1; `guarded` (a
+    /// destination no route covers) checks where it dials.
+    pub fn client(&self, upgrade: bool, identity: Option<&str>, guarded: bool) -> &HttpsClient {
+        let pair = match identity.and_then(|name| self.bound.get(name)) {
+            Some(pair) => pair,
+            None if guarded => &self.unmatched,
+            None => &self.anonymous,
+        };
         if upgrade {
             &pair.http1
         } else {
@@ -79,11 +89,20 @@ impl Upstream {
     }
 }
 
-fn build(tls: rustls::ClientConfig, h2: bool, settings: &ProxySettings) -> HttpsClient {
+fn build(
+    tls: rustls::ClientConfig,
+    h2: bool,
+    settings: &ProxySettings,
+    policy: Option<Arc<AddressPolicy>>,
+) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(settings.connect_timeout));
+    let http = Guarded {
+        inner: http,
+        policy,
+    };
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
@@ -189,6 +208,9 @@ pub fn failure(
     authority: &Authority,
     connect_timeout: Duration,
 ) -> ProxyError {
+    if let Some(refused) = refusal(err) {
+        return ProxyError::DestinationRefused(refused);
+    }
     // hyper-util reports its connect timeout as an `io::Error` of kind `TimedOut` (whose
     // text is tokio's "deadline has elapsed"), as the OS reports its own.
     if err.is_connect() && crate::error::is_timeout(err) {
@@ -202,6 +224,18 @@ pub fn failure(
             detail: crate::error::chain(err),
         }
     }
+}
+
+/// The destination policy's refusal, if that is why the connect failed.
+fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<crate::destination::Refused> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(ResolveError::Refused(refused)) = e.downcast_ref::<ResolveError>() {
+            return Some(refused.clone());
+        }
+        next = e.source();
+    }
+    None
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ pub(crate) async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Fai
         "proxy  {} (unmatched hosts: {:?}), CA {ca_state}",
         config.proxy.listen, config.proxy.unmatched
     );
+    println!("policy {}", config.proxy.policy_summary());
     println!("routes ({}):", config.routes.len());
     for route in &config.routes {
         println!("  {}", route_line(route, &config.clients[&route.client]));

@@ -2,22 +2,125 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::source::RawSource;
 use super::Findings;
+use crate::destination::{AddressPolicy, Mode};
+use crate::host::HostPattern;
 use crate::secret::SecretSource;
 
-/// What to do with a CONNECT to a host that has no route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// What to do with a destination that has no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unmatched {
-    /// Splice the bytes untouched: no interception, no token.
+    /// Splice the bytes untouched (or forward them): no interception, no token.
     Tunnel,
     /// Answer 403.
     Deny,
+    /// `{ tunnel = [...] }`: as `Tunnel` for these hosts, 403 for every other.
+    Only(Vec<HostPattern>),
+}
+
+impl Unmatched {
+    /// Whether an unrouted `host` (normalized) may be tunnelled or forwarded.
+    pub fn lets_through(&self, host: &str) -> bool {
+        match self {
+            Unmatched::Tunnel => true,
+            Unmatched::Deny => false,
+            Unmatched::Only(hosts) => hosts.iter().any(|p| p.matches(host)),
+        }
+    }
+}
+
+impl ProxySettings {
+    /// The destination policy for unmatched traffic, on one line (for `check`).
+    pub fn policy_summary(&self) -> String {
+        let list = |nets: &[IpNet]| {
+            let names: Vec<String> = nets.iter().map(ToString::to_string).collect();
+            format!("[{}]", names.join(", "))
+        };
+        let mode = match self.policy_mode {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report (would_deny logged, nothing refused)",
+        };
+        format!(
+            "{mode}: private, loopback, link-local, CGNAT, ULA, multicast addresses denied; \
+             allow_cidrs {}, deny_cidrs {}; connect_ports {}, http_ports {}; own listeners \
+             always refused",
+            list(&self.addresses.allow),
+            list(&self.addresses.deny),
+            self.connect_ports,
+            self.http_ports
+        )
+    }
+}
+
+/// A list of ports and port ranges (`[443, "8000-8099"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports(Vec<std::ops::RangeInclusive<u16>>);
+
+impl Ports {
+    /// Whether `port` is listed.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&port))
+    }
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let each: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r.start() == r.end() {
+                true => r.start().to_string(),
+                false => format!("{}-{}", r.start(), r.end()),
+            })
+            .collect();
+        write!(f, "[{}]", each.join(", "))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    One(u16),
+    Range(String),
+}
+
+/// `proxy.connect_ports` / `proxy.http_ports`, each entry checked.
+fn ports(raw: &[RawPort], key: &str, found: &mut Findings) -> Ports {
+    let range = |text: &str| {
+        let (lo, hi) = text.split_once('-')?;
+        let (lo, hi) = (
+            lo.trim().parse::<u16>().ok()?,
+            hi.trim().parse::<u16>().ok()?,
+        );
+        (lo <= hi).then_some(lo..=hi)
+    };
+    Ports(
+        raw.iter()
+            .filter_map(|port| match port {
+                RawPort::One(p) => Some(*p..=*p),
+                RawPort::Range(text) => range(text).or_else(|| {
+                    found.problem(format!(
+                        "{key}: {text:?} is neither a port nor a range like \"8000-8099\""
+                    ));
+                    None
+                }),
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawUnmatched {
+    Word(String),
+    Only { tunnel: Vec<String> },
 }
 
 /// `[proxy]`: the listener and how traffic is handled.
@@ -27,6 +130,14 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     /// Policy for hosts without a route.
     pub unmatched: Unmatched,
+    /// Where unmatched traffic may go (`allow_cidrs`, `deny_cidrs`, `policy_mode`).
+    pub addresses: Arc<AddressPolicy>,
+    /// Ports an unmatched `CONNECT` or `https://` forward may name.
+    pub connect_ports: Ports,
+    /// Ports an unmatched `http://` forward may name.
+    pub http_ports: Ports,
+    /// `enforce` or `report` (also for ports and the unmatched list).
+    pub policy_mode: Mode,
     /// The interception CA certificate (PEM, a file or a variable).
     pub ca_cert: SecretSource,
     /// The interception CA key (PEM; a file is created with mode 0600 when both are absent).
@@ -57,7 +168,12 @@ pub struct AdminSettings {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawProxy {
     listen: SocketAddr,
-    unmatched: Unmatched,
+    unmatched: RawUnmatched,
+    allow_cidrs: Vec<String>,
+    deny_cidrs: Vec<String>,
+    connect_ports: Vec<RawPort>,
+    http_ports: Vec<RawPort>,
+    policy_mode: Mode,
     ca_cert: RawSource,
     ca_key: RawSource,
     upstream_roots: Vec<RawSource>,
@@ -72,7 +188,12 @@ impl Default for RawProxy {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 3128)),
-            unmatched: Unmatched::Tunnel,
+            unmatched: RawUnmatched::Word("tunnel".into()),
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            connect_ports: vec![RawPort::One(443)],
+            http_ports: vec![RawPort::One(80)],
+            policy_mode: Mode::Enforce,
             ca_cert: RawSource::File("ca/ca.pem".into()),
             ca_key: RawSource::File("ca/ca.key".into()),
             upstream_roots: Vec::new(),
@@ -106,9 +227,19 @@ impl RawProxy {
         if self.connect_timeout_ms == 0 {
             found.problem("proxy.connect_timeout_ms must be greater than 0");
         }
+        let addresses = AddressPolicy {
+            allow: cidrs(&self.allow_cidrs, "proxy.allow_cidrs", found),
+            deny: cidrs(&self.deny_cidrs, "proxy.deny_cidrs", found),
+            mode: self.policy_mode,
+            own: Default::default(),
+        };
         let proxy = ProxySettings {
             listen: self.listen,
-            unmatched: self.unmatched,
+            unmatched: unmatched(self.unmatched, found),
+            addresses: Arc::new(addresses),
+            connect_ports: ports(&self.connect_ports, "proxy.connect_ports", found),
+            http_ports: ports(&self.http_ports, "proxy.http_ports", found),
+            policy_mode: self.policy_mode,
             ca_cert: self.ca_cert.into_source(base),
             ca_key: self.ca_key.into_source(base),
             upstream_roots: self
@@ -132,6 +263,52 @@ impl RawProxy {
     }
 }
 
+/// `proxy.unmatched`: `"tunnel"`, `"deny"` or `{ tunnel = ["host", "*.suffix"] }`.
+fn unmatched(raw: RawUnmatched, found: &mut Findings) -> Unmatched {
+    match raw {
+        RawUnmatched::Word(word) => match word.as_str() {
+            "tunnel" => Unmatched::Tunnel,
+            "deny" => Unmatched::Deny,
+            other => {
+                found.problem(format!(
+                    "proxy.unmatched: {other:?} is not \"tunnel\", \"deny\" or {{ tunnel = [hosts] }}"
+                ));
+                Unmatched::Deny
+            }
+        },
+        RawUnmatched::Only { tunnel } => Unmatched::Only(
+            tunnel
+                .iter()
+                .filter_map(|raw| match HostPattern::parse(raw) {
+                    Ok(pattern) => Some(pattern),
+                    Err(err) => {
+                        found.problem(format!("proxy.unmatched.tunnel: {err}"));
+                        None
+                    }
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// A list of CIDRs (`10.0.0.0/8`, `::1/128`; a bare address is one host), each checked.
+fn cidrs(raw: &[String], key: &str, found: &mut Findings) -> Vec<IpNet> {
+    raw.iter()
+        .filter_map(|cidr| {
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    found.problem(format!("{key}: {cidr:?} is not a CIDR (like 10.0.0.0/8)"));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// The CA certificate and key files exist together or not at all.
 fn check_ca_pair(proxy: &ProxySettings, found: &mut Findings) {
     if let (Some(cert), Some(key)) = (proxy.ca_cert.path(), proxy.ca_key.path()) {
@@ -142,6 +319,58 @@ fn check_ca_pair(proxy: &ProxySettings, found: &mut Findings) {
                 cert.display(),
                 key.display()
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn problems(proxy: &str) -> String {
+        match crate::config::from_toml(&format!("[proxy]\n{proxy}"), std::path::Path::new("."), "t")
+        {
+            Ok(_) => String::new(),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn destination_keys_are_checked_and_named() {
+        let cases = [
+            ("allow_cidrs = [\"10.0.0.0/8\", \"::1\"]", None),
+            (
+                "allow_cidrs = [\"10.0.0.0/33\"]",
+                Some("proxy.allow_cidrs: \"10.0.0.0/33\""),
+            ),
+            (
+                "deny_cidrs = [\"example.com\"]",
+                Some("proxy.deny_cidrs: \"example.com\""),
+            ),
+            ("connect_ports = [443, \"8000-8099\"]", None),
+            (
+                "connect_ports = [\"9-1\"]",
+                Some("proxy.connect_ports: \"9-1\""),
+            ),
+            (
+                "http_ports = [\"http\"]",
+                Some("proxy.http_ports: \"http\""),
+            ),
+            (
+                "unmatched = { tunnel = [\"*.github.com\", \"pypi.org\"] }",
+                None,
+            ),
+            (
+                "unmatched = { tunnel = [\"https://pypi.org\"] }",
+                Some("proxy.unmatched.tunnel"),
+            ),
+            ("unmatched = \"tunel\"", Some("proxy.unmatched: \"tunel\"")),
+            ("policy_mode = \"report\"", None),
+        ];
+        for (line, want) in cases {
+            let got = problems(line);
+            match want {
+                None => assert_eq!(got, "", "{line}"),
+                Some(want) => assert!(got.contains(want), "{line}: {got}"),
+            }
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct RouteSpec {
     pub dpop_required: bool,
     /// Present the client's certificate on upstream connections (certificate-bound tokens).
     pub mtls_bound: bool,
+    /// Check the route's upstream addresses against the destination policy too
+    /// (`proxy.allow_cidrs`/`deny_cidrs`, the default deny list), as for unmatched traffic.
+    pub guard: bool,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +74,8 @@ pub(super) struct RawRoute {
     dpop_required: Option<bool>,
     #[serde(default)]
     mtls_bound: bool,
+    #[serde(default)]
+    guard: bool,
     subject_token: Option<RawSubject>,
     subject_token_type: Option<String>,
     actor_token: Option<RawSource>,
@@ -151,6 +156,7 @@ pub(super) fn validate(
         dpop: r.dpop || client.is_some_and(|c| c.dpop),
         dpop_required: r.dpop_required.unwrap_or(true),
         mtls_bound: r.mtls_bound,
+        guard: r.guard,
     })
 }
 
@@ -207,6 +213,11 @@ fn check_client(
 
 /// `upgrade_tls` and `allow_plaintext` exclude each other; plaintext is allowed with a warning.
 fn check_transport(r: &RawRoute, at: &str, found: &mut Findings) {
+    if r.guard && r.mtls_bound {
+        found.problem(format!(
+            "{at}: guard = true is not supported with mtls_bound = true yet; remove one"
+        ));
+    }
     if r.upgrade_tls && r.allow_plaintext {
         found.problem(format!(
             "{at}: upgrade_tls and allow_plaintext contradict each other; choose one"

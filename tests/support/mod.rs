@@ -43,6 +43,9 @@ pub struct Setup {
     pub client_toml: Option<String>,
     /// The routed API asks callers for a certificate from this CA (certificate-bound tokens).
     pub api_client_ca: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The destination policy lines of `[proxy]`; by default loopback on any port is allowed
+    /// (the tests' upstreams are on loopback, on random ports).
+    pub proxy_policy: String,
 }
 
 /// How the routed API serves.
@@ -70,6 +73,9 @@ impl Default for Setup {
             route_host: "localhost",
             client_toml: None,
             api_client_ca: None,
+            proxy_policy: "allow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\n\
+                           connect_ports = [\"1-65535\"]\nhttp_ports = [\"1-65535\"]"
+                .into(),
         }
     }
 }
@@ -185,6 +191,7 @@ impl Harness {
 [proxy]
 listen = "127.0.0.1:0"
 unmatched = "{unmatched}"
+{policy}
 retry_body_limit = {limit}
 connect_timeout_ms = 2000
 
@@ -203,6 +210,7 @@ audience = "{aud}"
 {extra}
 "#,
             unmatched = setup.unmatched,
+            policy = setup.proxy_policy,
             limit = setup.retry_body_limit,
             tokens = setup.tokens,
             client = match &setup.client_toml {
