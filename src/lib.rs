@@ -40,6 +40,7 @@ pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod host;
+pub mod idle;
 pub mod intercept;
 mod jose;
 pub mod listener;

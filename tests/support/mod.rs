@@ -43,6 +43,8 @@ pub struct Setup {
     pub client_toml: Option<String>,
     /// The routed API asks callers for a certificate from this CA (certificate-bound tokens).
     pub api_client_ca: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// Lines in `[limits]`.
+    pub limits: String,
 }
 
 /// How the routed API serves.
@@ -70,6 +72,7 @@ impl Default for Setup {
             route_host: "localhost",
             client_toml: None,
             api_client_ca: None,
+            limits: String::new(),
         }
     }
 }
@@ -191,6 +194,9 @@ connect_timeout_ms = 2000
 [tokens]
 {tokens}
 
+[limits]
+{limits}
+
 [clients.test]
 {client}
 
@@ -205,6 +211,7 @@ audience = "{aud}"
             unmatched = setup.unmatched,
             limit = setup.retry_body_limit,
             tokens = setup.tokens,
+            limits = setup.limits,
             client = match &setup.client_toml {
                 Some(body) => body
                     .replace("{token_endpoint}", &auth.token_endpoint())
