@@ -278,3 +278,98 @@ async fn uploads_beyond_the_replay_budget_stream_without_a_copy() {
     );
     assert!(peak < 300 * 1024, "RSS peak {} MiB", peak / 1024);
 }
+
+/// An HTTP/2 connection inside an intercepted tunnel, driven in the background.
+async fn intercepted_h2(
+    h: &Harness,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    u32,
+) {
+    let (stream, head) =
+        connect_tunnel(h.proxy_addr, &format!("localhost:{}", h.api.addr.port())).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut config = support::client_tls(h.ca.cert_pem());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.unwrap();
+    let (send, mut conn) = h2::client::handshake(tls).await.unwrap();
+    // The server's SETTINGS arrive with the first exchange.
+    let send = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut send = send;
+        let request = http::Request::get(format!("https://localhost:{}/x", h.api.addr.port()))
+            .body(())
+            .unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let (response, conn) = tokio::join!(response, async {
+            // Drive the connection until the answer came, then hand it back.
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut conn).await;
+            conn
+        });
+        assert_eq!(response.unwrap().status(), 200);
+        (send, conn)
+    })
+    .await
+    .unwrap();
+    let (send, conn) = send;
+    let streams = conn.max_concurrent_send_streams() as u32;
+    (send, tokio::spawn(conn), streams)
+}
+
+#[tokio::test]
+async fn h2_max_concurrent_streams_is_what_the_proxy_advertises() {
+    let h = Harness::start(Setup {
+        limits: "h2_max_concurrent_streams = 7".into(),
+        ..Setup::default()
+    })
+    .await;
+    let (_send, _conn, streams) = intercepted_h2(&h).await;
+    assert_eq!(streams, 7, "the advertised SETTINGS_MAX_CONCURRENT_STREAMS");
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_after_idle_timeout() {
+    let h = Harness::start(short_timeouts("")).await;
+    let (_send, conn, _) = intercepted_h2(&h).await;
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open 5 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    others_are_served(&h).await;
+}
+
+/// A burst of streams opened and reset at once (the "rapid reset" attack, bounded to 500)
+/// does not stop the proxy serving others; hyper's h2 reset limits answer the abuser.
+#[tokio::test]
+async fn a_rapid_reset_burst_does_not_stop_others_being_served() {
+    let h = Harness::start(Setup::default()).await;
+    let (mut send, conn, _) = intercepted_h2(&h).await;
+    let port = h.api.addr.port();
+    let mut sent = 0;
+    for _ in 0..500 {
+        let Ok(ready) = send.ready().await else { break };
+        send = ready;
+        let request = http::Request::get(format!("https://localhost:{port}/x"))
+            .body(())
+            .unwrap();
+        let Ok((_response, mut stream)) = send.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    println!("rapid reset: {sent} streams reset; abusive connection: {outcome:?}");
+    let ended = outcome
+        .expect("the abusive connection stayed open")
+        .unwrap();
+    let err = ended.expect_err("the abusive connection ended without an error");
+    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err}");
+    others_are_served(&h).await;
+}
