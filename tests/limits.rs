@@ -295,25 +295,22 @@ async fn intercepted_h2(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, stream).await.unwrap();
-    let (send, mut conn) = h2::client::handshake(tls).await.unwrap();
+    let (mut send, mut conn) = h2::client::handshake(tls).await.unwrap();
     // The server's SETTINGS arrive with the first exchange.
-    let send = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut send = send;
-        let request = http::Request::get(format!("https://localhost:{}/x", h.api.addr.port()))
-            .body(())
-            .unwrap();
-        let (response, _) = send.send_request(request, true).unwrap();
-        let (response, conn) = tokio::join!(response, async {
-            // Drive the connection until the answer came, then hand it back.
-            let _ = tokio::time::timeout(Duration::from_millis(500), &mut conn).await;
-            conn
-        });
-        assert_eq!(response.unwrap().status(), 200);
-        (send, conn)
+    let request = http::Request::get(format!("https://localhost:{}/x", h.api.addr.port()))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let mut response = std::pin::pin!(response);
+    let status = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            answer = &mut response => answer.unwrap().status(),
+            ended = &mut conn => panic!("connection ended first: {ended:?}"),
+        }
     })
     .await
     .unwrap();
-    let (send, conn) = send;
+    assert_eq!(status, 200);
     let streams = conn.max_concurrent_send_streams() as u32;
     (send, tokio::spawn(conn), streams)
 }
