@@ -73,6 +73,7 @@ fn assert_closed_in_time(took: Option<Duration>, what: &str) {
 
 #[tokio::test]
 async fn a_connect_line_never_finished_is_closed_after_header_timeout() {
+    oauth_egress::metrics::init();
     let h = Harness::start(short_timeouts("")).await;
     let mut slow = TcpStream::connect(h.proxy_addr).await.unwrap();
     slow.write_all(b"CONNECT localhost:1 HTTP/1.1\r\nHost: loc")
@@ -81,6 +82,11 @@ async fn a_connect_line_never_finished_is_closed_after_header_timeout() {
     let closed = tokio::spawn(async move { closed_within(&mut slow).await });
     others_are_served(&h).await;
     assert_closed_in_time(closed.await.unwrap(), "half a CONNECT head");
+    let metrics = oauth_egress::metrics::render();
+    assert!(
+        metrics.contains("oauth_egress_connections_closed_total{reason=\"header_timeout\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -141,6 +147,28 @@ async fn a_body_never_finished_for_the_replay_gets_its_401_after_body_timeout() 
     others_are_served_unrejected(&h).await;
 }
 
+/// A `Content-Length` body within `retry_body_limit` is read before it is sent on (for the
+/// replay copy); a caller that stops halfway gets 400 after `body_timeout_secs`.
+#[tokio::test]
+async fn a_known_length_body_never_finished_gets_400_after_body_timeout() {
+    let h = Harness::start(short_timeouts("")).await;
+    let mut tls = intercepted(&h).await;
+    tls.write_all(b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let head = tokio::time::timeout(Duration::from_secs(6), support::read_head(&mut tls))
+        .await
+        .expect("no answer within 6 s");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    others_are_served(&h).await;
+}
+
 async fn others_are_served_unrejected(h: &Harness) {
     h.api.set_reject_all(false);
     h.api.set_refuse_before_body(false);
@@ -182,6 +210,7 @@ async fn open_and_ask(h: &Harness, source: [u8; 4], n: usize) -> (usize, usize, 
 
 #[tokio::test]
 async fn past_max_connections_new_connections_are_closed_and_the_first_are_served() {
+    oauth_egress::metrics::init();
     let h = Harness::start(Setup {
         limits: "max_connections = 200".into(),
         ..Setup::default()
@@ -195,6 +224,11 @@ async fn past_max_connections_new_connections_are_closed_and_the_first_are_serve
     );
     assert_eq!(answered, 200);
     assert_eq!(refused, 100);
+    let metrics = oauth_egress::metrics::render();
+    assert!(
+        metrics.contains("oauth_egress_connections_refused_total{reason=\"max_connections\"} 100"),
+        "{metrics}"
+    );
     drop(held);
     // Places come back when connections close.
     tokio::time::sleep(Duration::from_millis(300)).await;
