@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// When something last happened, as milliseconds since a start instant.
@@ -74,15 +75,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
     }
 }
 
-/// Waits until `clock` shows nothing for `idle` (and `quiet()` holds at that moment).
-async fn idle_for(clock: &Clock, idle: Duration, quiet: impl Fn() -> bool) {
+/// Waits until `clock` shows nothing for `idle` and `quiet()` holds; while it does not,
+/// waits for `woken` (the last request ended) or another `idle`, not a busy loop.
+async fn idle_for(clock: &Clock, idle: Duration, quiet: impl Fn() -> bool, woken: &Notify) {
     loop {
         let due = clock.last() + idle;
-        if Instant::now() >= due && quiet() {
+        if Instant::now() < due {
+            tokio::time::sleep_until(due).await;
+        } else if quiet() {
             return;
+        } else {
+            tokio::select! {
+                () = woken.notified() => {}
+                () = tokio::time::sleep(idle) => {}
+            }
         }
-        tokio::time::sleep_until(due.max(Instant::now() + Duration::from_millis(10))).await;
     }
+}
+
+/// Whether a served connection ended on hyper's header read timeout (anywhere in the
+/// chain of `err`'s sources).
+pub fn header_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+    })
 }
 
 /// How a splice ended.
@@ -101,7 +118,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let clock = Clock::new();
+    let (clock, never) = (Clock::new(), Notify::new());
     let mut a = Watched {
         inner: a,
         clock: &clock,
@@ -112,7 +129,7 @@ where
     };
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut a, &mut b) => Spliced::Closed,
-        () = idle_for(&clock, idle, || true) => Spliced::Idle,
+        () = idle_for(&clock, idle, || true, &never) => Spliced::Idle,
     }
 }
 
@@ -121,6 +138,7 @@ where
 pub struct InFlight {
     clock: Arc<Clock>,
     open: Arc<AtomicUsize>,
+    ended: Arc<Notify>,
 }
 
 impl InFlight {
@@ -129,6 +147,7 @@ impl InFlight {
         InFlight {
             clock: Clock::new(),
             open: Arc::default(),
+            ended: Arc::default(),
         }
     }
 
@@ -140,7 +159,8 @@ impl InFlight {
 
     /// Resolves once no request has been in flight for `idle`.
     pub async fn idle_for(&self, idle: Duration) {
-        idle_for(&self.clock, idle, || self.open.load(Ordering::Acquire) == 0).await;
+        let quiet = || self.open.load(Ordering::Acquire) == 0;
+        idle_for(&self.clock, idle, quiet, &self.ended).await;
     }
 }
 
@@ -156,7 +176,9 @@ pub struct Request(InFlight);
 impl Drop for Request {
     fn drop(&mut self) {
         self.0.clock.touch();
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.notify_one();
+        }
     }
 }
 

@@ -85,14 +85,12 @@ pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drai
         tracing::debug!("intercepted connection idle: closing");
     };
     if let Err(err) = drain.serve_until(conn, idle).await {
-        if let Some(err) = err.downcast_ref::<hyper::Error>() {
-            if err.is_timeout() {
-                crate::metrics::connection_closed("header_timeout");
-                tracing::debug!("intercepted connection closed: request head timed out");
-                return;
-            }
+        if crate::idle::header_timed_out(&*err) {
+            crate::metrics::connection_closed("header_timeout");
+            tracing::debug!("intercepted connection closed: header_timeout_secs passed");
+        } else {
+            tracing::debug!(error = %err, "intercepted connection ended");
         }
-        tracing::debug!(error = %err, "intercepted connection ended");
     }
 }
 

@@ -128,15 +128,11 @@ impl tokio::io::AsyncWrite for Placed {
     }
 }
 
-/// Counts and logs a connection that ended on a timeout (hyper's header read timeout).
-pub fn ended(err: &(dyn std::error::Error + 'static), reason: &'static str, peer: SocketAddr) {
-    let timed_out = std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_timeout)
-    });
-    if timed_out {
-        crate::metrics::connection_closed(reason);
-        tracing::debug!(%peer, reason, "connection closed by a timeout");
+/// Counts and logs a connection that ended on the header read timeout.
+fn ended(err: &hyper::Error, peer: SocketAddr) {
+    if crate::idle::header_timed_out(err) {
+        crate::metrics::connection_closed("header_timeout");
+        tracing::debug!(%peer, "connection closed: header_timeout_secs passed");
     } else {
         tracing::debug!(%peer, error = %err, "client connection ended");
     }
@@ -243,7 +239,7 @@ pub async fn run(
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(err) = conn_drain.serve(conn).await {
-                ended(&err, "header_timeout", peer);
+                ended(&err, peer);
             }
         });
     }
