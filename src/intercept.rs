@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, Response, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
@@ -65,7 +66,14 @@ pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drai
         let busy = requests.begin();
         async move {
             let response = request(proxy, req, &target, sni_mismatch.as_deref()).await;
-            drop(busy);
+            // In flight until its body has been sent (a long download is not idle).
+            let response = response.map(|body| {
+                body.map_frame(move |frame| {
+                    let _busy = &busy;
+                    frame
+                })
+                .boxed_unsync()
+            });
             Ok::<_, Infallible>(response)
         }
     });
