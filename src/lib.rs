@@ -6,7 +6,7 @@
 //!
 //! | step | file |
 //! |---|---|
-//! | accept a caller connection, drain on shutdown | `listener.rs`, `drain.rs` |
+//! | accept a caller connection (connection limits, `[limits]`), drain on shutdown; idle bounds | `listener.rs`, `drain.rs`, `idle.rs` |
 //! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
 //! | pick the route for host, port and path | `route.rs`, `host.rs` (patterns, normalisation) |
