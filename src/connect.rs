@@ -17,6 +17,7 @@ use crate::destination::{judge, Mode, Refused, ResolveError, Rule};
 use crate::drain::Drain;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, Target};
+use crate::idle::Spliced;
 use crate::proxy::{Proxy, SharedProxy};
 use crate::route::RouteTable;
 
@@ -203,6 +204,7 @@ async fn connect(
             let upstream = upstream?;
             let _ = upstream.set_nodelay(true);
             let on_upgrade = hyper::upgrade::on(req);
+            let idle = proxy.config.limits.tunnel_idle_timeout;
             tokio::spawn(async move {
                 let _drain = drain;
                 let Ok(upgraded) = on_upgrade.await else {
@@ -210,7 +212,10 @@ async fn connect(
                 };
                 let mut client = TokioIo::new(upgraded);
                 let mut upstream = upstream;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                if crate::idle::splice(&mut client, &mut upstream, idle).await == Spliced::Idle {
+                    crate::metrics::connection_closed("tunnel_idle_timeout");
+                    tracing::debug!("tunnel idle: closed");
+                }
             });
             tracing::info!(target: "access", host = %target.authority, "tunnelled");
             Ok(Response::new(body::empty()))

@@ -55,7 +55,16 @@ impl Drain {
 
     /// Drives a hyper connection; on shutdown, asks it to finish its in-flight requests and
     /// close.
-    pub async fn serve<C>(mut self, conn: C) -> C::Output
+    pub async fn serve<C>(self, conn: C) -> C::Output
+    where
+        C: Future + GracefulConnection,
+    {
+        self.serve_until(conn, std::future::pending()).await
+    }
+
+    /// As [`Drain::serve`], and also shuts `conn` down gracefully when `end` resolves
+    /// first (an idle bound).
+    pub async fn serve_until<C>(mut self, conn: C, end: impl Future<Output = ()>) -> C::Output
     where
         C: Future + GracefulConnection,
     {
@@ -63,6 +72,10 @@ impl Drain {
         tokio::select! {
             out = conn.as_mut() => out,
             _ = self.signaled() => {
+                conn.as_mut().begin_shutdown();
+                conn.await
+            }
+            () = end => {
                 conn.as_mut().begin_shutdown();
                 conn.await
             }

@@ -28,7 +28,7 @@ use crate::body::{self, Body};
 use crate::config::Grant;
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
-use crate::replay::{self, ReplayBody, REPLAY_READ};
+use crate::replay::{self, ReadBounds, ReplayBody};
 use crate::retry::{classify, newer_token, Budget, Retry};
 use crate::route::Route;
 use crate::sender::dpop::DpopError;
@@ -355,8 +355,13 @@ impl<'a> Exchange<'a> {
         parts.headers.remove(crate::sender::DPOP);
         let (token, lookup) = slot.get().await.map_err(|e| token_error(route, e))?;
         self.outcome.lookup = Some(lookup);
-        let limit = self.proxy.config.proxy.retry_body_limit;
-        let (body, replay) = replay::prepare(incoming, content_length(&parts.headers), limit)
+        let (limit, limits) = (
+            self.proxy.config.proxy.retry_body_limit,
+            &self.proxy.config.limits,
+        );
+        let paid = (self.proxy.replay_budget).reservation(limits.replay_buffer_total_bytes);
+        let length = content_length(&parts.headers);
+        let (body, replay) = replay::prepare(incoming, length, limit, paid, limits.body_timeout)
             .await
             .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
         let nonces = self.proxy.tokens.fetcher().nonces();
@@ -405,7 +410,8 @@ impl<'a> Exchange<'a> {
                 return Ok(response);
             };
             // The body first: a resend it cannot make must not cost a token request.
-            let body = match replay.replay(REPLAY_READ).await {
+            let bounds = ReadBounds::within(self.proxy.config.limits.body_timeout);
+            let body = match replay.replay(bounds).await {
                 Ok(body) => body,
                 Err(why) => {
                     tracing::debug!(route = %name, ?why, "401 not retried: body not replayable");

@@ -7,6 +7,13 @@
 //! gets `421 Misdirected Request`, more than one `Host` gets `400`; such a request is never
 //! injected and never sent anywhere. What goes upstream carries one authority, the target's
 //! (`forward::prepare`).
+//!
+//! Limits: the TLS handshake, ClientHello included, must end within
+//! `limits.handshake_timeout_secs`; each HTTP/1.1 request head (and the wait for the next
+//! one) within `header_timeout_secs`; a connection with no request in flight for
+//! `idle_timeout_secs` is shut down gracefully; HTTP/2 allows `h2_max_concurrent_streams`
+//! streams, and hyper's h2 defaults bound rapid resets (pending-accept and local-error
+//! reset limits).
 
 /// The CA moved to [`crate::ca`] (a leaf the assembled [`Proxy`] holds); this path stays for
 /// callers outside the request path (the binary, tests, benches, the demo).
@@ -16,10 +23,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, Response, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -33,13 +41,84 @@ use crate::proxy::{Proxy, SharedProxy};
 /// Serves an intercepted tunnel until the caller closes it.
 pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drain: Drain) {
     let proxy = shared.load_full();
+    let limits = proxy.config.limits.clone();
+    let handshake = handshake(&proxy, upgraded, &target);
+    let (tls, sni_mismatch) = match tokio::time::timeout(limits.handshake_timeout, handshake).await
+    {
+        Ok(Some(done)) => done,
+        Ok(None) => return,
+        Err(_) => {
+            crate::metrics::connection_closed("handshake_timeout");
+            tracing::debug!(host = %target.authority, "TLS handshake with caller timed out");
+            return;
+        }
+    };
+    let target = Arc::new(target);
+    let sni_mismatch = Arc::new(sni_mismatch);
+    drop(proxy);
+    let in_flight = crate::idle::InFlight::new();
+    let requests = in_flight.clone();
+    let service = service_fn(move |req| {
+        // Each request sees the configuration in force when it arrives.
+        let proxy = shared.load_full();
+        let target = target.clone();
+        let sni_mismatch = sni_mismatch.clone();
+        let busy = requests.begin();
+        async move {
+            let response = request(proxy, req, &target, sni_mismatch.as_deref()).await;
+            // In flight until its body has been sent (a long download is not idle).
+            let response = response.map(|body| {
+                body.map_frame(move |frame| {
+                    let _busy = &busy;
+                    frame
+                })
+                .boxed_unsync()
+            });
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let idle = async {
+        in_flight.idle_for(limits.idle_timeout).await;
+        crate::metrics::connection_closed("idle_timeout");
+        tracing::debug!("intercepted connection idle: closing");
+    };
+    if let Err(err) = drain.serve_until(conn, idle).await {
+        if crate::idle::header_timed_out(&*err) {
+            crate::metrics::connection_closed("header_timeout");
+            tracing::debug!("intercepted connection closed: header_timeout_secs passed");
+        } else {
+            tracing::debug!(error = %err, "intercepted connection ended");
+        }
+    }
+}
+
+/// The caller's TLS, terminated with a leaf for the tunnel's host, and the SNI when it
+/// names another host; `None` (logged) when there is no handshake.
+async fn handshake(
+    proxy: &Proxy,
+    upgraded: Upgraded,
+    target: &Target,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TokioIo<Upgraded>>,
+    Option<String>,
+)> {
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
     let start = match acceptor.await {
         Ok(start) => start,
         Err(err) => {
             tracing::debug!(host = %target.authority, error = %err, "no TLS ClientHello in tunnel");
-            return;
+            return None;
         }
     };
     let sni = start
@@ -51,30 +130,15 @@ pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drai
         Ok(config) => config,
         Err(err) => {
             tracing::error!(host = %target.host, error = %err, "cannot mint a certificate");
-            return;
+            return None;
         }
     };
-    let tls = match start.into_stream(config).await {
-        Ok(tls) => tls,
+    match start.into_stream(config).await {
+        Ok(tls) => Some((tls, sni_mismatch)),
         Err(err) => {
             tracing::debug!(host = %target.authority, error = %err, "TLS handshake with caller failed");
-            return;
+            None
         }
-    };
-    let target = Arc::new(target);
-    let sni_mismatch = Arc::new(sni_mismatch);
-    drop(proxy);
-    let service = service_fn(move |req| {
-        // Each request sees the configuration in force when it arrives.
-        let proxy = shared.load_full();
-        let target = target.clone();
-        let sni_mismatch = sni_mismatch.clone();
-        async move { Ok::<_, Infallible>(request(proxy, req, &target, sni_mismatch.as_deref()).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(err) = drain.serve(conn).await {
-        tracing::debug!(error = %err, "intercepted connection ended");
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! | step | file |
 //! |---|---|
-//! | accept a caller connection, drain on shutdown | `listener.rs`, `drain.rs` |
+//! | accept a caller connection (connection limits, `[limits]`), drain on shutdown; idle bounds | `listener.rs`, `drain.rs`, `idle.rs` |
 //! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
 //! | where unmatched traffic may go: resolved once, address and port checked, dialled as checked | `destination.rs` |
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
@@ -42,6 +42,7 @@ pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod host;
+pub mod idle;
 pub mod intercept;
 mod jose;
 pub mod listener;

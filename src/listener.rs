@@ -1,20 +1,142 @@
 //! The accept loop: one task per caller connection, HTTP/1.1 with upgrades (CONNECT), and a
 //! graceful shutdown that stops accepting, lets in-flight requests finish within a grace
 //! period, then returns.
+//!
+//! Limits (`[limits]`): past `max_connections` in all or `max_connections_per_source` from
+//! one peer address, a new connection is closed at once (as squid and envoy do), and the
+//! ones open keep working. The CONNECT line and each request head must arrive within
+//! `header_timeout_secs`; on HTTP/1.1 that also bounds the wait for the next request on a
+//! kept-alive connection (hyper times both alike). Limits are read when a connection is
+//! accepted: a reload applies to new connections.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::pin;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::LimitSettings;
 use crate::proxy::SharedProxy;
+
+/// Caller connections open now, in all and per peer address.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection's place; given back on drop.
+#[derive(Debug)]
+pub struct Place {
+    occupancy: Arc<Occupancy>,
+    peer: IpAddr,
+}
+
+impl Occupancy {
+    /// A place for a connection from `peer`, or the limit (a metric label) it would pass.
+    pub fn admit(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        limits: &LimitSettings,
+    ) -> Result<Place, &'static str> {
+        let mut open = crate::sync::lock(&self.open);
+        let (total, by_source) = &mut *open;
+        if *total >= limits.max_connections {
+            return Err("max_connections");
+        }
+        let from_peer = by_source.entry(peer).or_insert(0);
+        if *from_peer >= limits.max_connections_per_source {
+            return Err("per_source");
+        }
+        *from_peer += 1;
+        *total += 1;
+        crate::metrics::open_connections(1.0);
+        Ok(Place {
+            occupancy: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        crate::metrics::open_connections(-1.0);
+        let mut open = crate::sync::lock(&self.occupancy.open);
+        let (total, by_source) = &mut *open;
+        *total -= 1;
+        if let Some(n) = by_source.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A caller's socket holding its [`Place`]: the place is given back when the socket closes,
+/// after any CONNECT tunnel or interception over it has ended too.
+struct Placed {
+    stream: TcpStream,
+    _place: Place,
+}
+
+impl tokio::io::AsyncRead for Placed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Placed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Counts and logs a connection that ended on the header read timeout.
+fn ended(err: &hyper::Error, peer: SocketAddr) {
+    if crate::idle::header_timed_out(err) {
+        crate::metrics::connection_closed("header_timeout");
+        tracing::debug!(%peer, "connection closed: header_timeout_secs passed");
+    } else {
+        tracing::debug!(%peer, error = %err, "client connection ended");
+    }
+}
 
 /// How long to wait after a failed `accept`: doubling from 5 ms to at most 1 s while
 /// failures repeat, back to the start after a success. Failures are mostly EMFILE/ENFILE
@@ -81,15 +203,29 @@ pub async fn run(
     let (drain, ending) = crate::drain::new();
     let mut shutdown = pin!(shutdown);
     let mut backoff = AcceptBackoff::default();
+    let occupancy = Arc::new(Occupancy::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener, &mut backoff, "proxy") => accepted,
             () = &mut shutdown => break,
         };
+        let limits = proxy.load().config.limits.clone();
+        let place = match occupancy.admit(peer.ip(), &limits) {
+            Ok(place) => place,
+            Err(reason) => {
+                crate::metrics::connection_refused(reason);
+                tracing::debug!(%peer, reason, "connection refused: limits");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let conn_drain = drain.clone();
-        crate::metrics::open_connections(1.0);
+        let stream = Placed {
+            stream,
+            _place: place,
+        };
         tokio::spawn(async move {
             let service_drain = conn_drain.clone();
             let service = service_fn(move |req| {
@@ -98,12 +234,13 @@ pub async fn run(
                 async move { Ok::<_, Infallible>(crate::connect::handle(proxy, req, drain).await) }
             });
             let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(err) = conn_drain.serve(conn).await {
-                tracing::debug!(%peer, error = %err, "client connection ended");
+                ended(&err, peer);
             }
-            crate::metrics::open_connections(-1.0);
         });
     }
     drop(listener);

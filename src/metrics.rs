@@ -89,6 +89,18 @@ fn describe() {
     );
     describe_gauge!("oauth_egress_open_connections", "Open caller connections");
     describe_counter!(
+        "oauth_egress_connections_refused_total",
+        "Caller connections closed at accept, by reason: max_connections, per_source"
+    );
+    describe_counter!(
+        "oauth_egress_connections_closed_total",
+        "Caller connections closed by a limit, by reason: handshake_timeout, header_timeout, idle_timeout, tunnel_idle_timeout"
+    );
+    describe_counter!(
+        "oauth_egress_replay_budget_refused_total",
+        "Request bodies sent without a replay copy because limits.replay_buffer_total_bytes was spent"
+    );
+    describe_counter!(
         "oauth_egress_config_reloads_total",
         "Configuration reloads by outcome"
     );
@@ -237,6 +249,22 @@ pub(crate) fn policy(action: &'static str, rule: &'static str) {
 /// A caller connection opened (+1) or closed (-1).
 pub(crate) fn open_connections(delta: f64) {
     gauge!("oauth_egress_open_connections").increment(delta);
+}
+
+/// A caller connection was closed at accept (`max_connections`, `per_source`).
+pub(crate) fn connection_refused(reason: &'static str) {
+    counter!("oauth_egress_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// A caller connection was closed by a timeout (`handshake_timeout`, `header_timeout`,
+/// `idle_timeout`, `tunnel_idle_timeout`).
+pub(crate) fn connection_closed(reason: &'static str) {
+    counter!("oauth_egress_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// A body went without a replay copy: the budget was spent.
+pub(crate) fn replay_budget_refused() {
+    counter!("oauth_egress_replay_budget_refused_total").increment(1);
 }
 
 /// A configuration reload (`ok` or `rejected`).

@@ -12,6 +12,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::ca::{CaError, CertificateAuthority};
 use crate::config::Config;
+use crate::replay::ReplayBudget;
 use crate::route::{Route, RouteTable};
 use crate::tls::RootsError;
 use crate::token::{Fetcher, TokenCache};
@@ -29,6 +30,8 @@ pub struct Proxy {
     pub upstream: Upstream,
     /// Cached tokens.
     pub tokens: Arc<TokenCache>,
+    /// What replay copies hold in all (`limits.replay_buffer_total_bytes`), kept on reload.
+    pub replay_budget: Arc<ReplayBudget>,
     extra_roots: Vec<CertificateDer<'static>>,
 }
 
@@ -71,7 +74,7 @@ impl Proxy {
         ca: Arc<CertificateAuthority>,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Arc<Proxy>, StartError> {
-        Proxy::build(config, ca, extra_roots, None)
+        Proxy::build(config, ca, extra_roots, None, Arc::default())
     }
 
     /// A proxy for a new configuration that keeps this one's CA and every cached token
@@ -82,6 +85,7 @@ impl Proxy {
             self.ca.clone(),
             &self.extra_roots,
             Some(&self.tokens),
+            self.replay_budget.clone(),
         )
     }
 
@@ -90,6 +94,7 @@ impl Proxy {
         ca: Arc<CertificateAuthority>,
         extra_roots: &[CertificateDer<'static>],
         previous: Option<&TokenCache>,
+        replay_budget: Arc<ReplayBudget>,
     ) -> Result<Arc<Proxy>, StartError> {
         let roots = crate::tls::root_store(
             &config.proxy.upstream_roots,
@@ -132,6 +137,7 @@ impl Proxy {
             routes: RouteTable::new(routes),
             ca,
             tokens,
+            replay_budget,
             config,
             extra_roots: extra_roots.to_vec(),
         }))

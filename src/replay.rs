@@ -2,8 +2,14 @@
 //! keeping what a resend needs (all of it when small and of known length, a copy capped at
 //! `retry_body_limit` when its length is unknown), and [`ReplayBody::replay`] gives the body
 //! for the second attempt or says why there is none ([`NoReplay`]).
+//!
+//! Every copy is paid for from one [`ReplayBudget`] (`limits.replay_buffer_total_bytes`): a
+//! known length reserves its size before it is read, a teed body reserves as chunks arrive
+//! and stops copying when refused. A body the budget cannot pay for streams without a copy
+//! (its 401 is returned as is); the bytes go back when the request finishes.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,17 +31,88 @@ pub struct ReadBounds {
     pub idle: Duration,
 }
 
-/// The bounds the forwarder uses.
-pub const REPLAY_READ: ReadBounds = ReadBounds {
-    total: Duration::from_secs(10),
-    idle: Duration::from_secs(2),
-};
+impl ReadBounds {
+    /// The forwarder's bounds: `total` is `limits.body_timeout_secs`; a pause longer than
+    /// 2 s (or than `total`) ends the wait sooner.
+    pub fn within(total: Duration) -> ReadBounds {
+        ReadBounds {
+            total,
+            idle: total.min(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// The bytes all replay copies hold together, shared by every request (and kept across
+/// reloads, so requests in flight give their bytes back to the same count).
+#[derive(Debug, Default)]
+pub struct ReplayBudget {
+    in_use: AtomicUsize,
+}
+
+impl ReplayBudget {
+    /// Bytes currently held by replay copies.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Acquire)
+    }
+
+    /// An empty reservation against this budget, which may grow up to `total` bytes in all.
+    pub fn reservation(self: &Arc<Self>, total: usize) -> Reservation {
+        Reservation {
+            budget: self.clone(),
+            total,
+            held: 0,
+        }
+    }
+}
+
+/// Bytes one request's replay copy holds from the [`ReplayBudget`]; given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<ReplayBudget>,
+    total: usize,
+    held: usize,
+}
+
+impl Reservation {
+    /// Takes `n` more bytes if the budget has them.
+    fn grow(&mut self, n: usize) -> bool {
+        let total = self.total;
+        let taken = self
+            .budget
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&after| after <= total)
+            })
+            .is_ok();
+        if taken {
+            self.held += n;
+        } else {
+            crate::metrics::replay_budget_refused();
+        }
+        taken
+    }
+
+    /// Gives back everything held (the copy was dropped).
+    fn release(&mut self) {
+        self.budget.in_use.fetch_sub(self.held, Ordering::AcqRel);
+        self.held = 0;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
 
 /// A request body on its way upstream, and whether it can be sent a second time (the
 /// handle the forwarder keeps while the first attempt's body streams).
 pub enum ReplayBody {
-    /// Buffered (no body, or a known length within the limit): replayable.
-    Buffered(Bytes),
+    /// Buffered (no body, or a known length within the limit and the budget): replayable.
+    Buffered(
+        Bytes,
+        #[allow(dead_code, reason = "held for its Drop")] Reservation,
+    ),
     /// Streamed while a copy is kept up to the limit: replayable once it has ended within it.
     Teed(Arc<Mutex<CappedCopy>>),
     /// Streamed with no copy: not replayable.
@@ -56,7 +133,7 @@ impl ReplayBody {
     /// the limit, means never).
     pub fn may_replay(&self) -> bool {
         match self {
-            ReplayBody::Buffered(_) => true,
+            ReplayBody::Buffered(..) => true,
             ReplayBody::Teed(copy) => !lock(copy).overflowed,
             ReplayBody::Streamed => false,
         }
@@ -69,7 +146,7 @@ impl ReplayBody {
     /// never cut by a request-body error.
     pub async fn replay(&self, bounds: ReadBounds) -> Result<Body, NoReplay> {
         match self {
-            ReplayBody::Buffered(bytes) => Ok(full(bytes.clone())),
+            ReplayBody::Buffered(bytes, _) => Ok(full(bytes.clone())),
             ReplayBody::Teed(copy) => {
                 let source = {
                     let mut st = lock(copy);
@@ -126,29 +203,39 @@ fn lock(copy: &Mutex<CappedCopy>) -> std::sync::MutexGuard<'_, CappedCopy> {
 
 /// Prepares a request body for a route whose 401 may be retried.
 ///
-/// - no body, or a `Content-Length` within `limit`: read fully (a bounded, known size);
-/// - a `Content-Length` above `limit`: streamed untouched, its 401 returned as is;
+/// - no body, or a `Content-Length` within `limit` that `reservation` can pay for: read
+///   fully (a bounded, known size) within `read`, else an error;
+/// - a `Content-Length` above `limit` or beyond the budget: streamed untouched, its 401
+///   returned as is;
 /// - unknown length (chunked, HTTP/2 data): streamed as it comes (so bidirectional streams
-///   keep working) while a copy is kept until it passes `limit`.
+///   keep working) while a copy is kept until it passes `limit` or the budget.
 pub async fn prepare<B>(
     body: B,
     content_length: Option<u64>,
     limit: usize,
+    mut reservation: Reservation,
+    read: Duration,
 ) -> Result<(Body, ReplayBody), BoxError>
 where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     if body.is_end_stream() {
-        return Ok((empty(), ReplayBody::Buffered(Bytes::new())));
+        return Ok((empty(), ReplayBody::Buffered(Bytes::new(), reservation)));
     }
     match content_length {
-        Some(n) if n <= limit as u64 => {
-            let collected = http_body_util::Limited::new(body, limit).collect().await?;
+        Some(n) if n <= limit as u64 && reservation.grow(n as usize) => {
+            let collect = http_body_util::Limited::new(body, limit).collect();
+            let collected = tokio::time::timeout(read, collect)
+                .await
+                .map_err(|_| BodyTimedOut(read.as_secs()))??;
             let trailers = collected.trailers().cloned();
             let bytes = collected.to_bytes();
             match trailers {
-                None => Ok((full(bytes.clone()), ReplayBody::Buffered(bytes))),
+                None => Ok((
+                    full(bytes.clone()),
+                    ReplayBody::Buffered(bytes, reservation),
+                )),
                 // HTTP/2 allows trailers after a body of known length: they go on, and such
                 // a body is not replayed (as a teed body with trailers is not).
                 Some(trailers) => {
@@ -164,6 +251,7 @@ where
             let copy = Arc::new(Mutex::new(CappedCopy {
                 limit,
                 source: Some(boxed(body)),
+                reservation: Some(reservation),
                 ..CappedCopy::default()
             }));
             let tee = Tee { copy: copy.clone() };
@@ -171,6 +259,11 @@ where
         }
     }
 }
+
+/// The caller did not send its whole (known-length) body within `limits.body_timeout_secs`.
+#[derive(Debug, thiserror::Error)]
+#[error("the caller did not send the body within limits.body_timeout_secs ({0} s)")]
+pub struct BodyTimedOut(pub u64);
 
 /// The caller's body of unknown length and the copy kept of it. The body lives here, not in
 /// the [`Tee`], so that a replay can finish reading it after the upstream stopped.
@@ -182,6 +275,8 @@ pub struct CappedCopy {
     limit: usize,
     overflowed: bool,
     complete: bool,
+    /// The copy's bytes, paid from the budget (`None` only in unit tests' defaults).
+    reservation: Option<Reservation>,
 }
 
 impl CappedCopy {
@@ -191,9 +286,13 @@ impl CappedCopy {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     if !self.overflowed {
-                        if self.len + data.len() > self.limit {
+                        let paid = self.reservation.as_mut().is_none_or(|r| r.grow(data.len()));
+                        if self.len + data.len() > self.limit || !paid {
                             self.overflowed = true;
                             self.chunks = Vec::new();
+                            if let Some(r) = self.reservation.as_mut() {
+                                r.release();
+                            }
                         } else {
                             self.len += data.len();
                             self.chunks.push(data.clone());
@@ -269,6 +368,8 @@ mod tests {
             StreamBody::new(futures_util::stream::iter(frames)),
             Some(5),
             10,
+            unlimited(),
+            SECS,
         )
         .await
         .unwrap();
@@ -298,35 +399,95 @@ mod tests {
         idle: Duration::from_secs(5),
     };
 
+    const SECS: Duration = Duration::from_secs(5);
+
+    fn unlimited() -> Reservation {
+        Arc::new(ReplayBudget::default()).reservation(usize::MAX)
+    }
+
+    #[tokio::test]
+    async fn copies_beyond_the_budget_are_not_kept_and_bytes_come_back() {
+        let budget = Arc::new(ReplayBudget::default());
+        let (_, first) = prepare(
+            Full::new(Bytes::from("hello")),
+            Some(5),
+            10,
+            budget.reservation(8),
+            SECS,
+        )
+        .await
+        .unwrap();
+        assert!(first.may_replay());
+        assert_eq!(budget.in_use(), 5);
+        let (_, second) = prepare(
+            Full::new(Bytes::from("hello")),
+            Some(5),
+            10,
+            budget.reservation(8),
+            SECS,
+        )
+        .await
+        .unwrap();
+        assert!(!second.may_replay(), "beyond the budget: streamed");
+        let (body, teed) = prepare(
+            chunked(&["ab", "cd"]),
+            None,
+            10,
+            budget.reservation(8),
+            SECS,
+        )
+        .await
+        .unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcd");
+        assert!(!teed.may_replay(), "the teed copy stopped when refused");
+        assert_eq!(budget.in_use(), 5, "a refused copy gives back what it held");
+        drop((first, teed));
+        assert_eq!(budget.in_use(), 0);
+    }
+
     async fn text(body: Result<Body, NoReplay>) -> Bytes {
         body.unwrap().collect().await.unwrap().to_bytes()
     }
 
     #[tokio::test]
     async fn known_small_body_is_buffered_and_replayable() {
-        let (body, out) = prepare(Full::new(Bytes::from("hello")), Some(5), 10)
-            .await
-            .unwrap();
+        let (body, out) = prepare(
+            Full::new(Bytes::from("hello")),
+            Some(5),
+            10,
+            unlimited(),
+            SECS,
+        )
+        .await
+        .unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         assert_eq!(text(out.replay(WAIT).await).await, "hello");
     }
 
     #[tokio::test]
     async fn known_large_body_streams_without_replay() {
-        let (_, out) = prepare(Full::new(Bytes::from("hello world")), Some(11), 10)
-            .await
-            .unwrap();
+        let (_, out) = prepare(
+            Full::new(Bytes::from("hello world")),
+            Some(11),
+            10,
+            unlimited(),
+            SECS,
+        )
+        .await
+        .unwrap();
         assert!(!out.may_replay());
         assert_eq!(out.replay(WAIT).await.err(), Some(NoReplay::TooLarge));
     }
 
     #[tokio::test]
     async fn chunked_body_replays_when_within_limit() {
-        let (body, out) = prepare(chunked(&["ab", "cd"]), None, 10).await.unwrap();
+        let (body, out) = prepare(chunked(&["ab", "cd"]), None, 10, unlimited(), SECS)
+            .await
+            .unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcd");
         assert_eq!(text(out.replay(WAIT).await).await, "abcd");
 
-        let (body, out) = prepare(chunked(&["abcdef", "ghijkl"]), None, 10)
+        let (body, out) = prepare(chunked(&["abcdef", "ghijkl"]), None, 10, unlimited(), SECS)
             .await
             .unwrap();
         assert!(out.may_replay(), "not over the limit yet");
@@ -337,7 +498,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_the_upstream_stopped_reading_is_read_to_its_end_for_the_replay() {
-        let (mut body, out) = prepare(chunked(&["ab", "cd", "ef"]), None, 10)
+        let (mut body, out) = prepare(chunked(&["ab", "cd", "ef"]), None, 10, unlimited(), SECS)
             .await
             .unwrap();
         // The upstream answered after one chunk.
@@ -353,7 +514,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_read_up_to_its_end_of_stream_mark_is_complete() {
         // HTTP/2: the last DATA frame carries END_STREAM; hyper never polls for `None`.
-        let (mut body, out) = prepare(Full::new(Bytes::from("abcd")), None, 10)
+        let (mut body, out) = prepare(Full::new(Bytes::from("abcd")), None, 10, unlimited(), SECS)
             .await
             .unwrap();
         assert_eq!(
@@ -371,7 +532,9 @@ mod tests {
             futures_util::stream::iter(frames),
             futures_util::stream::pending(),
         );
-        let (_body, out) = prepare(StreamBody::new(endless), None, 10).await.unwrap();
+        let (_body, out) = prepare(StreamBody::new(endless), None, 10, unlimited(), SECS)
+            .await
+            .unwrap();
         let started = std::time::Instant::now();
         let total = ReadBounds {
             total: Duration::from_millis(100),
@@ -387,9 +550,15 @@ mod tests {
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|frame| (frame, rx))
         });
-        let (mut body, out) = prepare(StreamBody::new(Box::pin(stream)), None, 100)
-            .await
-            .unwrap();
+        let (mut body, out) = prepare(
+            StreamBody::new(Box::pin(stream)),
+            None,
+            100,
+            unlimited(),
+            SECS,
+        )
+        .await
+        .unwrap();
         tx.send(Ok(Frame::data(Bytes::from("ab")))).await.unwrap();
         let bounds = ReadBounds {
             total: Duration::from_secs(10),

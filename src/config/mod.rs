@@ -3,7 +3,7 @@
 //!
 //! Every problem found is reported, each naming the key or route it is about; unknown keys
 //! are errors. Relative paths are relative to the config file's directory. One file per
-//! section: `proxy.rs` (`[proxy]`, `[admin]`), `tokens.rs`, `client.rs` (`[clients.NAME]`),
+//! section: `proxy.rs` (`[proxy]`, `[admin]`), `tokens.rs`, `limits.rs`, `client.rs` (`[clients.NAME]`),
 //! `route.rs` and `grant.rs` (`[[route]]`), `source.rs` (keys naming a secret or a file).
 
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 mod client;
 mod grant;
+mod limits;
 mod proxy;
 mod route;
 mod source;
@@ -24,6 +25,7 @@ mod tokens;
 pub(crate) use client::is_loopback;
 pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
 pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
+pub use limits::LimitSettings;
 pub use proxy::{AdminSettings, ProxySettings, Unmatched};
 pub use route::RouteSpec;
 pub use tokens::TokenSettings;
@@ -39,6 +41,8 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// `[tokens]`.
     pub tokens: TokenSettings,
+    /// `[limits]`.
+    pub limits: LimitSettings,
     /// `[clients.NAME]`, by name.
     pub clients: BTreeMap<String, Arc<ClientConfig>>,
     /// `[[route]]`, in file order.
@@ -106,6 +110,8 @@ struct RawConfig {
     #[serde(default)]
     tokens: tokens::RawTokens,
     #[serde(default)]
+    limits: limits::RawLimits,
+    #[serde(default)]
     clients: BTreeMap<String, client::RawClient>,
     #[serde(default)]
     route: Vec<route::RawRoute>,
@@ -156,6 +162,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     let mut found = Findings::default();
     let proxy = raw.proxy.validate(base, &mut found);
     let tokens = raw.tokens.validate(&mut found);
+    let limits = raw.limits.validate(&mut found);
     let clients = validate_clients(raw.clients, base, &mut found);
     let routes = validate_routes(raw.route, base, &clients, &mut found);
     let Findings { problems, warnings } = found;
@@ -167,6 +174,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         proxy,
         admin: raw.admin.map(proxy::RawAdmin::validate),
         tokens,
+        limits,
         clients,
         routes,
         warnings,

@@ -46,6 +46,8 @@ pub struct Setup {
     /// The destination policy lines of `[proxy]`; by default loopback on any port is allowed
     /// (the tests' upstreams are on loopback, on random ports).
     pub proxy_policy: String,
+    /// Lines in `[limits]`.
+    pub limits: String,
 }
 
 /// How the routed API serves.
@@ -76,6 +78,7 @@ impl Default for Setup {
             proxy_policy: "allow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\n\
                            connect_ports = [\"1-65535\"]\nhttp_ports = [\"1-65535\"]"
                 .into(),
+            limits: String::new(),
         }
     }
 }
@@ -198,6 +201,9 @@ connect_timeout_ms = 2000
 [tokens]
 {tokens}
 
+[limits]
+{limits}
+
 [clients.test]
 {client}
 
@@ -213,6 +219,7 @@ audience = "{aud}"
             policy = setup.proxy_policy,
             limit = setup.retry_body_limit,
             tokens = setup.tokens,
+            limits = setup.limits,
             client = match &setup.client_toml {
                 Some(body) => body
                     .replace("{token_endpoint}", &auth.token_endpoint())
