@@ -9,6 +9,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{connect_tunnel, Harness, Setup, SCOPE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -79,6 +82,53 @@ async fn paths_the_upstream_could_read_outside_the_prefix_get_400_and_no_token()
     }
     assert_eq!(h.api.requests(), 4);
     assert_eq!(h.auth.token_requests(), 1);
+    h.stop().await;
+}
+
+/// The same over HTTP/2: hyper passes `:path` through as sent, so the proxy sees it as is.
+#[tokio::test]
+async fn http2_paths_outside_the_prefix_get_400_and_no_token() {
+    let h = Harness::start(v1_route()).await;
+    let authority = format!("localhost:{}", h.api.addr.port());
+    let (stream, head) = connect_tunnel(h.proxy_addr, &authority).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut config = support::client_tls(h.ca.cert_pem());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut get = async |path: &str| {
+        let req = http::Request::builder()
+            .uri(format!("https://{authority}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = res.status().as_u16();
+        let _ = res.into_body().collect().await;
+        status
+    };
+    for path in [
+        "/v1/../admin",
+        "/v1/%2e%2e/admin",
+        "/v1//../admin",
+        "/v1/%2Fadmin",
+        "/v1/a%5cb",
+    ] {
+        assert_eq!(get(path).await, 400, "{path}");
+    }
+    assert_eq!(h.auth.token_requests(), 0, "no token was fetched");
+    assert_eq!(h.api.requests(), 0, "the upstream saw nothing");
+    for path in ["/v1/ok", "/v1/a%20b"] {
+        assert_eq!(get(path).await, 200, "{path}");
+    }
     h.stop().await;
 }
 
