@@ -89,6 +89,17 @@ pub enum ProxyError {
         /// The methods allowed, as in the `Allow` header.
         allowed: &'static str,
     },
+    /// On a route with a `path_prefix`, a path the upstream could read as another path than
+    /// the one the route matched (`path.rs`): refused before any token is fetched.
+    #[error("route {route}: refusing a path with {why}: the route has path_prefix {prefix:?} and the upstream could read this path as one outside it; send the path as the upstream should see it")]
+    PathRefused {
+        /// Route name.
+        route: String,
+        /// The route's `path_prefix`.
+        prefix: String,
+        /// What is wrong with the path.
+        why: crate::path::PathProblem,
+    },
     /// No token could be had for the route.
     #[error("route {route}: {source}")]
     Token {
@@ -148,6 +159,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "http_request_denied")
             }
+            ProxyError::PathRefused { .. } => (StatusCode::BAD_REQUEST, "http_request_denied"),
             ProxyError::CallerTokenRefused { .. } => {
                 (StatusCode::UNAUTHORIZED, "http_request_denied")
             }

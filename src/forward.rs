@@ -115,8 +115,18 @@ fn bind_authority(parts: &mut http::request::Parts, target: &Target) -> Result<(
 const ROUTE_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Refused on a route before any token is fetched: `TRACE` echoes the request it received
-/// (RFC 9110 §9.3.8), so its answer would show the caller the token the proxy injected.
-fn refuse_on_route(route: &Route, method: &Method) -> Result<(), ProxyError> {
+/// (RFC 9110 §9.3.8), so its answer would show the caller the token the proxy injected; on a
+/// route with a `path_prefix`, a path the upstream could read as one outside it (`path.rs`).
+fn refuse_on_route(route: &Route, method: &Method, path: &str) -> Result<(), ProxyError> {
+    if let Some(prefix) = &route.spec.path_prefix {
+        if let Err(why) = crate::path::check(path) {
+            return Err(ProxyError::PathRefused {
+                route: route.spec.name.clone(),
+                prefix: prefix.clone(),
+                why,
+            });
+        }
+    }
     if method == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed {
             route: route.spec.name.clone(),
@@ -255,7 +265,7 @@ fn prepare<'a>(
     route: Option<&Route>,
 ) -> Result<Prepared<'a>, ProxyError> {
     if let Some(route) = route {
-        refuse_on_route(route, req.method())?;
+        refuse_on_route(route, req.method(), req.uri().path())?;
     }
     let upgrade = is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

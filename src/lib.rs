@@ -47,6 +47,7 @@ pub mod intercept;
 mod jose;
 pub mod listener;
 pub mod metrics;
+pub mod path;
 pub mod preflight;
 pub mod proxy;
 mod replay;

@@ -211,7 +211,8 @@ fn check_client(
     }
 }
 
-/// `upgrade_tls` and `allow_plaintext` exclude each other; plaintext is allowed with a warning.
+/// `upgrade_tls` and `allow_plaintext` exclude each other; plaintext is allowed with a
+/// warning, on an exact host and an explicit port only.
 fn check_transport(r: &RawRoute, at: &str, found: &mut Findings) {
     if r.guard && r.mtls_bound {
         found.problem(format!(
@@ -221,6 +222,11 @@ fn check_transport(r: &RawRoute, at: &str, found: &mut Findings) {
     if r.upgrade_tls && r.allow_plaintext {
         found.problem(format!(
             "{at}: upgrade_tls and allow_plaintext contradict each other; choose one"
+        ));
+    }
+    if r.allow_plaintext && (r.port.is_none() || r.host.trim().starts_with('*')) {
+        found.problem(format!(
+            "{at}: allow_plaintext = true needs an exact host and an explicit port: a token in clear to any port on a host is a token to any local user who binds one"
         ));
     }
     if r.allow_plaintext {
