@@ -117,6 +117,22 @@ impl RouteTable {
                 .any(|r| r.spec.host.matches(&host) && port_ok(&r))
     }
 
+    /// Whether some route for `host:port` has a `path_prefix`: then every route of that
+    /// host is path-sensitive (a path one of them refuses must not slip to another by
+    /// missing the prefix, e.g. `/v1/x/../admin` landing on the host's catch-all route).
+    pub fn splits_by_path(&self, host: &str, port: u16) -> bool {
+        let host = normalize_host(host);
+        let prefixed =
+            |r: &&Arc<Route>| r.spec.path_prefix.is_some() && r.spec.port.is_none_or(|p| p == port);
+        self.exact
+            .get(host.as_ref())
+            .is_some_and(|b| b.iter().any(|r| prefixed(&r)))
+            || self
+                .wildcard
+                .iter()
+                .any(|r| r.spec.host.matches(&host) && prefixed(&r))
+    }
+
     /// The routes in config order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.all

@@ -45,6 +45,27 @@ fn status_of(answer: &str) -> &str {
     answer.split(' ').nth(1).unwrap_or("")
 }
 
+/// A host split by path: its catch-all route must not take a path that misses the prefixed
+/// route only through a dot-segment (`/v1/x/../admin` is `/v1/admin` to the upstream).
+#[tokio::test]
+async fn a_path_that_only_misses_a_prefixed_route_through_dots_is_refused_on_the_catch_all() {
+    let h = Harness::start(Setup {
+        route_extra: format!(
+            "scopes = [\"{SCOPE}\"]\n\n[[route]]\nname = \"admin\"\nhost = \"localhost\"\n\
+             path_prefix = \"/v1/admin\"\nclient = \"test\"\nscopes = [\"{SCOPE}\"]"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let answer = get_in_tunnel(&h, "/v1/x/../admin").await;
+    assert_eq!(status_of(&answer), "400", "{answer}");
+    assert_eq!(h.auth.token_requests(), 0);
+    assert_eq!(h.api.requests(), 0);
+    let answer = get_in_tunnel(&h, "/v2/ok").await;
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn paths_the_upstream_could_read_outside_the_prefix_get_400_and_no_token() {
     let h = Harness::start(v1_route()).await;
