@@ -291,6 +291,22 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// A warning when the CA key is a file that group or others may read: whoever reads it can
+/// mint certificates every client of this proxy trusts. (A generated key is written 0600.)
+pub fn key_permission_warning(key: &SecretSource) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = key.path()?;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "proxy.ca_key {} is readable by group or others (mode {:o}): whoever reads it can \
+             impersonate any host to this proxy's clients; chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

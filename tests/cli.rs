@@ -431,3 +431,35 @@ refresh_token = { file = "/proc/crm.refresh" }
     assert!(all.contains("is not writable"), "{all}");
     assert!(!all.contains("route fine:"), "{all}");
 }
+
+/// A CA key readable by others lets them mint certificates every client trusts: `check`
+/// warns about it (and `run` logs the same), naming the file and the fix.
+#[cfg(unix)]
+#[test]
+fn check_warns_about_a_ca_key_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), EXAMPLE).unwrap();
+    // Generate the CA (0600), then open the key up.
+    let out = oauth_egress(dir.path(), &["ca", "export", "-c", "routes.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let check = |dir: &Path| {
+        let out = Command::new(BIN)
+            .args(["check", "-c", "routes.toml"])
+            .current_dir(dir)
+            .env("DEMO_CLIENT_SECRET", "x")
+            .output()
+            .unwrap();
+        text(&out)
+    };
+    assert!(!check(dir.path()).contains("readable by group or others"));
+    let key = dir.path().join("ca/ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let all = check(dir.path());
+    assert!(
+        all.contains("warning: proxy.ca_key")
+            && all.contains("mode 644")
+            && all.contains("chmod 600"),
+        "{all}"
+    );
+}

@@ -51,6 +51,9 @@ pub(crate) async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Fai
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
+    if let Some(warning) = oauth_egress::ca::key_permission_warning(&config.proxy.ca_key) {
+        println!("warning: {warning}");
+    }
     Ok(())
 }
 

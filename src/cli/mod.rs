@@ -47,6 +47,9 @@ pub(crate) fn load_ca(config: &Config) -> Result<Arc<CertificateAuthority>, Fail
     if created {
         tracing::info!(cert = %config.proxy.ca_cert, "generated a new interception CA; clients must trust this certificate");
     }
+    if let Some(warning) = oauth_egress::ca::key_permission_warning(&config.proxy.ca_key) {
+        tracing::warn!("{warning}");
+    }
     Ok(Arc::new(ca))
 }
 
