@@ -202,7 +202,7 @@ fn environment_overrides_the_file() {
         .unwrap();
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    assert!(all.contains("unmatched hosts: Deny"), "{all}");
+    assert!(all.contains("unmatched hosts: deny"), "{all}");
 }
 
 #[test]

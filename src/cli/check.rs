@@ -39,7 +39,7 @@ pub(crate) async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Fai
     }
     println!("{}: OK", config.origin);
     println!(
-        "proxy  {} (unmatched hosts: {:?}), CA {ca_state}",
+        "proxy  {} (unmatched hosts: {}), CA {ca_state}",
         config.proxy.listen, config.proxy.unmatched
     );
     println!("policy {}", config.proxy.policy_summary());

@@ -25,6 +25,20 @@ pub enum Unmatched {
     Only(Vec<HostPattern>),
 }
 
+/// As `routes.toml` spells it: `tunnel`, `deny`, `tunnel only [*.github.com, pypi.org]`.
+impl std::fmt::Display for Unmatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unmatched::Tunnel => f.write_str("tunnel"),
+            Unmatched::Deny => f.write_str("deny"),
+            Unmatched::Only(hosts) => {
+                let names: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+                write!(f, "tunnel only [{}]", names.join(", "))
+            }
+        }
+    }
+}
+
 impl Unmatched {
     /// Whether an unrouted `host` (normalized) may be tunnelled or forwarded.
     pub fn lets_through(&self, host: &str) -> bool {
