@@ -5,13 +5,14 @@
 //! (an IP SAN for IP literals), a random serial, `not_before` an hour in the past against
 //! clock skew, a short validity, renewed at half-life, cached per host.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -24,8 +25,9 @@ use crate::secret::{ExposeSecret, SecretSource};
 
 /// How long a minted leaf is valid.
 const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
-/// At most this many hosts' leaves are cached (wildcard routes can name many hosts).
-const MAX_CACHED_LEAVES: usize = 10_000;
+/// At most this many hosts' leaves are cached (wildcard routes can name many hosts); past
+/// it the least recently used host's leaf is dropped (and minted again if it comes back).
+const MAX_CACHED_LEAVES: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 
 /// Why the CA could not be loaded, created or used.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,7 @@ struct Leaf {
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
-    leaves: Mutex<HashMap<String, Leaf>>,
+    leaves: Mutex<LruCache<String, Leaf>>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -178,7 +180,7 @@ impl CertificateAuthority {
         CertificateAuthority {
             issuer,
             cert_pem,
-            leaves: Mutex::new(HashMap::new()),
+            leaves: Mutex::new(LruCache::new(MAX_CACHED_LEAVES)),
         }
     }
 
@@ -192,7 +194,7 @@ impl CertificateAuthority {
     pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
         let now = Instant::now();
         {
-            let leaves = crate::sync::lock(&self.leaves);
+            let mut leaves = crate::sync::lock(&self.leaves);
             if let Some(leaf) = leaves.get(host) {
                 if now < leaf.renew_after {
                     return Ok(leaf.config.clone());
@@ -200,11 +202,7 @@ impl CertificateAuthority {
             }
         }
         let config = self.mint(host)?;
-        let mut leaves = crate::sync::lock(&self.leaves);
-        if leaves.len() >= MAX_CACHED_LEAVES {
-            leaves.clear();
-        }
-        leaves.insert(
+        crate::sync::lock(&self.leaves).put(
             host.to_string(),
             Leaf {
                 config: config.clone(),
@@ -416,5 +414,19 @@ mod tests {
         let b = ca.server_config("api.example").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(ca.server_config("127.0.0.1").is_ok());
+    }
+
+    #[test]
+    fn a_full_leaf_cache_drops_the_least_recently_used_host_only() {
+        let ca = CertificateAuthority::generate().unwrap();
+        *ca.leaves.lock().unwrap() = LruCache::new(NonZeroUsize::new(2).unwrap());
+        let a = ca.server_config("a.example").unwrap();
+        ca.server_config("b.example").unwrap();
+        assert!(Arc::ptr_eq(&a, &ca.server_config("a.example").unwrap()));
+        ca.server_config("c.example").unwrap();
+        // b was the least recently used: it went, a (used since) stayed.
+        assert!(Arc::ptr_eq(&a, &ca.server_config("a.example").unwrap()));
+        assert!(!ca.leaves.lock().unwrap().contains("b.example"));
+        assert!(ca.leaves.lock().unwrap().contains("c.example"));
     }
 }

@@ -174,15 +174,34 @@ impl DpopKey {
     }
 }
 
+/// At most this many origins' nonces are kept; past it the least recently used origin's
+/// nonce is dropped (its next request costs one `use_dpop_nonce` challenge).
+const MAX_NONCE_ORIGINS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(10_000).unwrap();
+
+/// Nonces by origin, least recently used first out.
+type Nonces = lru::LruCache<String, std::sync::Arc<str>>;
+
 /// The latest `DPoP-Nonce` each server sent, by origin, so steady traffic carries the right
 /// nonce without a challenge round trip per request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NonceStore {
     /// Shared values: a proof reads one per request without copying it.
-    nonces: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<str>>>,
+    nonces: std::sync::Mutex<Nonces>,
+}
+
+impl Default for NonceStore {
+    fn default() -> NonceStore {
+        NonceStore::with_capacity(MAX_NONCE_ORIGINS)
+    }
 }
 
 impl NonceStore {
+    fn with_capacity(cap: std::num::NonZeroUsize) -> NonceStore {
+        NonceStore {
+            nonces: std::sync::Mutex::new(lru::LruCache::new(cap)),
+        }
+    }
+
     /// The nonce last seen from `origin` (see [`origin`]).
     pub fn get(&self, origin: &str) -> Option<std::sync::Arc<str>> {
         self.lock().get(origin).cloned()
@@ -200,15 +219,10 @@ impl NonceStore {
         if map.get(origin).is_some_and(|known| &**known == nonce) {
             return;
         }
-        if map.len() >= 10_000 && !map.contains_key(origin) {
-            map.clear();
-        }
-        map.insert(origin.to_string(), nonce.into());
+        map.put(origin.to_string(), nonce.into());
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<str>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Nonces> {
         crate::sync::lock(&self.nonces)
     }
 }
@@ -351,6 +365,27 @@ mod tests {
         assert_eq!(store.get("https://api.example").as_deref(), Some("n1"));
         store.remember("https://api.example", &"bad\"nonce".parse().unwrap());
         assert_eq!(store.get("https://api.example").as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn a_full_nonce_store_drops_the_least_recently_used_origin_only() {
+        let store = NonceStore::with_capacity(std::num::NonZeroUsize::new(2).unwrap());
+        let nonce = |n: &str| http::HeaderValue::from_str(n).unwrap();
+        store.remember("https://a.example", &nonce("na"));
+        store.remember("https://b.example", &nonce("nb"));
+        assert_eq!(store.get("https://a.example").as_deref(), Some("na"));
+        store.remember("https://c.example", &nonce("nc"));
+        assert_eq!(
+            store.get("https://a.example").as_deref(),
+            Some("na"),
+            "used, kept"
+        );
+        assert_eq!(
+            store.get("https://b.example"),
+            None,
+            "least recently used, dropped"
+        );
+        assert_eq!(store.get("https://c.example").as_deref(), Some("nc"));
     }
 
     #[test]

@@ -57,7 +57,15 @@ struct State {
     renew_not_before: Option<Instant>,
     /// When a 401 last cleared the token (invalidations are rationed).
     invalidated_at: Option<Instant>,
+    /// A subject token the authorization server refused, and when: answered from here for
+    /// [`REFUSED_SUBJECT_TTL`].
+    refused: Option<(Instant, Arc<TokenError>)>,
 }
+
+/// How long a token exchange refused for its subject token (an OAuth error answer, e.g.
+/// `invalid_grant`) is answered from the cache, so a flood of requests carrying the same bad
+/// token costs one token request per this pause, not one per request.
+const REFUSED_SUBJECT_TTL: Duration = Duration::from_secs(5);
 
 /// A failed background renewal is retried after this pause (or a quarter of the remaining
 /// usable life, whichever is shorter), so a down server is not hammered by every request.
@@ -106,6 +114,12 @@ impl TokenSlot {
                     return Ok((token, Lookup::Hit));
                 }
                 st.token = None;
+            }
+            if let Some((at, err)) = &st.refused {
+                if st.inflight.is_none() && now.saturating_duration_since(*at) < REFUSED_SUBJECT_TTL
+                {
+                    return Err(err.clone());
+                }
             }
             match &st.inflight {
                 Some(fetch) => fetch.clone(),
@@ -209,8 +223,16 @@ impl TokenSlot {
             Ok(token) => {
                 st.token = Some(token.clone());
                 st.renew_not_before = None;
+                st.refused = None;
             }
             Err(err) => {
+                let refused = matches!(
+                    crate::error::Classify::class(&**err),
+                    crate::error::Class::Refused
+                );
+                if refused && self.request.subject.is_some() {
+                    st.refused = Some((Instant::now(), err.clone()));
+                }
                 if background {
                     let now = Instant::now();
                     let remaining = st.token.as_ref().map_or(Duration::ZERO, |t| {

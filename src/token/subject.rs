@@ -4,12 +4,13 @@
 //! of a rotated workload token) never share a token, and an entry never outlives the subject
 //! token's own `exp`. A workload token file is checked for changes at most once a second.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
+use lru::LruCache;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
@@ -20,8 +21,9 @@ use crate::error::{Class, Classify};
 use crate::secret::{SecretError, SecretSource};
 use crate::sync::lock;
 
-/// At most this many subjects are cached per route; expired ones go first.
-const MAX_SUBJECTS: usize = 10_000;
+/// At most this many subjects are cached per route; past it, expired ones go first, then the
+/// least recently used (a busy caller's token stays however many others come and go).
+const MAX_SUBJECTS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 
 /// Where a route's token slot comes from.
 #[derive(Debug)]
@@ -102,7 +104,45 @@ pub struct SubjectSlots {
     base_key: TokenKey,
     fetcher: Arc<Fetcher>,
     workload: Option<Workload>,
-    slots: Mutex<HashMap<[u8; 32], Arc<TokenSlot>>>,
+    slots: Mutex<Subjects<Arc<TokenSlot>>>,
+}
+
+/// The cached slots by subject-token hash with their subject's `exp`, and when a full cache
+/// may next be swept for expired subjects (a sweep walks every entry, so at most once a second).
+struct Subjects<T> {
+    slots: LruCache<[u8; 32], (T, Option<u64>)>,
+    next_sweep: u64,
+}
+
+impl<T> Subjects<T> {
+    fn new(cap: NonZeroUsize) -> Subjects<T> {
+        Subjects {
+            slots: LruCache::new(cap),
+            next_sweep: 0,
+        }
+    }
+
+    /// Caches `slot`, making room first: expired subjects (if a sweep is due), else the
+    /// least recently used one.
+    fn put(&mut self, hash: [u8; 32], slot: T, exp: Option<u64>) {
+        let now = crate::jose::unix_now();
+        if self.slots.len() >= self.slots.cap().get() && now >= self.next_sweep {
+            self.next_sweep = now + 1;
+            let expired: Vec<[u8; 32]> = (self.slots.iter())
+                .filter(|(_, (_, exp))| exp.is_some_and(|e| e <= now))
+                .map(|(hash, _)| *hash)
+                .collect();
+            for hash in expired {
+                self.slots.pop(&hash);
+            }
+        }
+        self.slots.put(hash, (slot, exp));
+    }
+
+    /// The slot cached for `hash`, now the most recently used.
+    fn get(&mut self, hash: &[u8; 32]) -> Option<&T> {
+        self.slots.get(hash).map(|(slot, _)| slot)
+    }
 }
 
 impl std::fmt::Debug for SubjectSlots {
@@ -132,7 +172,7 @@ impl SubjectSlots {
             template,
             fetcher,
             workload,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Subjects::new(MAX_SUBJECTS)),
         }
     }
 
@@ -142,12 +182,13 @@ impl SubjectSlots {
         {
             let old = lock(&previous.slots);
             let mut new = lock(&self.slots);
-            for (hash, slot) in old.iter() {
+            // Least recently used first, so the new cache keeps the old one's order.
+            for (hash, (slot, exp)) in old.slots.iter().rev() {
                 let mut request = self.template.clone();
                 request.subject = slot.request().subject.clone();
-                request.subject_exp = slot.request().subject_exp;
+                request.subject_exp = *exp;
                 let fresh = TokenSlot::new(Arc::new(request), self.fetcher.clone());
-                new.insert(*hash, Arc::new(fresh.carrying(slot)));
+                new.put(*hash, Arc::new(fresh.carrying(slot)), *exp);
             }
         }
         self
@@ -172,18 +213,11 @@ impl SubjectSlots {
         if let Some(slot) = slots.get(&hash) {
             return Ok(slot.clone());
         }
-        if slots.len() >= MAX_SUBJECTS {
-            let now = crate::jose::unix_now();
-            slots.retain(|_, s| s.request().subject_exp.is_some_and(|e| e > now));
-            if slots.len() >= MAX_SUBJECTS {
-                slots.clear();
-            }
-        }
         let mut request = self.template.clone();
         request.subject = Some(subject);
         request.subject_exp = exp;
         let slot = Arc::new(TokenSlot::new(Arc::new(request), self.fetcher.clone()));
-        slots.insert(hash, slot.clone());
+        slots.put(hash, slot.clone(), exp);
         Ok(slot)
     }
 }
@@ -242,5 +276,41 @@ fn file_stamp(path: &PathBuf) -> (Option<SystemTime>, u64) {
     match std::fs::metadata(path) {
         Ok(m) => (m.modified().ok(), m.len()),
         Err(_) => (None, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(cap: usize) -> Subjects<u32> {
+        Subjects::new(NonZeroUsize::new(cap).unwrap())
+    }
+
+    #[test]
+    fn a_full_subject_cache_drops_the_least_recently_used_subject_only() {
+        let mut subjects = cache(2);
+        subjects.put([1; 32], 1, None);
+        subjects.put([2; 32], 2, None);
+        assert_eq!(subjects.get(&[1; 32]), Some(&1));
+        subjects.put([3; 32], 3, None);
+        assert_eq!(subjects.get(&[1; 32]), Some(&1), "recently used, kept");
+        assert_eq!(subjects.get(&[2; 32]), None, "least recently used, dropped");
+        assert_eq!(subjects.get(&[3; 32]), Some(&3));
+    }
+
+    #[test]
+    fn a_full_subject_cache_drops_expired_subjects_before_used_ones() {
+        let now = crate::jose::unix_now();
+        let mut subjects = cache(3);
+        subjects.put([1; 32], 1, Some(now + 3600));
+        subjects.put([2; 32], 2, Some(now - 1));
+        subjects.put([3; 32], 3, None);
+        subjects.put([4; 32], 4, Some(now + 3600));
+        // [1] was the least recently used, but [2] had expired: it went instead.
+        assert_eq!(subjects.get(&[2; 32]), None);
+        for n in [1, 3, 4] {
+            assert_eq!(subjects.get(&[n; 32]), Some(&u32::from(n)));
+        }
     }
 }
