@@ -107,15 +107,18 @@ fn describe() {
 }
 
 /// Registers every series a scrape should show before the first request: each metric
-/// family, at zero, for every route and client of `config` (called at start and after each
+/// family, at zero, for every route and client named (called at start and after each
 /// reload, so new routes and clients show at once; series of removed ones keep their last
 /// value, as Prometheus counters should). Histograms start with empty buckets.
-pub(crate) fn register(config: &crate::config::Config) {
+pub(crate) fn register<'a>(
+    routes: impl IntoIterator<Item = &'a str>,
+    clients: impl IntoIterator<Item = &'a str>,
+) {
     if init().is_none() {
         return;
     }
-    for route in &config.routes {
-        let name = route.name.clone();
+    for route in routes {
+        let name = route.to_string();
         for status in ["2xx", "4xx", "5xx"] {
             counter!("oauth_egress_requests_total", "route" => name.clone(), "status" => status)
                 .increment(0);
@@ -130,7 +133,8 @@ pub(crate) fn register(config: &crate::config::Config) {
         }
         let _ = histogram!("oauth_egress_request_duration_seconds", "route" => name);
     }
-    for client in config.clients.keys() {
+    for client in clients {
+        let client = client.to_string();
         counter!(
             "oauth_egress_token_requests_total",
             "client" => client.clone(),

@@ -56,7 +56,7 @@ pub async fn start(
     let admin = config.admin.as_ref().map(|a| a.listen);
     let proxy = ready(preflight(config, Basis::Start { ca, extra_roots }).await?);
     proxy.prefetch();
-    crate::metrics::register(&proxy.config);
+    register_metrics(&proxy.config);
     let routes = proxy.routes.routes().len();
     let proxy = crate::proxy::shared(proxy);
     let bind = |addr, key| async move {
@@ -141,7 +141,7 @@ impl Running {
             .chain(self.admin_addr)
             .collect();
         let _ = next.config.proxy.addresses.own.set(own);
-        crate::metrics::register(&next.config);
+        register_metrics(&next.config);
         next.prefetch();
         let routes = next.routes.routes().len();
         self.proxy.store(next);
@@ -155,4 +155,13 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+}
+
+/// Zero-valued series for every route and client of `config` (the metrics module knows no
+/// config: it is a leaf).
+fn register_metrics(config: &crate::config::Config) {
+    crate::metrics::register(
+        config.routes.iter().map(|r| r.name.as_str()),
+        config.clients.keys().map(String::as_str),
+    );
 }
