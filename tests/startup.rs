@@ -8,54 +8,22 @@ use std::time::Duration;
 use oauth_egress::intercept::ca::CertificateAuthority;
 use oauth_egress::preflight::{preflight, Basis};
 use oauth_egress::server::Running;
-use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, TestPki};
+use oauth_egress_devserver::{AuthServer, DevClient, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oauth-egress");
 
-struct Env {
-    pki: TestPki,
-    auth: AuthServer,
-    api: EchoApi,
-    dir: tempfile::TempDir,
-}
+mod ops_support;
+use ops_support::{client, Env};
 
+/// The servers, plus a good and a broken private key in `dir`.
 async fn servers() -> Env {
-    let pki = TestPki::new("startup upstream CA").unwrap();
-    let tls = pki.server_config(&["localhost"]).unwrap();
-    let auth = AuthServer::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        tls.clone(),
-        "localhost",
-        vec![DevClient {
-            id: "ops-client".into(),
-            secret: "ops-secret".into(),
-            allowed_scopes: None,
-        }],
-    )
-    .await
-    .unwrap();
-    let api = EchoApi::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        Some(tls),
-        Some(auth.verifier()),
-        None,
-        None,
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), "ops-secret").unwrap();
+    let env = ops_support::servers("startup upstream CA").await;
     let key = rcgen::KeyPair::generate().unwrap();
-    std::fs::write(dir.path().join("good.key"), key.serialize_pem()).unwrap();
-    std::fs::write(dir.path().join("broken.key"), "not a PEM key\n").unwrap();
-    Env {
-        pki,
-        auth,
-        api,
-        dir,
-    }
+    std::fs::write(env.dir.path().join("good.key"), key.serialize_pem()).unwrap();
+    std::fs::write(env.dir.path().join("broken.key"), "not a PEM key\n").unwrap();
+    env
 }
 
 /// One client `ops` (secret), one `signer` (private_key_jwt with `key_file`), and a route
@@ -83,28 +51,7 @@ fn config(env: &Env, text: &str) -> oauth_egress::config::Config {
 }
 
 async fn start(env: &Env, text: &str) -> (Running, Arc<CertificateAuthority>) {
-    let ca = Arc::new(CertificateAuthority::generate().unwrap());
-    let running =
-        oauth_egress::server::start(config(env, text), ca.clone(), &[env.pki.ca_cert_der()])
-            .await
-            .unwrap();
-    (running, ca)
-}
-
-fn client(running: &Running, ca: &CertificateAuthority) -> reqwest::Client {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
-        .unwrap();
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .proxy(reqwest::Proxy::all(format!("http://{}", running.proxy_addr)).unwrap())
-        .build()
-        .unwrap()
+    ops_support::start(env, config(env, text)).await
 }
 
 async fn metrics(running: &Running) -> String {
