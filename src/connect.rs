@@ -3,6 +3,7 @@
 //! what happens to it: a routed destination is intercepted or forwarded with its route's
 //! token; any other is tunnelled or forwarded untouched, or denied, by `proxy.unmatched`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::Scheme;
@@ -12,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
+use crate::caller::Identity;
 use crate::config::{ProxySettings, Unmatched};
 use crate::destination::{judge, Mode, Refused, ResolveError, Rule};
 use crate::drain::Drain;
@@ -136,21 +138,40 @@ async fn dial(settings: &ProxySettings, target: &Target) -> Result<TcpStream, Pr
     Err(last)
 }
 
-/// Answers one request received on the proxy port.
-pub async fn handle(shared: SharedProxy, req: Request<Incoming>, drain: Drain) -> Response<Body> {
+/// Answers one request received on the proxy port from `peer`: who is calling first
+/// (`caller.rs`; a CONNECT's caller holds for its whole tunnel), then where it may go.
+pub async fn handle(
+    shared: SharedProxy,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    drain: Drain,
+) -> Response<Body> {
     let proxy = shared.load_full();
+    let caller = proxy.callers.identify(peer.ip(), req.headers());
+    if let Err(err) = proxy.callers.admit(&caller, peer.ip()) {
+        tracing::info!(target: "access", caller = caller.label(), %peer, error = %err, "caller refused");
+        let response = error::response(&err);
+        crate::metrics::caller(caller.label(), response.status().as_u16());
+        return response;
+    }
     if req.method() == Method::CONNECT {
-        return match connect(proxy, shared, req, drain).await {
+        return match connect(proxy, shared, req, caller.clone(), drain).await {
             Ok(response) => response,
             Err(err) => {
-                tracing::info!(error = %err, "CONNECT refused");
-                error::response(&err)
+                tracing::info!(caller = caller.label(), error = %err, "CONNECT refused");
+                let response = error::response(&err);
+                crate::metrics::caller(caller.label(), response.status().as_u16());
+                response
             }
         };
     }
-    match absolute_form(&proxy, req).await {
+    match absolute_form(&proxy, req, &caller).await {
         Ok(response) => response,
-        Err(err) => error::response(&err),
+        Err(err) => {
+            let response = error::response(&err);
+            crate::metrics::caller(caller.label(), response.status().as_u16());
+            response
+        }
     }
 }
 
@@ -158,6 +179,7 @@ async fn connect(
     proxy: Arc<Proxy>,
     shared: SharedProxy,
     req: Request<Incoming>,
+    caller: Identity,
     drain: Drain,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = req
@@ -183,7 +205,9 @@ async fn connect(
             let on_upgrade = hyper::upgrade::on(req);
             tokio::spawn(async move {
                 match on_upgrade.await {
-                    Ok(upgraded) => crate::intercept::serve(shared, upgraded, target, drain).await,
+                    Ok(upgraded) => {
+                        crate::intercept::serve(shared, upgraded, target, caller, drain).await
+                    }
                     Err(err) => tracing::debug!(error = %err, "CONNECT upgrade failed"),
                 }
             });
@@ -217,7 +241,8 @@ async fn connect(
                     tracing::debug!("tunnel idle: closed");
                 }
             });
-            tracing::info!(target: "access", host = %target.authority, "tunnelled");
+            tracing::info!(target: "access", caller = caller.label(), host = %target.authority, "tunnelled");
+            crate::metrics::caller(caller.label(), 200);
             Ok(Response::new(body::empty()))
         }
     }
@@ -226,6 +251,7 @@ async fn connect(
 async fn absolute_form(
     proxy: &Proxy,
     req: Request<Incoming>,
+    caller: &Identity,
 ) -> Result<Response<Body>, ProxyError> {
     let uri = req.uri();
     let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
@@ -286,7 +312,7 @@ async fn absolute_form(
             })
         }
     };
-    Ok(forward(proxy, req, &target, route).await)
+    Ok(forward(proxy, req, &target, route, caller).await)
 }
 
 fn denied(target: &Target) -> ProxyError {

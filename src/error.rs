@@ -63,6 +63,28 @@ pub enum ProxyError {
     /// port, a host not on the unmatched list): never dialled.
     #[error("{0}")]
     DestinationRefused(#[from] crate::destination::Refused),
+    /// `proxy.callers = "known"` and no `[[caller]]` matches: 407 with a `Proxy-Authenticate`
+    /// challenge per configured scheme, or 403 when no caller has `proxy_auth`.
+    #[error("no [[caller]] matches the connection from {peer}: proxy.callers = \"known\" serves only configured callers; {}", why.advice())]
+    CallerUnknown {
+        /// The connection's peer address.
+        peer: std::net::IpAddr,
+        /// What was missing.
+        why: crate::caller::Unmatched,
+        /// The challenges the 407 carries.
+        challenges: crate::caller::Challenges,
+    },
+    /// A route's `callers = [...]` does not list the caller: refused before any token is
+    /// fetched.
+    #[error("route {route}: caller {caller} may not use this route (its callers are [{listed}]); add the caller to the route's callers or call as one of them")]
+    CallerNotAllowed {
+        /// Route name.
+        route: String,
+        /// The caller's name, or `unidentified`.
+        caller: String,
+        /// The route's `callers`.
+        listed: String,
+    },
     /// An `http://` request on a route that would send its token in clear.
     #[error("route {route}: refusing to send its token over plain http; use https, or set upgrade_tls = true (the proxy speaks https upstream) or allow_plaintext = true on the route")]
     PlaintextRefused {
@@ -153,6 +175,11 @@ impl ProxyError {
                 (StatusCode::FORBIDDEN, "destination_ip_prohibited")
             }
             ProxyError::PlaintextRefused { .. } => (StatusCode::FORBIDDEN, "http_request_denied"),
+            ProxyError::CallerUnknown { challenges, .. } => match challenges.basic || challenges.bearer {
+                true => (StatusCode::PROXY_AUTHENTICATION_REQUIRED, "http_request_denied"),
+                false => (StatusCode::FORBIDDEN, "http_request_denied"),
+            },
+            ProxyError::CallerNotAllowed { .. } => (StatusCode::FORBIDDEN, "http_request_denied"),
             ProxyError::Misdirected { .. } => {
                 (StatusCode::MISDIRECTED_REQUEST, "http_request_denied")
             }
@@ -254,6 +281,20 @@ pub fn response(err: &ProxyError) -> Response<Body> {
     }
     if let ProxyError::MethodNotAllowed { allowed, .. } = err {
         headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
+    }
+    if let ProxyError::CallerUnknown { challenges, .. } = err {
+        if challenges.basic {
+            headers.append(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"oauth-egress\""),
+            );
+        }
+        if challenges.bearer {
+            headers.append(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"oauth-egress\""),
+            );
+        }
     }
     if let ProxyError::CallerTokenRefused { .. } = err {
         // RFC 6750 §3.1: the presented token is not acceptable; the caller may get a new one.

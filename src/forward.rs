@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use crate::body::{self, Body};
+use crate::caller::Identity;
 use crate::config::Grant;
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
@@ -152,16 +153,24 @@ struct Outcome {
 
 /// Forwards `req` to `target`, injecting `route`'s token when there is one. Always answers:
 /// failures become the proxy's own error responses.
+/// `caller` is who sent it: a route's `callers` list is checked before any token is fetched.
 pub async fn forward(
     proxy: &Proxy,
     req: Request<Incoming>,
     target: &Target,
     route: Option<Arc<Route>>,
+    caller: &Identity,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (result, outcome) = send(proxy, req, target, route.as_deref()).await;
+    let (result, outcome) = match route.as_deref().map(|r| {
+        let listed = r.spec.callers.as_deref();
+        proxy.callers.on_route(&r.spec.name, listed, caller)
+    }) {
+        Some(Err(refused)) => (Err(refused), Outcome::default()),
+        _ => send(proxy, req, target, route.as_deref()).await,
+    };
     let response = match result {
         Ok(response) => response,
         Err(err) => {
@@ -172,6 +181,7 @@ pub async fn forward(
     let route_label = route.as_ref().map_or("-", |r| r.spec.name.as_str());
     record(
         route_label,
+        caller.label(),
         target,
         &method,
         &path,
@@ -183,8 +193,10 @@ pub async fn forward(
 }
 
 /// Metrics and the access-log line of one request.
+#[allow(clippy::too_many_arguments)]
 fn record(
     route_label: &str,
+    caller: &str,
     target: &Target,
     method: &Method,
     path: &str,
@@ -193,6 +205,7 @@ fn record(
     outcome: &Outcome,
 ) {
     crate::metrics::request(route_label, response.status().as_u16(), started.elapsed());
+    crate::metrics::caller(caller, response.status().as_u16());
     if outcome.resent.token {
         crate::metrics::retry(route_label, "401");
     }
@@ -205,6 +218,7 @@ fn record(
     tracing::info!(
         target: "access",
         route = route_label,
+        caller,
         host = %target.authority,
         %method,
         path = %path,

@@ -32,6 +32,7 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::Body;
+use crate::caller::Identity;
 use crate::drain::Drain;
 use crate::error::{self, ProxyError};
 use crate::forward::{forward, single_host, Target};
@@ -39,7 +40,14 @@ use crate::host::normalize_host;
 use crate::proxy::{Proxy, SharedProxy};
 
 /// Serves an intercepted tunnel until the caller closes it.
-pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drain: Drain) {
+/// `caller` is who opened it (the CONNECT's identity holds for every request inside).
+pub async fn serve(
+    shared: SharedProxy,
+    upgraded: Upgraded,
+    target: Target,
+    caller: Identity,
+    drain: Drain,
+) {
     let proxy = shared.load_full();
     let limits = proxy.config.limits.clone();
     let handshake = handshake(&proxy, upgraded, &target);
@@ -54,6 +62,7 @@ pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drai
         }
     };
     let target = Arc::new(target);
+    let caller = Arc::new(caller);
     let sni_mismatch = Arc::new(sni_mismatch);
     drop(proxy);
     let in_flight = crate::idle::InFlight::new();
@@ -62,10 +71,11 @@ pub async fn serve(shared: SharedProxy, upgraded: Upgraded, target: Target, drai
         // Each request sees the configuration in force when it arrives.
         let proxy = shared.load_full();
         let target = target.clone();
+        let caller = caller.clone();
         let sni_mismatch = sni_mismatch.clone();
         let busy = requests.begin();
         async move {
-            let response = request(proxy, req, &target, sni_mismatch.as_deref()).await;
+            let response = request(proxy, req, &target, &caller, sni_mismatch.as_deref()).await;
             // In flight until its body has been sent (a long download is not idle).
             let response = response.map(|body| {
                 body.map_frame(move |frame| {
@@ -146,6 +156,7 @@ async fn request(
     proxy: Arc<Proxy>,
     req: Request<Incoming>,
     target: &Target,
+    caller: &Identity,
     sni_mismatch: Option<&str>,
 ) -> Response<Body> {
     if let Some(sni) = sni_mismatch {
@@ -158,7 +169,7 @@ async fn request(
         .routes
         .find(&target.host, target.port, req.uri().path())
         .cloned();
-    forward(&proxy, req, target, route).await
+    forward(&proxy, req, target, route, caller).await
 }
 
 /// Checks that every authority `req` carries names the tunnel's host: the request-target's

@@ -7,6 +7,7 @@
 //! | step | file |
 //! |---|---|
 //! | accept a caller connection (connection limits, `[limits]`), drain on shutdown; idle bounds | `listener.rs`, `drain.rs`, `idle.rs` |
+//! | who is calling: `[[caller]]` by peer address or `Proxy-Authorization`, `proxy.callers` | `caller.rs` |
 //! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
 //! | where unmatched traffic may go: resolved once, address and port checked, dialled as checked | `destination.rs` |
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
@@ -34,6 +35,7 @@
 pub mod admin;
 pub mod body;
 pub mod ca;
+pub mod caller;
 pub mod client_env;
 pub mod config;
 pub mod connect;

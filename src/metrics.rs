@@ -87,6 +87,10 @@ fn describe() {
         "oauth_egress_policy_total",
         "Destinations the destination policy refused (deny) or, in report mode, would refuse (would_deny), by rule"
     );
+    describe_counter!(
+        "oauth_egress_caller_requests_total",
+        "Answers by caller ([[caller]] name, or unidentified) and status class"
+    );
     describe_gauge!("oauth_egress_open_connections", "Open caller connections");
     describe_counter!(
         "oauth_egress_connections_refused_total",
@@ -113,6 +117,7 @@ fn describe() {
 pub(crate) fn register<'a>(
     routes: impl IntoIterator<Item = &'a str>,
     clients: impl IntoIterator<Item = &'a str>,
+    callers: impl IntoIterator<Item = &'a str>,
 ) {
     if init().is_none() {
         return;
@@ -145,6 +150,12 @@ pub(crate) fn register<'a>(
         counter!("oauth_egress_token_refresh_ahead_total", "client" => client.clone()).increment(0);
         let _ =
             histogram!("oauth_egress_token_request_duration_seconds", "client" => client.clone());
+    }
+    for caller in callers.into_iter().chain(["unidentified"]) {
+        for status in ["2xx", "4xx", "5xx"] {
+            counter!("oauth_egress_caller_requests_total", "caller" => caller.to_string(), "status" => status)
+                .increment(0);
+        }
     }
     for action in ["intercept", "tunnel", "deny"] {
         counter!("oauth_egress_connects_total", "action" => action).increment(0);
@@ -237,6 +248,13 @@ pub(crate) fn refresh_token_unsaved(file: &str, unsaved: bool) {
 /// A request was resent (`reason`: `401` with a fresh token, `dpop_nonce` with a new proof).
 pub(crate) fn retry(route: &str, reason: &'static str) {
     counter!("oauth_egress_retries_total", "route" => route.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// A caller's CONNECT, tunnel, request or refusal was answered with `status` (the caller a
+/// configured name or `unidentified`: bounded).
+pub(crate) fn caller(caller: &str, status: u16) {
+    counter!("oauth_egress_caller_requests_total", "caller" => caller.to_string(), "status" => status_class(status))
         .increment(1);
 }
 

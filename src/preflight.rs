@@ -1,7 +1,7 @@
 //! The start-up checks, in one place: `check`, `run` and every reload call [`preflight`], so
 //! a configuration a reload accepts is one `run` would have started with.
 //!
-//! What is checked, in order: every client secret can be read, every private key parses
+//! What is checked, in order: every client secret and caller credential can be read, every private key parses
 //! (and its `assertion_cert` is its own), the proxy can be assembled (trust roots, client
 //! certificates, DPoP keys, token HTTP clients), and the metadata of every discovered
 //! client fits its configuration. A discovery server that does not answer is not a
@@ -136,6 +136,13 @@ fn file_problems(config: &Config) -> Vec<Problem> {
             // The detail starts with the key it is about (`private_key`, `assertion_cert`).
             if let Some(detail) = crate::token::key_problem(client) {
                 problems.push(Problem::new(format!("clients.{}", client.name), detail));
+            }
+        }
+    }
+    for caller in &config.callers {
+        if let Some(auth) = &caller.proxy_auth {
+            if let Err(err) = auth.secret().load() {
+                problems.push(Problem::new(format!("caller {}.proxy_auth", caller.name), err));
             }
         }
     }

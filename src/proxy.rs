@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 
 use crate::ca::{CaError, CertificateAuthority};
+use crate::caller::Callers;
 use crate::config::Config;
 use crate::replay::ReplayBudget;
 use crate::route::{Route, RouteTable};
@@ -30,6 +31,8 @@ pub struct Proxy {
     pub upstream: Upstream,
     /// Cached tokens.
     pub tokens: Arc<TokenCache>,
+    /// `[[caller]]`s and `proxy.callers`: who may use the proxy.
+    pub callers: Callers,
     /// What replay copies hold in all (`limits.replay_buffer_total_bytes`), kept on reload.
     pub replay_budget: Arc<ReplayBudget>,
     extra_roots: Vec<CertificateDer<'static>>,
@@ -132,7 +135,13 @@ impl Proxy {
                 identities.push((client.name.clone(), tls));
             }
         }
+        let callers = Callers::new(
+            &config.callers,
+            config.proxy.callers,
+            config.proxy.policy_mode,
+        );
         Ok(Arc::new(Proxy {
+            callers,
             upstream: Upstream::new(roots, &config.proxy, identities),
             routes: RouteTable::new(routes),
             ca,

@@ -43,6 +43,7 @@ pub(crate) async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Fai
         config.proxy.listen, config.proxy.unmatched
     );
     println!("policy {}", config.proxy.policy_summary());
+    println!("callers {}", callers_line(&config));
     println!("routes ({}):", config.routes.len());
     for route in &config.routes {
         println!("  {}", route_line(route, &config.clients[&route.client]));
@@ -114,6 +115,20 @@ fn print_tokens(fetched: &[Fetched]) {
     }
 }
 
+/// `proxy.callers` and every `[[caller]]` with the ways it is recognised (never a secret).
+fn callers_line(config: &Config) -> String {
+    use oauth_egress::config::CallerPolicy;
+    let policy = match config.proxy.callers {
+        CallerPolicy::Any => "any (every caller that reaches proxy.listen is served)",
+        CallerPolicy::Known => "known (only [[caller]]s; others get 407 or 403)",
+    };
+    let each: Vec<String> = config.callers.iter().map(|c| c.describe()).collect();
+    match each.is_empty() {
+        true => policy.to_string(),
+        false => format!("{policy}: {}", each.join(", ")),
+    }
+}
+
 /// One route of the table: what it matches, its client and grant, and its options.
 fn route_line(route: &RouteSpec, client: &ClientConfig) -> String {
     let port = route
@@ -136,6 +151,9 @@ fn route_line(route: &RouteSpec, client: &ClientConfig) -> String {
     }
     if route.allow_plaintext {
         extra.push_str(" allow_plaintext");
+    }
+    if let Some(callers) = &route.callers {
+        extra.push_str(&format!(" callers={}", callers.join(",")));
     }
     format!(
         "{:<20} {}{port}{path} -> client {} ({}, {} at {}){extra}",

@@ -4,7 +4,7 @@
 //! Every problem found is reported, each naming the key or route it is about; unknown keys
 //! are errors. Relative paths are relative to the config file's directory. One file per
 //! section: `proxy.rs` (`[proxy]`, `[admin]`), `tokens.rs`, `limits.rs`, `client.rs` (`[clients.NAME]`),
-//! `route.rs` and `grant.rs` (`[[route]]`), `source.rs` (keys naming a secret or a file).
+//! `route.rs` and `grant.rs` (`[[route]]`), `caller.rs` (`[[caller]]`, `proxy.callers`), `source.rs` (keys naming a secret or a file).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+mod caller;
 mod client;
 mod grant;
 mod limits;
@@ -23,6 +24,7 @@ mod source;
 mod tokens;
 
 pub(crate) use client::is_loopback;
+pub use caller::{CallerPolicy, CallerSpec, ProxyAuth, UNIDENTIFIED};
 pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
 pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
 pub use limits::LimitSettings;
@@ -47,6 +49,8 @@ pub struct Config {
     pub clients: BTreeMap<String, Arc<ClientConfig>>,
     /// `[[route]]`, in file order.
     pub routes: Vec<RouteSpec>,
+    /// `[[caller]]`, in file order.
+    pub callers: Vec<CallerSpec>,
     /// Things that are allowed but deserve a second look (printed by `check` and at start).
     pub warnings: Vec<String>,
 }
@@ -115,6 +119,8 @@ struct RawConfig {
     clients: BTreeMap<String, client::RawClient>,
     #[serde(default)]
     route: Vec<route::RawRoute>,
+    #[serde(default)]
+    caller: Vec<caller::RawCaller>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -164,7 +170,14 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     let tokens = raw.tokens.validate(&mut found);
     let limits = raw.limits.validate(&mut found);
     let clients = validate_clients(raw.clients, base, &mut found);
+    let callers = caller::validate(raw.caller, base, &mut found);
+    caller::check_exposure(proxy.callers, proxy.listen, &mut found);
     let routes = validate_routes(raw.route, base, &clients, &mut found);
+    for route in &routes {
+        if let Some(listed) = &route.callers {
+            caller::check_route_callers(&route.name, listed, &callers, &mut found);
+        }
+    }
     let Findings { problems, warnings } = found;
     if !problems.is_empty() {
         return Err(ConfigError::Invalid { origin, problems });
@@ -177,6 +190,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         limits,
         clients,
         routes,
+        callers,
         warnings,
     })
 }

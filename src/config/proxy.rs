@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::caller::CallerPolicy;
 use super::source::RawSource;
 use super::Findings;
 use crate::destination::{AddressPolicy, Mode};
@@ -150,8 +151,10 @@ pub struct ProxySettings {
     pub connect_ports: Ports,
     /// Ports an unmatched `http://` forward may name.
     pub http_ports: Ports,
-    /// `enforce` or `report` (also for ports and the unmatched list).
+    /// `enforce` or `report` (also for ports, the unmatched list and callers).
     pub policy_mode: Mode,
+    /// `proxy.callers`: `any`, or only `[[caller]]`s (`caller.rs`).
+    pub callers: CallerPolicy,
     /// The interception CA certificate (PEM, a file or a variable).
     pub ca_cert: SecretSource,
     /// The interception CA key (PEM; a file is created with mode 0600 when both are absent).
@@ -188,6 +191,7 @@ pub(super) struct RawProxy {
     connect_ports: Vec<RawPort>,
     http_ports: Vec<RawPort>,
     policy_mode: Mode,
+    callers: CallerPolicy,
     ca_cert: RawSource,
     ca_key: RawSource,
     upstream_roots: Vec<RawSource>,
@@ -208,6 +212,7 @@ impl Default for RawProxy {
             connect_ports: vec![RawPort::One(443)],
             http_ports: vec![RawPort::One(80)],
             policy_mode: Mode::Enforce,
+            callers: CallerPolicy::Any,
             ca_cert: RawSource::File("ca/ca.pem".into()),
             ca_key: RawSource::File("ca/ca.key".into()),
             upstream_roots: Vec::new(),
@@ -254,6 +259,7 @@ impl RawProxy {
             connect_ports: ports(&self.connect_ports, "proxy.connect_ports", found),
             http_ports: ports(&self.http_ports, "proxy.http_ports", found),
             policy_mode: self.policy_mode,
+            callers: self.callers,
             ca_cert: self.ca_cert.into_source(base),
             ca_key: self.ca_key.into_source(base),
             upstream_roots: self
@@ -306,7 +312,7 @@ fn unmatched(raw: RawUnmatched, found: &mut Findings) -> Unmatched {
 }
 
 /// A list of CIDRs (`10.0.0.0/8`, `::1/128`; a bare address is one host), each checked.
-fn cidrs(raw: &[String], key: &str, found: &mut Findings) -> Vec<IpNet> {
+pub(super) fn cidrs(raw: &[String], key: &str, found: &mut Findings) -> Vec<IpNet> {
     raw.iter()
         .filter_map(|cidr| {
             let parsed = cidr

@@ -48,6 +48,9 @@ pub struct RouteSpec {
     /// Check the route's upstream addresses against the destination policy too
     /// (`proxy.allow_cidrs`/`deny_cidrs`, the default deny list), as for unmatched traffic.
     pub guard: bool,
+    /// `callers = [...]`: only these `[[caller]]`s get the route's token; `None`: any caller
+    /// `proxy.callers` admits.
+    pub callers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +79,7 @@ pub(super) struct RawRoute {
     mtls_bound: bool,
     #[serde(default)]
     guard: bool,
+    callers: Option<Vec<String>>,
     subject_token: Option<RawSubject>,
     subject_token_type: Option<String>,
     actor_token: Option<RawSource>,
@@ -157,6 +161,7 @@ pub(super) fn validate(
         dpop_required: r.dpop_required.unwrap_or(true),
         mtls_bound: r.mtls_bound,
         guard: r.guard,
+        callers: r.callers,
     })
 }
 
