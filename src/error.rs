@@ -175,10 +175,15 @@ impl ProxyError {
                 (StatusCode::FORBIDDEN, "destination_ip_prohibited")
             }
             ProxyError::PlaintextRefused { .. } => (StatusCode::FORBIDDEN, "http_request_denied"),
-            ProxyError::CallerUnknown { challenges, .. } => match challenges.basic || challenges.bearer {
-                true => (StatusCode::PROXY_AUTHENTICATION_REQUIRED, "http_request_denied"),
-                false => (StatusCode::FORBIDDEN, "http_request_denied"),
-            },
+            ProxyError::CallerUnknown { challenges, .. } => {
+                match challenges.basic || challenges.bearer {
+                    true => (
+                        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                        "http_request_denied",
+                    ),
+                    false => (StatusCode::FORBIDDEN, "http_request_denied"),
+                }
+            }
             ProxyError::CallerNotAllowed { .. } => (StatusCode::FORBIDDEN, "http_request_denied"),
             ProxyError::Misdirected { .. } => {
                 (StatusCode::MISDIRECTED_REQUEST, "http_request_denied")

@@ -231,9 +231,7 @@ pub async fn run(
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
                 let drain = service_drain.clone();
-                async move {
-                    Ok::<_, Infallible>(crate::connect::handle(proxy, req, peer, drain).await)
-                }
+                async move { Ok::<_, Infallible>(crate::connect::handle(proxy, req, peer, drain).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -142,7 +142,10 @@ fn file_problems(config: &Config) -> Vec<Problem> {
     for caller in &config.callers {
         if let Some(auth) = &caller.proxy_auth {
             if let Err(err) = auth.secret().load() {
-                problems.push(Problem::new(format!("caller {}.proxy_auth", caller.name), err));
+                problems.push(Problem::new(
+                    format!("caller {}.proxy_auth", caller.name),
+                    err,
+                ));
             }
         }
     }

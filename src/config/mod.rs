@@ -23,8 +23,8 @@ mod route;
 mod source;
 mod tokens;
 
-pub(crate) use client::is_loopback;
 pub use caller::{CallerPolicy, CallerSpec, ProxyAuth, UNIDENTIFIED};
+pub(crate) use client::is_loopback;
 pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
 pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
 pub use limits::LimitSettings;

@@ -59,6 +59,8 @@ pub struct Seen {
     pub dpop_headers: usize,
     /// The request trailers, as (name, value) pairs.
     pub trailers: Vec<(String, String)>,
+    /// The `Proxy-Authorization` header, if any (a proxy must never forward it).
+    pub proxy_authorization: Option<String>,
 }
 
 /// At most this many requests are kept for [`EchoApi::seen`].
@@ -220,6 +222,7 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect(),
         trailers: Vec::new(),
+        proxy_authorization: header(hyper::header::PROXY_AUTHORIZATION),
         dpop_headers: req.headers().get_all(DPOP).iter().count(),
     };
     let dpop_values: Vec<HeaderValue> = req.headers().get_all(DPOP).iter().cloned().collect();
