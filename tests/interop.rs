@@ -10,7 +10,7 @@
 #[path = "interop/harness.rs"]
 mod harness;
 
-use harness::{Call, Client, Interop, ROUTES};
+use harness::{Call, Client, Interop, ProxyAuth, ROUTES};
 use serde_json::{json, Value};
 
 /// One call per route (the token exchange on behalf of alice), plus a POST with a body.
@@ -492,4 +492,57 @@ async fn a_wrong_client_secret_is_reported_without_the_secret() {
         "{report}"
     );
     assert!(report.contains("refresh              skipped"), "{report}");
+}
+
+/// Issue 12, "who may use it": with `proxy.callers = "known"`, each real client authenticates
+/// to the proxy the way its users would (curl `-x http://u:p@...`, Python
+/// `HTTPS_PROXY=http://u:p@...`, Java an `Authenticator`, undici `ProxyAgent` with a bearer
+/// token) and is served; without credentials each sees the proxy's 407.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_authenticates_to_the_proxy_and_is_refused_without() {
+    const PASSWORD: &str = "interop-proxy-pw";
+    const TOKEN: &str = "interop-proxy-token";
+    let secrets = tempfile::tempdir().unwrap();
+    let (pw, token) = (secrets.path().join("pw"), secrets.path().join("token"));
+    std::fs::write(&pw, PASSWORD).unwrap();
+    std::fs::write(&token, TOKEN).unwrap();
+    let interop = Interop::start_with(|toml| {
+        let callers = format!(
+            "\n[[caller]]\nname = \"legacy\"\n\
+             proxy_auth = {{ basic = {{ user = \"legacy\", password = {{ file = \"{}\" }} }} }}\n\
+             [[caller]]\nname = \"node\"\nproxy_auth = {{ bearer = {{ file = \"{}\" }} }}\n",
+            pw.display(),
+            token.display()
+        );
+        toml.replacen("[proxy]\n", "[proxy]\ncallers = \"known\"\n", 1) + &callers
+    })
+    .await;
+    let calls = [Call::get("/basic/items")];
+    let setups = [
+        (Client::Curl, ProxyAuth::Basic("legacy", PASSWORD)),
+        (Client::Python, ProxyAuth::Basic("legacy", PASSWORD)),
+        (Client::Java, ProxyAuth::Basic("legacy", PASSWORD)),
+        (Client::Node, ProxyAuth::Bearer(TOKEN)),
+    ];
+    for (client, auth) in &setups {
+        let served = interop.run_as(*client, &calls, auth).await;
+        assert_eq!(
+            served[0].status, 200,
+            "{client:?} {auth:?}: {}",
+            served[0].body
+        );
+        assert_eq!(served[0].json()["client_id"], interop.client_id("basic"));
+        let refused = interop.run(*client, &calls).await;
+        assert_eq!(
+            refused[0].status, 407,
+            "{client:?} without: {}",
+            refused[0].body
+        );
+    }
+    let records = interop.seen().await;
+    assert_eq!(
+        records.iter().filter(|r| r["status"] == 200).count(),
+        setups.len(),
+        "only the authenticated calls reached the resource server"
+    );
 }

@@ -56,6 +56,19 @@ pub enum Client {
     Node,
 }
 
+/// How a client authenticates to the proxy itself (`[[caller]]` `proxy_auth`), each the way
+/// its ecosystem does it (README: "Callers").
+#[derive(Clone, Debug)]
+pub enum ProxyAuth {
+    /// None: the proxy answers CONNECT with 407 when `proxy.callers = "known"`.
+    None,
+    /// curl `-x http://u:p@host:port`, Python `HTTPS_PROXY=http://u:p@host:port`, Java an
+    /// `Authenticator` with `-Djdk.http.auth.tunneling.disabledSchemes=`.
+    Basic(&'static str, &'static str),
+    /// undici `ProxyAgent({ uri, token: "Bearer ..." })`.
+    Bearer(&'static str),
+}
+
 /// One request a client makes.
 #[derive(Clone, Debug)]
 pub struct Call {
@@ -335,6 +348,11 @@ impl Interop {
 
     /// Runs `client` over `calls` through the proxy and returns one answer per call.
     pub async fn run(&self, client: Client, calls: &[Call]) -> Vec<Answer> {
+        self.run_as(client, calls, &ProxyAuth::None).await
+    }
+
+    /// [`Interop::run`], the client authenticating to the proxy with `auth`.
+    pub async fn run_as(&self, client: Client, calls: &[Call], auth: &ProxyAuth) -> Vec<Answer> {
         let spec = calls
             .iter()
             .map(|c| {
@@ -349,7 +367,8 @@ impl Interop {
             .collect::<String>();
         let spec_path = self.dir.path().join(format!("{client:?}.spec"));
         std::fs::write(&spec_path, spec).unwrap();
-        let command = self.command(client, &spec_path, calls);
+        let mut command = self.command(client, &spec_path, calls);
+        self.authenticate(&mut command, client, auth);
         let output = tokio::task::spawn_blocking(move || run_with_timeout(command))
             .await
             .unwrap();
@@ -456,11 +475,14 @@ impl Interop {
                     r#"set -e
 eval "$('{bin}' env --proxy-url '{proxy}' -c '{config}')"
 while IFS="$(printf '\t')" read -r method url authorization body; do
-  set -- -sS -X "$method" -o "$RUNNER_TMP/body" -w '%{{http_code}}'
+  set -- -sS -X "$method" -o "$RUNNER_TMP/body"
   [ "$authorization" = - ] || set -- "$@" -H "Authorization: $authorization"
   [ "$body" = - ] || set -- "$@" --data-binary "$body"
-  status=$(curl "$@" "$url")
-  python3 -c 'import json,sys; print(json.dumps({{"url": sys.argv[1], "status": int(sys.argv[2]), "body": open(sys.argv[3]).read()}}))' "$url" "$status" "$RUNNER_TMP/body"
+  [ -z "${{PROXY_WITH_AUTH:-}}" ] || set -- "$@" -x "$PROXY_WITH_AUTH"
+  rm -f "$RUNNER_TMP/body"
+  # A refused CONNECT fails the transfer: its status is then the CONNECT's (%{{http_connect}}).
+  status=$(curl "$@" -w '%{{http_code}} %{{http_connect}}' "$url") || true
+  python3 -c 'import json,os,sys; code, connect = sys.argv[2].split(); body = open(sys.argv[3]).read() if os.path.exists(sys.argv[3]) else ""; print(json.dumps({{"url": sys.argv[1], "status": int(code) or int(connect), "body": body}}))' "$url" "$status" "$RUNNER_TMP/body"
 done < '{spec}'
 "#,
                     bin = env!("CARGO_BIN_EXE_oauth-egress"),
@@ -512,6 +534,39 @@ done < '{spec}'
         }
         command.stdin(Stdio::null());
         command
+    }
+
+    /// Sets `client` up to present `auth` to the proxy, as its users would.
+    fn authenticate(&self, command: &mut Command, client: Client, auth: &ProxyAuth) {
+        let addr = self.proxy.as_ref().unwrap().proxy_addr;
+        match (client, auth) {
+            (_, ProxyAuth::None) => {}
+            (Client::Curl, ProxyAuth::Basic(user, password)) => {
+                command.env(
+                    "PROXY_WITH_AUTH",
+                    format!("http://{user}:{password}@{addr}"),
+                );
+            }
+            (Client::Python, ProxyAuth::Basic(user, password)) => {
+                let url = format!("http://{user}:{password}@{addr}");
+                command.env("HTTPS_PROXY", &url).env("https_proxy", &url);
+            }
+            (Client::Java, ProxyAuth::Basic(user, password)) => {
+                // The JDK disables Basic for CONNECT unless this names no scheme.
+                let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+                let mut java = Command::new("java");
+                java.arg("-Djdk.http.auth.tunneling.disabledSchemes=")
+                    .arg(format!("-Dinterop.proxyUser={user}"))
+                    .arg(format!("-Dinterop.proxyPassword={password}"))
+                    .args(args)
+                    .stdin(Stdio::null());
+                *command = java;
+            }
+            (Client::Node, ProxyAuth::Bearer(token)) => {
+                command.env("PROXY_TOKEN", format!("Bearer {token}"));
+            }
+            (client, auth) => panic!("{client:?} with {auth:?} is not a setup this suite runs"),
+        }
     }
 
     /// A PKCS#12 truststore holding the proxy's CA, made with keytool as a Java team would.

@@ -6,6 +6,7 @@ METHOD<TAB>URL<TAB>AUTHORIZATION or -<TAB>BODY or -. Prints one JSON object per 
 """
 
 import json
+import re
 import sys
 
 import requests
@@ -17,7 +18,14 @@ def main(spec_path):
             method, url, authorization, body = line.rstrip("\n").split("\t")
             headers = {} if authorization == "-" else {"Authorization": authorization}
             data = None if body == "-" else body.encode()
-            response = session.request(method, url, headers=headers, data=data, timeout=30)
+            try:
+                response = session.request(method, url, headers=headers, data=data, timeout=30)
+            except requests.exceptions.ProxyError as err:
+                # A refused CONNECT: requests raises; report the proxy's status.
+                found = re.search(r"\b(4\d\d)\b", str(err))
+                status = int(found.group(1)) if found else 0
+                print(json.dumps({"url": url, "status": status, "body": str(err)}))
+                continue
             print(json.dumps({"url": url, "status": response.status_code, "body": response.text}))
 
 
