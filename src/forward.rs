@@ -164,13 +164,7 @@ pub async fn forward(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (result, outcome) = match route.as_deref().map(|r| {
-        let listed = r.spec.callers.as_deref();
-        proxy.callers.on_route(&r.spec.name, listed, caller)
-    }) {
-        Some(Err(refused)) => (Err(refused), Outcome::default()),
-        _ => send(proxy, req, target, route.as_deref()).await,
-    };
+    let (result, outcome) = send(proxy, req, target, route.as_deref(), caller).await;
     let response = match result {
         Ok(response) => response,
         Err(err) => {
@@ -178,55 +172,16 @@ pub async fn forward(
             error::response(&err)
         }
     };
-    let route_label = route.as_ref().map_or("-", |r| r.spec.name.as_str());
-    record(
-        route_label,
-        caller.label(),
-        target,
-        &method,
-        &path,
+    let line = crate::access::Line {
+        route: route.as_ref().map_or("-", |r| r.spec.name.as_str()),
+        caller: caller.label(),
+        authority: &target.authority,
+        method: &method,
+        path: &path,
         started,
-        &response,
-        &outcome,
-    );
+    };
+    line.record(response.status().as_u16(), outcome.lookup, outcome.resent);
     response
-}
-
-/// Metrics and the access-log line of one request.
-#[allow(clippy::too_many_arguments)]
-fn record(
-    route_label: &str,
-    caller: &str,
-    target: &Target,
-    method: &Method,
-    path: &str,
-    started: Instant,
-    response: &Response<Body>,
-    outcome: &Outcome,
-) {
-    crate::metrics::request(route_label, response.status().as_u16(), started.elapsed());
-    crate::metrics::caller(caller, response.status().as_u16());
-    if outcome.resent.token {
-        crate::metrics::retry(route_label, "401");
-    }
-    if outcome.resent.nonce {
-        crate::metrics::retry(route_label, "dpop_nonce");
-    }
-    if let Some(lookup) = outcome.lookup {
-        crate::metrics::token_lookup(route_label, lookup == Lookup::Hit);
-    }
-    tracing::info!(
-        target: "access",
-        route = route_label,
-        caller,
-        host = %target.authority,
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        token = match outcome.lookup { Some(Lookup::Hit) => "hit", Some(Lookup::Miss) => "miss", None => "-" },
-        retried = outcome.resent.token,
-    );
 }
 
 /// A request with its authority bound and its hop-by-hop headers gone, and the client that
@@ -245,13 +200,14 @@ async fn send(
     req: Request<Incoming>,
     target: &Target,
     route: Option<&Route>,
+    caller: &Identity,
 ) -> (Result<Response<Body>, ProxyError>, Outcome) {
     let Prepared {
         parts,
         body,
         client,
         upgrade,
-    } = match prepare(proxy, req, target, route) {
+    } = match prepare(proxy, req, target, route, caller) {
         Ok(prepared) => prepared,
         Err(err) => return (Err(err), Outcome::default()),
     };
@@ -275,15 +231,19 @@ async fn send(
     )
 }
 
-/// The rules for every request: `TRACE` refused on a route, one authority (the target's),
-/// no hop-by-hop headers, HTTP/1.1 semantics upstream, the route's client identity.
+/// The rules for every request: the route's `callers`, `TRACE` refused on a route, one
+/// authority (the target's), no hop-by-hop headers (`Proxy-Authorization` among them),
+/// HTTP/1.1 semantics upstream, the route's client identity.
 fn prepare<'a>(
     proxy: &'a Proxy,
     mut req: Request<Incoming>,
     target: &Target,
     route: Option<&Route>,
+    caller: &Identity,
 ) -> Result<Prepared<'a>, ProxyError> {
     if let Some(route) = route {
+        let (name, listed) = (&route.spec.name, route.spec.callers.as_deref());
+        proxy.callers.on_route(name, listed, caller)?;
         let split = proxy.routes.splits_by_path(&target.host, target.port);
         refuse_on_route(route, split, req.method(), req.uri().path())?;
     }

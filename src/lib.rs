@@ -19,7 +19,7 @@
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
 //! | turn any failure into the caller's response | `error.rs` |
 //!
-//! Around it: `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment →
+//! Around it: `access.rs` (the `access` line and request counters), `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment →
 //! validate → [`config::Config`]; one file per section), `jose.rs` (jti, base64url, JWK for the
 //! signers), `secret.rs` (secret sources, never printable), `client_env.rs` (what
 //! `oauth-egress env` prints), `proxy.rs` (the assembled state), `preflight.rs` (the start-up
@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access;
 pub mod admin;
 pub mod body;
 pub mod ca;
