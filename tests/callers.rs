@@ -391,3 +391,52 @@ fn the_access_log_names_the_caller_and_never_its_credential() {
         }
     }
 }
+
+/// `check` prints the caller policy (never a credential) and warns about `"any"` on a
+/// listener other hosts can reach.
+#[test]
+fn check_prints_the_caller_policy_and_warns_about_any_on_a_reachable_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
+    let check = |toml: &str| {
+        std::fs::write(dir.path().join("routes.toml"), toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oauth-egress"))
+            .args(["check", "-c", "routes.toml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let known = check(
+        "[proxy]\nlisten = \"0.0.0.0:0\"\ncallers = \"known\"\n\
+         [[caller]]\nname = \"billing\"\nsources = [\"10.1.2.0/24\"]\n\
+         proxy_auth = { basic = { user = \"billing\", password = { file = \"pw\" } } }\n",
+    );
+    let line = known
+        .lines()
+        .find(|l| l.starts_with("callers "))
+        .unwrap_or_default();
+    for part in [
+        "known",
+        "billing",
+        "sources [10.1.2.0/24]",
+        "basic user billing",
+        "pw",
+    ] {
+        assert!(line.contains(part), "{part} in {known}");
+    }
+    assert!(!known.contains(PASSWORD), "{known}");
+    assert!(!known.contains("proxy.callers = \"any\""), "{known}");
+    let any = check("[proxy]\nlisten = \"0.0.0.0:0\"\n");
+    assert!(any.lines().any(|l| l.starts_with("callers any")), "{any}");
+    assert!(
+        any.contains("warning: proxy.callers = \"any\" with proxy.listen = 0.0.0.0:0"),
+        "{any}"
+    );
+}
