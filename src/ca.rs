@@ -56,6 +56,17 @@ pub enum CaError {
         /// Why.
         detail: String,
     },
+    /// `proxy.ca_name_constraints` is set, but the existing CA certificate carries other
+    /// (or no) name constraints: its key could sign for any host.
+    #[error("proxy.ca_name_constraints is [{wanted}] but the CA certificate {cert} carries {carried}; name constraints are fixed when a CA is generated: move {cert} and its key away so a constrained CA is generated on the next start (clients must then trust the new certificate), or make ca_name_constraints match the certificate")]
+    Constraints {
+        /// The certificate's source.
+        cert: String,
+        /// The configured subtrees.
+        wanted: String,
+        /// What the certificate carries, in words.
+        carried: String,
+    },
     /// The CA key is not a usable private key.
     #[error(transparent)]
     Key(#[from] crate::secret::KeyError),
@@ -97,6 +108,16 @@ impl CertificateAuthority {
         cert: &SecretSource,
         key: &SecretSource,
     ) -> Result<(CertificateAuthority, bool), CaError> {
+        CertificateAuthority::load_or_create_constrained(cert, key, &[])
+    }
+
+    /// [`Self::load_or_create`] under `proxy.ca_name_constraints` (`subtrees`, normalized):
+    /// a generated CA carries them; an existing one must carry exactly them.
+    pub fn load_or_create_constrained(
+        cert: &SecretSource,
+        key: &SecretSource,
+        subtrees: &[String],
+    ) -> Result<(CertificateAuthority, bool), CaError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| CaError::Io { path, source }
@@ -131,10 +152,11 @@ impl CertificateAuthority {
                     context: format!("CA certificate ({cert})"),
                     source,
                 })?;
+            check_constraints(&cert_pem, &cert.to_string(), subtrees)?;
             return Ok((CertificateAuthority::new(issuer, cert_pem), false));
         };
         let (cert, key) = (cert_path, key_path);
-        let ca = CertificateAuthority::generate()?;
+        let ca = CertificateAuthority::generate_constrained(subtrees)?;
         for dir in [cert.parent(), key.parent()].into_iter().flatten() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -148,6 +170,11 @@ impl CertificateAuthority {
 
     /// A new CA held only in memory.
     pub fn generate() -> Result<CertificateAuthority, CaError> {
+        CertificateAuthority::generate_constrained(&[])
+    }
+
+    /// A new CA held only in memory that may sign only for `subtrees` (none: any host).
+    pub fn generate_constrained(subtrees: &[String]) -> Result<CertificateAuthority, CaError> {
         let err = |source| CaError::Cert {
             context: "generating the CA".into(),
             source,
@@ -168,6 +195,9 @@ impl CertificateAuthority {
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(3650);
         params.serial_number = Some(random_serial());
+        if !subtrees.is_empty() {
+            params.name_constraints = Some(crate::name_constraints::extension(subtrees));
+        }
         let cert = params.self_signed(&key).map_err(err)?;
         let cert_pem = cert.pem();
         Ok(CertificateAuthority::new(
@@ -254,6 +284,30 @@ impl CertificateAuthority {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// An existing CA under `proxy.ca_name_constraints`: it carries exactly `subtrees`.
+fn check_constraints(cert_pem: &str, cert: &str, subtrees: &[String]) -> Result<(), CaError> {
+    use rustls::pki_types::pem::PemObject;
+    if subtrees.is_empty() {
+        return Ok(());
+    }
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok();
+    let carried = der.and_then(|der| crate::name_constraints::carried(&der));
+    let mut wanted = subtrees.to_vec();
+    wanted.sort();
+    if carried.as_ref() == Some(&wanted) {
+        return Ok(());
+    }
+    Err(CaError::Constraints {
+        cert: cert.to_string(),
+        wanted: wanted.join(", "),
+        carried: match carried {
+            None => "nothing readable".into(),
+            Some(c) if c.is_empty() => "no name constraints".into(),
+            Some(c) => format!("[{}]", c.join(", ")),
+        },
+    })
 }
 
 /// The CA key, in any form [`crate::secret::private_key_from_pem`] reads (SEC1 with or

@@ -20,7 +20,7 @@
 //! | turn any failure into the caller's response | `error.rs` |
 //!
 //! Around it: `access.rs` (the `access` line and request counters), `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment →
-//! validate → [`config::Config`]; one file per section), `jose.rs` (jti, base64url, JWK for the
+//! validate → [`config::Config`]; one file per section), `name_constraints.rs` (`proxy.ca_name_constraints`), `jose.rs` (jti, base64url, JWK for the
 //! signers), `secret.rs` (secret sources, never printable), `client_env.rs` (what
 //! `oauth-egress env` prints), `proxy.rs` (the assembled state), `preflight.rs` (the start-up
 //! checks `check`, `run` and reload share), `admin.rs` (health), `sync.rs` (the one lock helper).
@@ -50,6 +50,7 @@ pub mod intercept;
 mod jose;
 pub mod listener;
 pub mod metrics;
+pub mod name_constraints;
 pub mod path;
 pub mod preflight;
 pub mod proxy;

@@ -65,7 +65,8 @@ fn ca_state(config: &Config, problems: &mut Vec<Problem>) -> String {
     if cert.is_absent_file() && key.is_absent_file() {
         return format!("{cert} (absent: generated on first start)");
     }
-    match CertificateAuthority::load_or_create(cert, key) {
+    let subtrees = &config.proxy.ca_name_constraints;
+    match CertificateAuthority::load_or_create_constrained(cert, key, subtrees) {
         Ok(_) => format!("{cert} (loaded)"),
         Err(err) => {
             problems.push(Problem::new("proxy.ca_cert", err));

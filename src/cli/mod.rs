@@ -41,9 +41,13 @@ pub(crate) fn load(path: &std::path::Path) -> Result<Config, Failure> {
 }
 
 pub(crate) fn load_ca(config: &Config) -> Result<Arc<CertificateAuthority>, Failure> {
-    let (ca, created) =
-        CertificateAuthority::load_or_create(&config.proxy.ca_cert, &config.proxy.ca_key)
-            .map_err(|e| Failure::Config(format!("interception CA: {e}")))?;
+    let proxy = &config.proxy;
+    let (ca, created) = CertificateAuthority::load_or_create_constrained(
+        &proxy.ca_cert,
+        &proxy.ca_key,
+        &proxy.ca_name_constraints,
+    )
+    .map_err(|e| Failure::Config(format!("interception CA: {e}")))?;
     if created {
         tracing::info!(cert = %config.proxy.ca_cert, "generated a new interception CA; clients must trust this certificate");
     }

@@ -174,6 +174,15 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     caller::check_exposure(proxy.callers, proxy.listen, &mut found);
     let routes = validate_routes(raw.route, base, &clients, &mut found);
     for route in &routes {
+        let subtrees = &proxy.ca_name_constraints;
+        if !subtrees.is_empty() && !crate::name_constraints::covers(subtrees, &route.host) {
+            found.problem(format!(
+                "route {}: host {} is outside proxy.ca_name_constraints [{}]: clients would reject the proxy's certificate for it; add its domain to ca_name_constraints (then generate the CA again) or remove the route",
+                route.name,
+                route.host,
+                subtrees.join(", ")
+            ));
+        }
         if let Some(listed) = &route.callers {
             caller::check_route_callers(&route.name, listed, &callers, &mut found);
         }

@@ -159,6 +159,8 @@ pub struct ProxySettings {
     pub ca_cert: SecretSource,
     /// The interception CA key (PEM; a file is created with mode 0600 when both are absent).
     pub ca_key: SecretSource,
+    /// DNS subtrees a generated CA may sign for (`name_constraints.rs`); empty: any host.
+    pub ca_name_constraints: Vec<String>,
     /// Extra CA certificates (PEM files or variables) trusted for upstream TLS and token
     /// endpoints, besides webpki roots.
     pub upstream_roots: Vec<SecretSource>,
@@ -194,6 +196,7 @@ pub(super) struct RawProxy {
     callers: CallerPolicy,
     ca_cert: RawSource,
     ca_key: RawSource,
+    ca_name_constraints: Vec<String>,
     upstream_roots: Vec<RawSource>,
     system_roots: bool,
     retry_body_limit: u64,
@@ -215,6 +218,7 @@ impl Default for RawProxy {
             callers: CallerPolicy::Any,
             ca_cert: RawSource::File("ca/ca.pem".into()),
             ca_key: RawSource::File("ca/ca.key".into()),
+            ca_name_constraints: Vec::new(),
             upstream_roots: Vec::new(),
             system_roots: false,
             retry_body_limit: 1 << 20,
@@ -262,6 +266,7 @@ impl RawProxy {
             callers: self.callers,
             ca_cert: self.ca_cert.into_source(base),
             ca_key: self.ca_key.into_source(base),
+            ca_name_constraints: subtrees(&self.ca_name_constraints, found),
             upstream_roots: self
                 .upstream_roots
                 .into_iter()
@@ -309,6 +314,23 @@ fn unmatched(raw: RawUnmatched, found: &mut Findings) -> Unmatched {
                 .collect(),
         ),
     }
+}
+
+/// `proxy.ca_name_constraints`: DNS names (no wildcard, no IP), normalized.
+fn subtrees(raw: &[String], found: &mut Findings) -> Vec<String> {
+    raw.iter()
+        .filter_map(|name| match HostPattern::parse(name) {
+            Ok(HostPattern::Exact(host)) if crate::destination::literal(&host).is_none() => {
+                Some(host)
+            }
+            _ => {
+                found.problem(format!(
+                    "proxy.ca_name_constraints: {name:?} is not a DNS name (like \"payments.example\", which also covers every name under it; no wildcards or IP addresses)"
+                ));
+                None
+            }
+        })
+        .collect()
 }
 
 /// A list of CIDRs (`10.0.0.0/8`, `::1/128`; a bare address is one host), each checked.
