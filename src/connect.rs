@@ -70,7 +70,7 @@ pub fn admit(
 /// The destination rules for an unrouted `host:port` before anything is resolved: the
 /// unmatched list (when `listed` is false) and the port (`proxy.connect_ports` for
 /// `CONNECT` and `https://`, `proxy.http_ports` for `http://`), under `proxy.policy_mode`.
-fn unrouted(
+pub(crate) fn unrouted(
     settings: &ProxySettings,
     host: &str,
     port: u16,
@@ -183,7 +183,9 @@ async fn connect(
             let on_upgrade = hyper::upgrade::on(req);
             tokio::spawn(async move {
                 match on_upgrade.await {
-                    Ok(upgraded) => crate::intercept::serve(shared, upgraded, target, drain).await,
+                    Ok(upgraded) => {
+                        crate::intercept::serve(shared, TokioIo::new(upgraded), target, drain).await
+                    }
                     Err(err) => tracing::debug!(error = %err, "CONNECT upgrade failed"),
                 }
             });
@@ -223,7 +225,7 @@ async fn connect(
     }
 }
 
-async fn absolute_form(
+pub(crate) async fn absolute_form(
     proxy: &Proxy,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -289,7 +291,7 @@ async fn absolute_form(
     Ok(forward(proxy, req, &target, route).await)
 }
 
-fn denied(target: &Target) -> ProxyError {
+pub(crate) fn denied(target: &Target) -> ProxyError {
     ProxyError::Denied {
         host: format!("{}:{}", target.host, target.port),
     }

@@ -59,4 +59,5 @@ pub mod server;
 pub mod sync;
 pub mod tls;
 pub mod token;
+pub mod transparent;
 pub mod upstream;
