@@ -346,6 +346,27 @@ async fn services_with_no_proxy_settings_get_tokens_through_iptables_redirects()
     let seen = servers.other.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].authorization, None);
+    // The splice goes to the original destination address, never to what the SNI resolves
+    // to: an SNI for the unrouted name sent to the API's address lands on the API (which
+    // wants a token and gets none), not on the unrouted host.
+    let resolve = format!("other.transparent.test:443:{API}");
+    let status = curl(
+        &ns,
+        &[
+            "-k",
+            "--resolve",
+            &resolve,
+            "https://other.transparent.test/resolved",
+        ],
+    )
+    .await;
+    assert_eq!(status, "401");
+    let last = servers.api.seen().last().cloned().unwrap();
+    assert_eq!(
+        (last.path.as_str(), last.authorization),
+        ("/resolved", None)
+    );
+    assert_eq!(servers.other.requests(), 1);
     let status = curl(&ns, &["http://other.transparent.test/plain-unrouted"]).await;
     assert_eq!(status, "200");
     let seen = servers.other_plain.seen();
@@ -389,12 +410,12 @@ async fn services_with_no_proxy_settings_get_tokens_through_iptables_redirects()
     assert_eq!(status, "200421");
     let last = servers.api.seen().last().map(|s| s.path.clone());
     assert_eq!(last.as_deref(), Some("/first"));
-    assert_eq!(servers.api.requests(), 4);
+    assert_eq!(servers.api.requests(), 5);
     assert_eq!(servers.other.requests(), 1);
 
     // A connection straight to the transparent listener (no original destination of its
     // own) is refused, not served as a loop.
     let status = curl(&ns, &["-k", "https://127.0.0.1:15001/direct"]).await;
     assert_eq!(status, "000");
-    assert_eq!(servers.api.requests() + servers.other.requests(), 5);
+    assert_eq!(servers.api.requests() + servers.other.requests(), 6);
 }
