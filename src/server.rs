@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::ca::CertificateAuthority;
-use crate::config::Config;
+use crate::config::{Config, TransparentSettings};
 use crate::preflight::{preflight, Basis, Checked, Problems};
 use crate::proxy::SharedProxy;
 
@@ -63,11 +63,6 @@ pub async fn start(
     register_metrics(&proxy.config);
     let routes = proxy.routes.routes().len();
     let proxy = crate::proxy::shared(proxy);
-    let bind = |addr, key| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, key, source })
-    };
     let listener = bind(listen, "proxy.listen").await?;
     let proxy_addr = listener.local_addr().unwrap_or(listen);
     let (stop, stopped) = watch::channel(false);
@@ -75,55 +70,17 @@ pub async fn start(
         Some(addr) => {
             let admin_listener = bind(addr, "admin.listen").await?;
             let admin_addr = admin_listener.local_addr().unwrap_or(addr);
-            let mut stopped = stopped.clone();
-            tokio::spawn(crate::admin::run(
-                admin_listener,
-                proxy.clone(),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ));
+            let admin = crate::admin::run(admin_listener, proxy.clone(), until(stopped.clone()));
+            tokio::spawn(admin);
             Some(admin_addr)
         }
         None => None,
     };
-    let until = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
     let mut tasks = Vec::new();
-    let mut transparent_addrs = (None, None);
-    if let Some(t) = transparent {
-        let tls = bind(t.listen, "transparent.listen").await?;
-        let http = match t.http_listen {
-            Some(addr) => Some(bind(addr, "transparent.http_listen").await?),
-            None => None,
-        };
-        transparent_addrs = (
-            Some(tls.local_addr().unwrap_or(t.listen)),
-            http.as_ref().and_then(|l| l.local_addr().ok()),
-        );
-        let shared = proxy.clone();
-        let tls_task = crate::listener::serve_each(
-            shared.clone(),
-            tls,
-            "transparent",
-            until(stopped.clone()),
-            grace,
-            crate::transparent::tls_connection,
-        );
-        tasks.push(tokio::spawn(tls_task));
-        if let Some(http) = http {
-            let http_task = crate::listener::serve_each(
-                shared,
-                http,
-                "transparent_http",
-                until(stopped.clone()),
-                grace,
-                crate::transparent::http_connection,
-            );
-            tasks.push(tokio::spawn(http_task));
-        }
-    }
+    let transparent_addrs = match transparent {
+        Some(t) => spawn_transparent(&proxy, t, &stopped, grace, &mut tasks).await?,
+        None => (None, None),
+    };
     let own = own_listeners(proxy_addr, admin_addr, transparent_addrs);
     let _ = proxy.load().config.proxy.addresses.own.set(own);
     let forward = crate::listener::run(proxy.clone(), listener, until(stopped), grace);
@@ -137,6 +94,59 @@ pub async fn start(
         stop,
         tasks,
     })
+}
+
+/// Binds and serves the `[transparent]` listeners (each on its own task, in `tasks`) until
+/// `stopped`; returns their addresses.
+async fn spawn_transparent(
+    proxy: &SharedProxy,
+    t: TransparentSettings,
+    stopped: &watch::Receiver<bool>,
+    grace: std::time::Duration,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ServeError> {
+    let tls = bind(t.listen, "transparent.listen").await?;
+    let http = match t.http_listen {
+        Some(addr) => Some(bind(addr, "transparent.http_listen").await?),
+        None => None,
+    };
+    let addrs = (
+        Some(tls.local_addr().unwrap_or(t.listen)),
+        http.as_ref().and_then(|l| l.local_addr().ok()),
+    );
+    let tls_task = crate::listener::serve_each(
+        proxy.clone(),
+        tls,
+        "transparent",
+        until(stopped.clone()),
+        grace,
+        crate::transparent::tls_connection,
+    );
+    tasks.push(tokio::spawn(tls_task));
+    if let Some(http) = http {
+        let http_task = crate::listener::serve_each(
+            proxy.clone(),
+            http,
+            "transparent_http",
+            until(stopped.clone()),
+            grace,
+            crate::transparent::http_connection,
+        );
+        tasks.push(tokio::spawn(http_task));
+    }
+    Ok(addrs)
+}
+
+/// Resolves once `stopped` turns true.
+async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Binds `addr`, the value of config key `key`.
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, key, source })
 }
 
 /// Every address this proxy listens on: refused as a destination (a loop).
