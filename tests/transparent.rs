@@ -18,6 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_oauth-egress");
 const PROXY_UID: &str = "1337";
 const API: &str = "10.203.0.2";
 const OTHER: &str = "10.203.0.3";
+const API6: &str = "fd00:203::2";
 
 /// A network namespace, deleted (with its `/etc/netns` files) on drop.
 struct Netns {
@@ -48,6 +49,16 @@ impl Netns {
         for addr in [API, OTHER] {
             ns.run(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
         }
+        ns.run(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{API6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ])?;
         // `ip netns exec` mounts this over /etc/hosts for everything run in the namespace.
         let etc = format!("/etc/netns/{}", ns.name);
         std::fs::create_dir_all(&etc).map_err(|e| e.to_string())?;
@@ -181,9 +192,9 @@ async fn servers(ns: &Netns) -> Servers {
 /// The proxy in `ns`, as uid 1337, on a config in `dir`; returns once it listens.
 fn start_proxy(ns: &Netns, dir: &std::path::Path, servers: &Servers) -> Proxy {
     let config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:3128\"\nallow_cidrs = [\"10.203.0.0/24\"]\n\
+        "[proxy]\nlisten = \"127.0.0.1:3128\"\nallow_cidrs = [\"10.203.0.0/24\", \"fd00:203::/64\"]\n\
          upstream_roots = [\"upstream-ca.pem\"]\n\
-         [transparent]\nlisten = \"127.0.0.1:15001\"\nhttp_listen = \"127.0.0.1:15080\"\n\
+         [transparent]\nlisten = \"[::]:15001\"\nhttp_listen = \"[::]:15080\"\n\
          [clients.t]\ntoken_endpoint = \"{}\"\nclient_id = \"t-client\"\n\
          auth = \"client_secret_basic\"\nclient_secret = {{ file = \"secret\" }}\n\
          [[route]]\nhost = \"api.transparent.test\"\nclient = \"t\"\nupgrade_tls = true\n",
@@ -319,6 +330,26 @@ async fn services_with_no_proxy_settings_get_tokens_through_iptables_redirects()
         Some("/python")
     );
 
+    // IPv6 (ip6tables, IP6T_SO_ORIGINAL_DST): nothing listens on the API's IPv6 address,
+    // so a 200 under the proxy's CA means the connection was redirected and intercepted
+    // (and sent upstream to the route's host, as a CONNECT would be).
+    let resolve6 = format!("api.transparent.test:443:[{API6}]");
+    let status = curl(
+        &ns,
+        &[
+            "--cacert",
+            proxy_ca,
+            "--resolve",
+            &resolve6,
+            "https://api.transparent.test/v6",
+        ],
+    )
+    .await;
+    assert_eq!(status, "200");
+    let last = servers.api.seen().last().cloned().unwrap();
+    assert_eq!(last.path, "/v6");
+    assert!(last.jti.is_some(), "{last:?}");
+
     // Plain http on port 80: routed by Host, upgraded to TLS (upgrade_tls), token injected.
     let status = curl(&ns, &["http://api.transparent.test/plain"]).await;
     assert_eq!(status, "200");
@@ -328,7 +359,7 @@ async fn services_with_no_proxy_settings_get_tokens_through_iptables_redirects()
 
     // The proxy's own upstream connections were not redirected back to it: each request
     // reached the resource server exactly once, and the token endpoint was asked once.
-    assert_eq!(servers.api.requests(), 3);
+    assert_eq!(servers.api.requests(), 4);
     assert_eq!(servers.auth.token_requests(), 1);
 
     // An unrouted host is spliced to its original address untouched: the client sees the
@@ -410,12 +441,12 @@ async fn services_with_no_proxy_settings_get_tokens_through_iptables_redirects()
     assert_eq!(status, "200421");
     let last = servers.api.seen().last().map(|s| s.path.clone());
     assert_eq!(last.as_deref(), Some("/first"));
-    assert_eq!(servers.api.requests(), 5);
+    assert_eq!(servers.api.requests(), 6);
     assert_eq!(servers.other.requests(), 1);
 
     // A connection straight to the transparent listener (no original destination of its
     // own) is refused, not served as a loop.
     let status = curl(&ns, &["-k", "https://127.0.0.1:15001/direct"]).await;
     assert_eq!(status, "000");
-    assert_eq!(servers.api.requests() + servers.other.requests(), 6);
+    assert_eq!(servers.api.requests() + servers.other.requests(), 7);
 }
