@@ -72,7 +72,7 @@ pub fn admit(
 /// The destination rules for an unrouted `host:port` before anything is resolved: the
 /// unmatched list (when `listed` is false) and the port (`proxy.connect_ports` for
 /// `CONNECT` and `https://`, `proxy.http_ports` for `http://`), under `proxy.policy_mode`.
-fn unrouted(
+pub(crate) fn unrouted(
     settings: &ProxySettings,
     host: &str,
     port: u16,
@@ -206,7 +206,14 @@ async fn connect(
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
-                        crate::intercept::serve(shared, upgraded, target, caller, drain).await
+                        crate::intercept::serve(
+                            shared,
+                            TokioIo::new(upgraded),
+                            target,
+                            caller,
+                            drain,
+                        )
+                        .await
                     }
                     Err(err) => tracing::debug!(error = %err, "CONNECT upgrade failed"),
                 }
@@ -248,7 +255,7 @@ async fn connect(
     }
 }
 
-async fn absolute_form(
+pub(crate) async fn absolute_form(
     proxy: &Proxy,
     req: Request<Incoming>,
     caller: &Identity,
@@ -315,7 +322,7 @@ async fn absolute_form(
     Ok(forward(proxy, req, &target, route, caller).await)
 }
 
-fn denied(target: &Target) -> ProxyError {
+pub(crate) fn denied(target: &Target) -> ProxyError {
     ProxyError::Denied {
         host: format!("{}:{}", target.host, target.port),
     }

@@ -26,9 +26,9 @@ use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::body::Body;
@@ -39,18 +39,16 @@ use crate::forward::{forward, single_host, Target};
 use crate::host::normalize_host;
 use crate::proxy::{Proxy, SharedProxy};
 
-/// Serves an intercepted tunnel until the caller closes it.
-/// `caller` is who opened it (the CONNECT's identity holds for every request inside).
-pub async fn serve(
-    shared: SharedProxy,
-    upgraded: Upgraded,
-    target: Target,
-    caller: Identity,
-    drain: Drain,
-) {
+/// Serves an intercepted tunnel until the caller closes it: `io` is the caller's side, a
+/// `CONNECT` tunnel or a redirected connection (transparent mode) whose ClientHello is
+/// replayed. `caller` is who opened it (its identity holds for every request inside).
+pub async fn serve<I>(shared: SharedProxy, io: I, target: Target, caller: Identity, drain: Drain)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let proxy = shared.load_full();
     let limits = proxy.config.limits.clone();
-    let handshake = handshake(&proxy, upgraded, &target);
+    let handshake = handshake(&proxy, io, &target);
     let (tls, sni_mismatch) = match tokio::time::timeout(limits.handshake_timeout, handshake).await
     {
         Ok(Some(done)) => done,
@@ -114,16 +112,15 @@ pub async fn serve(
 
 /// The caller's TLS, terminated with a leaf for the tunnel's host, and the SNI when it
 /// names another host; `None` (logged) when there is no handshake.
-async fn handshake(
+async fn handshake<I>(
     proxy: &Proxy,
-    upgraded: Upgraded,
+    io: I,
     target: &Target,
-) -> Option<(
-    tokio_rustls::server::TlsStream<TokioIo<Upgraded>>,
-    Option<String>,
-)> {
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+) -> Option<(tokio_rustls::server::TlsStream<I>, Option<String>)>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match acceptor.await {
         Ok(start) => start,
         Err(err) => {
@@ -174,7 +171,7 @@ async fn request(
 
 /// Checks that every authority `req` carries names the tunnel's host: the request-target's
 /// (absolute form; `:authority` in HTTP/2) and the `Host` header (at most one).
-fn bound_to(req: &Request<Incoming>, target: &Target) -> Result<(), ProxyError> {
+pub(crate) fn bound_to(req: &Request<Incoming>, target: &Target) -> Result<(), ProxyError> {
     let host = single_host(req.headers())?;
     if let Some(authority) = req.uri().authority() {
         let what = if req.version() == Version::HTTP_2 {

@@ -9,6 +9,7 @@
 //! | accept a caller connection (connection limits, `[limits]`), drain on shutdown; idle bounds | `listener.rs`, `drain.rs`, `idle.rs` |
 //! | who is calling: `[[caller]]` by peer address or `Proxy-Authorization`, `proxy.callers` | `caller.rs` |
 //! | `CONNECT`, absolute-form `http://`/`https://` → intercept / forward / tunnel / deny (`admit`) | `connect.rs` |
+//! | or a connection iptables redirected (`[transparent]`): original destination, SNI / `Host` peek, then the same intercept / forward / tunnel / deny | `transparent/` (`rules.rs`: `oauth-egress iptables`) |
 //! | where unmatched traffic may go: resolved once, address and port checked, dialled as checked | `destination.rs` |
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
 //! | pick the route for host, port and path | `route.rs`, `host.rs` (patterns, normalisation) |
@@ -63,4 +64,5 @@ pub mod server;
 pub mod sync;
 pub mod tls;
 pub mod token;
+pub mod transparent;
 pub mod upstream;

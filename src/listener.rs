@@ -83,9 +83,16 @@ impl Drop for Place {
 
 /// A caller's socket holding its [`Place`]: the place is given back when the socket closes,
 /// after any CONNECT tunnel or interception over it has ended too.
-struct Placed {
+pub struct Placed {
     stream: TcpStream,
     _place: Place,
+}
+
+impl Placed {
+    /// The socket underneath (for socket options such as the original destination).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.stream
+    }
 }
 
 impl tokio::io::AsyncRead for Placed {
@@ -129,7 +136,7 @@ impl tokio::io::AsyncWrite for Placed {
 }
 
 /// Counts and logs a connection that ended on the header read timeout.
-fn ended(err: &hyper::Error, peer: SocketAddr) {
+pub(crate) fn ended(err: &hyper::Error, peer: SocketAddr) {
     if crate::idle::header_timed_out(err) {
         crate::metrics::connection_closed("header_timeout");
         tracing::debug!(%peer, "connection closed: header_timeout_secs passed");
@@ -200,13 +207,47 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    serve_each(proxy, listener, "proxy", shutdown, grace, forward_proxy).await
+}
+
+/// One admitted caller connection and what serves it: every listener (the forward proxy's,
+/// the transparent ones) hands the connection, its peer address and its drain to one of
+/// these, so whatever is decided per connection (limits now; caller identity by source
+/// address) is decided in one place, [`serve_each`].
+pub struct Connection {
+    /// The proxy in force when the connection was accepted.
+    pub proxy: SharedProxy,
+    /// The caller's socket, holding its place under `[limits]`.
+    pub stream: Placed,
+    /// The caller's address.
+    pub peer: SocketAddr,
+    /// Held until the connection (and any tunnel over it) ends.
+    pub drain: crate::drain::Drain,
+    /// `[limits]` as read when the connection was accepted.
+    pub limits: LimitSettings,
+}
+
+/// The accept loop shared by every listener: admits each connection under `[limits]`,
+/// serves it with `serve` on its own task until `shutdown` resolves, then drains for at most
+/// `grace`.
+pub async fn serve_each<F, Fut>(
+    proxy: SharedProxy,
+    listener: TcpListener,
+    name: &'static str,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    serve: F,
+) where
+    F: Fn(Connection) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let (drain, ending) = crate::drain::new();
     let mut shutdown = pin!(shutdown);
     let mut backoff = AcceptBackoff::default();
     let occupancy = Arc::new(Occupancy::default());
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = accept(&listener, &mut backoff, "proxy") => accepted,
+            accepted = accept(&listener, &mut backoff, name) => accepted,
             () = &mut shutdown => break,
         };
         let limits = proxy.load().config.limits.clone();
@@ -214,43 +255,58 @@ pub async fn run(
             Ok(place) => place,
             Err(reason) => {
                 crate::metrics::connection_refused(reason);
-                tracing::debug!(%peer, reason, "connection refused: limits");
+                tracing::debug!(%peer, reason, listener = name, "connection refused: limits");
                 drop(stream);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let conn_drain = drain.clone();
         let stream = Placed {
             stream,
             _place: place,
         };
-        tokio::spawn(async move {
-            let service_drain = conn_drain.clone();
-            let service = service_fn(move |req| {
-                let proxy = proxy.clone();
-                let drain = service_drain.clone();
-                async move { Ok::<_, Infallible>(crate::connect::handle(proxy, req, peer, drain).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(err) = conn_drain.serve(conn).await {
-                ended(&err, peer);
-            }
-        });
+        tokio::spawn(serve(Connection {
+            proxy: proxy.clone(),
+            stream,
+            peer,
+            drain: drain.clone(),
+            limits,
+        }));
     }
     drop(listener);
-    tracing::info!("shutting down: draining connections");
+    tracing::info!(listener = name, "shutting down: draining connections");
     drop(drain);
     if !ending.drain(grace).await {
         tracing::warn!(
             grace_secs = grace.as_secs(),
+            listener = name,
             "grace period over; closing remaining connections"
         );
+    }
+}
+
+/// The forward proxy's connection: HTTP/1.1, `CONNECT` and absolute-form requests.
+async fn forward_proxy(conn: Connection) {
+    let Connection {
+        proxy,
+        stream,
+        peer,
+        drain,
+        limits,
+    } = conn;
+    let service_drain = drain.clone();
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let drain = service_drain.clone();
+        async move { Ok::<_, Infallible>(crate::connect::handle(proxy, req, peer, drain).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(err) = drain.serve(conn).await {
+        ended(&err, peer);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `oauth-egress` command: `run`, `check`, `ca export`, `env`, `demo`.
+//! The `oauth-egress` command: `run`, `check`, `ca export`, `env`, `iptables`, `demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ mod cli;
 
 use cli::check::{check, CheckArgs};
 use cli::env::{env, EnvArgs};
+use cli::iptables::{iptables, IptablesArgs};
 use cli::run::run;
 use cli::{ca_export, ConfigArg, Failure};
 
@@ -55,6 +56,9 @@ enum Command {
     /// Print the shell exports that point a service at this proxy: proxy URL, CA path and the
     /// common CA-bundle variables (`eval "$(oauth-egress env)"`).
     Env(EnvArgs),
+    /// Print (or apply) the iptables rules, IPv4 and IPv6, that redirect outbound TCP to the
+    /// `[transparent]` listeners, skipping the proxy's uid, and the commands that remove them.
+    Iptables(IptablesArgs),
     /// Run the proxy on the shipped routes.toml with a development authorization server and
     /// an echo API, and show a curl command that goes through it.
     Demo {
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
                 command: CaCommand::Export(arg),
             } => ca_export(&arg.config),
             Command::Env(args) => env(&args),
+            Command::Iptables(args) => iptables(&args),
             Command::Demo { config, once } => demo(config, once).await,
         }
     });

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::ca::CertificateAuthority;
-use crate::config::Config;
+use crate::config::{Config, TransparentSettings};
 use crate::preflight::{preflight, Basis, Checked, Problems};
 use crate::proxy::SharedProxy;
 
@@ -20,10 +20,12 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// Where the admin endpoints listen, if configured.
     pub admin_addr: Option<SocketAddr>,
+    /// Where `transparent.listen` and `transparent.http_listen` listen, if configured.
+    pub transparent_addrs: (Option<SocketAddr>, Option<SocketAddr>),
     /// The proxy in force (swapped on reload).
     pub proxy: SharedProxy,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Why the proxy could not start.
@@ -45,7 +47,8 @@ pub enum ServeError {
     },
 }
 
-/// Assembles the proxy and starts serving `proxy.listen` (and `admin.listen`).
+/// Assembles the proxy and starts serving `proxy.listen` (and `admin.listen`, and the
+/// `[transparent]` listeners).
 pub async fn start(
     config: Config,
     ca: Arc<CertificateAuthority>,
@@ -54,16 +57,12 @@ pub async fn start(
     let listen = config.proxy.listen;
     let grace = config.proxy.shutdown_grace;
     let admin = config.admin.as_ref().map(|a| a.listen);
+    let transparent = config.transparent.clone();
     let proxy = ready(preflight(config, Basis::Start { ca, extra_roots }).await?);
     proxy.prefetch();
     register_metrics(&proxy.config);
     let routes = proxy.routes.routes().len();
     let proxy = crate::proxy::shared(proxy);
-    let bind = |addr, key| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, key, source })
-    };
     let listener = bind(listen, "proxy.listen").await?;
     let proxy_addr = listener.local_addr().unwrap_or(listen);
     let (stop, stopped) = watch::channel(false);
@@ -71,37 +70,96 @@ pub async fn start(
         Some(addr) => {
             let admin_listener = bind(addr, "admin.listen").await?;
             let admin_addr = admin_listener.local_addr().unwrap_or(addr);
-            let mut stopped = stopped.clone();
-            tokio::spawn(crate::admin::run(
-                admin_listener,
-                proxy.clone(),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ));
+            let admin = crate::admin::run(admin_listener, proxy.clone(), until(stopped.clone()));
+            tokio::spawn(admin);
             Some(admin_addr)
         }
         None => None,
     };
-    let own: Vec<_> = std::iter::once(proxy_addr).chain(admin_addr).collect();
+    let mut tasks = Vec::new();
+    let transparent_addrs = match transparent {
+        Some(t) => spawn_transparent(&proxy, t, &stopped, grace, &mut tasks).await?,
+        None => (None, None),
+    };
+    let own = own_listeners(proxy_addr, admin_addr, transparent_addrs);
     let _ = proxy.load().config.proxy.addresses.own.set(own);
-    let mut stopped = stopped;
-    let task = tokio::spawn(crate::listener::run(
-        proxy.clone(),
-        listener,
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        },
-        grace,
-    ));
-    tracing::info!(listen = %proxy_addr, admin = ?admin_addr, routes, "oauth-egress listening");
+    let forward = crate::listener::run(proxy.clone(), listener, until(stopped), grace);
+    tasks.push(tokio::spawn(forward));
+    tracing::info!(listen = %proxy_addr, admin = ?admin_addr, transparent = ?transparent_addrs, routes, "oauth-egress listening");
     Ok(Running {
         proxy_addr,
         admin_addr,
+        transparent_addrs,
         proxy,
         stop,
-        task,
+        tasks,
     })
+}
+
+/// Binds and serves the `[transparent]` listeners (each on its own task, in `tasks`) until
+/// `stopped`; returns their addresses.
+async fn spawn_transparent(
+    proxy: &SharedProxy,
+    t: TransparentSettings,
+    stopped: &watch::Receiver<bool>,
+    grace: std::time::Duration,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ServeError> {
+    let tls = bind(t.listen, "transparent.listen").await?;
+    let http = match t.http_listen {
+        Some(addr) => Some(bind(addr, "transparent.http_listen").await?),
+        None => None,
+    };
+    let addrs = (
+        Some(tls.local_addr().unwrap_or(t.listen)),
+        http.as_ref().and_then(|l| l.local_addr().ok()),
+    );
+    let tls_task = crate::listener::serve_each(
+        proxy.clone(),
+        tls,
+        "transparent",
+        until(stopped.clone()),
+        grace,
+        crate::transparent::tls_connection,
+    );
+    tasks.push(tokio::spawn(tls_task));
+    if let Some(http) = http {
+        let http_task = crate::listener::serve_each(
+            proxy.clone(),
+            http,
+            "transparent_http",
+            until(stopped.clone()),
+            grace,
+            crate::transparent::http_connection,
+        );
+        tasks.push(tokio::spawn(http_task));
+    }
+    Ok(addrs)
+}
+
+/// Resolves once `stopped` turns true.
+async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Binds `addr`, the value of config key `key`.
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, key, source })
+}
+
+/// Every address this proxy listens on: refused as a destination (a loop).
+fn own_listeners(
+    proxy: SocketAddr,
+    admin: Option<SocketAddr>,
+    transparent: (Option<SocketAddr>, Option<SocketAddr>),
+) -> Vec<SocketAddr> {
+    std::iter::once(proxy)
+        .chain(admin)
+        .chain(transparent.0)
+        .chain(transparent.1)
+        .collect()
 }
 
 /// The checked proxy, after warning about the discovery servers that did not answer.
@@ -129,17 +187,16 @@ impl Running {
             || config.proxy.ca_cert != current.config.proxy.ca_cert
             || config.admin.as_ref().map(|a| a.listen)
                 != current.config.admin.as_ref().map(|a| a.listen)
+            || config.transparent != current.config.transparent
         {
-            tracing::warn!("proxy.listen, admin.listen and the CA files are only read at start; restart to change them");
+            tracing::warn!("proxy.listen, admin.listen, [transparent] and the CA files are only read at start; restart to change them");
         }
         let next = ready(
             preflight(config, Basis::Reload(&current))
                 .await
                 .map_err(|e| e.to_string())?,
         );
-        let own: Vec<_> = std::iter::once(self.proxy_addr)
-            .chain(self.admin_addr)
-            .collect();
+        let own = own_listeners(self.proxy_addr, self.admin_addr, self.transparent_addrs);
         let _ = next.config.proxy.addresses.own.set(own);
         register_metrics(&next.config);
         next.prefetch();
@@ -153,7 +210,9 @@ impl Running {
     /// returns when done.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 

@@ -463,3 +463,66 @@ fn check_warns_about_a_ca_key_others_can_read() {
         "{all}"
     );
 }
+
+/// `oauth-egress iptables` prints the install and removal commands; rules that cannot work
+/// exit 64 naming the flag.
+#[test]
+fn iptables_prints_the_rules_and_their_removal_and_refuses_what_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = oauth_egress(
+        dir.path(),
+        &["iptables", "--uid", "1337", "--ports", "443,8443"],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    for line in [
+        "iptables -t nat -A OAUTH_EGRESS -m owner --uid-owner 1337 -j RETURN",
+        "iptables -t nat -A OAUTH_EGRESS -p tcp --dport 8443 -j REDIRECT --to-ports 15001",
+        "ip6tables -t nat -A OUTPUT -p tcp -j OAUTH_EGRESS",
+        "ip6tables -t nat -X OAUTH_EGRESS",
+    ] {
+        assert!(all.lines().any(|l| l == line), "{line}: {all}");
+    }
+    let cases: [(&[&str], &str); 2] = [
+        (&["--uid", "0"], "--uid 0"),
+        (&["--uid", "1337", "--http-to-port", "0"], "--http-to-port"),
+    ];
+    for (args, want) in cases {
+        let out = oauth_egress(dir.path(), &[&["iptables"], args].concat());
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(64), "{all}");
+        assert!(all.contains(want), "{want}: {all}");
+    }
+}
+
+/// `check` names the transparent listeners and says they see no `Proxy-Authorization`.
+#[test]
+fn check_says_a_transparent_listener_sees_no_proxy_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{EXAMPLE}\n[transparent]\nlisten = \"127.0.0.1:15001\"\nhttp_listen = \"127.0.0.1:15080\"\n\
+         [[caller]]\nname = \"billing\"\nproxy_auth = {{ bearer = {{ env = \"BILLING_PROXY_TOKEN\" }} }}\n\
+         [[caller]]\nname = \"reports\"\nsources = [\"10.1.2.0/24\"]\n"
+    );
+    std::fs::write(dir.path().join("routes.toml"), routes).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c", "routes.toml"])
+        .current_dir(dir.path())
+        .env("DEMO_CLIENT_SECRET", "x")
+        .env("BILLING_PROXY_TOKEN", "t0ken")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("transparent 127.0.0.1:15001 (TLS, by SNI), plain http 127.0.0.1:15080"),
+        "{all}"
+    );
+    assert!(all.contains("no Proxy-Authorization"), "{all}");
+    // A caller known only by proxy_auth can never be recognised on a transparent listener.
+    assert!(
+        all.contains("warning: caller billing: known only by proxy_auth"),
+        "{all}"
+    );
+    assert!(!all.contains("caller reports: known only"), "{all}");
+}

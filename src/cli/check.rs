@@ -44,6 +44,9 @@ pub(crate) async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Fai
     );
     println!("policy {}", config.proxy.policy_summary());
     println!("callers {}", callers_line(&config));
+    if let Some(t) = &config.transparent {
+        println!("{}", transparent_line(t));
+    }
     println!("routes ({}):", config.routes.len());
     for route in &config.routes {
         println!("  {}", route_line(route, &config.clients[&route.client]));
@@ -56,6 +59,22 @@ pub(crate) async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Fai
         println!("warning: {warning}");
     }
     Ok(())
+}
+
+/// `[transparent]` as `check` reports it: where redirected connections arrive, and that a
+/// redirected connection carries no proxy handshake, so no `Proxy-Authorization`: callers
+/// there can only be told apart by their source address.
+fn transparent_line(t: &oauth_egress::config::TransparentSettings) -> String {
+    let http = t
+        .http_listen
+        .map_or("no plain-http listener".to_string(), |a| {
+            format!("plain http {a} (by Host)")
+        });
+    format!(
+        "transparent {} (TLS, by SNI), {http}; a redirected connection sends no \
+         Proxy-Authorization: callers there are recognised by source address only",
+        t.listen
+    )
 }
 
 /// The interception CA as `check` reports it: loaded (a broken one is a problem), or absent

@@ -1,4 +1,4 @@
-//! The commands behind the CLI: `run` (serve, reload, stop), `check`, `ca export`, `env`.
+//! The commands behind the CLI: `run` (serve, reload, stop), `check`, `ca export`, `env`, `iptables`.
 //! Library errors become a [`Failure`] here: a configuration problem exits 64, anything
 //! else 1.
 
@@ -10,6 +10,7 @@ use oauth_egress::intercept::ca::CertificateAuthority;
 
 pub(crate) mod check;
 pub(crate) mod env;
+pub(crate) mod iptables;
 pub(crate) mod run;
 
 #[derive(clap::Args)]

@@ -186,3 +186,19 @@ pub(super) fn check_exposure(
         ));
     }
 }
+
+/// A transparent listener carries no proxy handshake, so a caller known only by `proxy_auth`
+/// can never be recognised there: say so, naming the caller.
+pub(super) fn check_transparent(callers: &[CallerSpec], transparent: bool, found: &mut Findings) {
+    if !transparent {
+        return;
+    }
+    for caller in callers {
+        if caller.proxy_auth.is_some() && caller.sources.is_empty() {
+            found.warn(format!(
+                "caller {}: known only by proxy_auth, which connections on the [transparent] listeners never send (there is no proxy handshake); add its sources to recognise it there",
+                caller.name
+            ));
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! Every problem found is reported, each naming the key or route it is about; unknown keys
 //! are errors. Relative paths are relative to the config file's directory. One file per
-//! section: `proxy.rs` (`[proxy]`, `[admin]`), `tokens.rs`, `limits.rs`, `client.rs` (`[clients.NAME]`),
+//! section: `proxy.rs` (`[proxy]`, `[admin]`), `transparent.rs`, `tokens.rs`, `limits.rs`, `client.rs` (`[clients.NAME]`),
 //! `route.rs` and `grant.rs` (`[[route]]`), `caller.rs` (`[[caller]]`, `proxy.callers`), `source.rs` (keys naming a secret or a file).
 
 use std::collections::BTreeMap;
@@ -22,6 +22,7 @@ mod proxy;
 mod route;
 mod source;
 mod tokens;
+mod transparent;
 
 pub use caller::{CallerPolicy, CallerSpec, ProxyAuth, UNIDENTIFIED};
 pub(crate) use client::is_loopback;
@@ -31,6 +32,7 @@ pub use limits::LimitSettings;
 pub use proxy::{AdminSettings, ProxySettings, Unmatched};
 pub use route::RouteSpec;
 pub use tokens::TokenSettings;
+pub use transparent::TransparentSettings;
 
 /// The validated configuration the proxy runs on.
 #[derive(Debug, Clone)]
@@ -41,6 +43,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// `[admin]`; `None` when absent.
     pub admin: Option<AdminSettings>,
+    /// `[transparent]`; `None` when absent.
+    pub transparent: Option<TransparentSettings>,
     /// `[tokens]`.
     pub tokens: TokenSettings,
     /// `[limits]`.
@@ -111,6 +115,7 @@ struct RawConfig {
     #[serde(default)]
     proxy: proxy::RawProxy,
     admin: Option<proxy::RawAdmin>,
+    transparent: Option<transparent::RawTransparent>,
     #[serde(default)]
     tokens: tokens::RawTokens,
     #[serde(default)]
@@ -167,11 +172,15 @@ fn from_figment(figment: Figment, base: &Path, origin: String) -> Result<Config,
 fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, ConfigError> {
     let mut found = Findings::default();
     let proxy = raw.proxy.validate(base, &mut found);
+    let transparent = raw
+        .transparent
+        .map(|t| t.validate(proxy.listen, &mut found));
     let tokens = raw.tokens.validate(&mut found);
     let limits = raw.limits.validate(&mut found);
     let clients = validate_clients(raw.clients, base, &mut found);
     let callers = caller::validate(raw.caller, base, &mut found);
     caller::check_exposure(proxy.callers, proxy.listen, &mut found);
+    caller::check_transparent(&callers, transparent.is_some(), &mut found);
     let routes = validate_routes(raw.route, base, &clients, &mut found);
     for route in &routes {
         let subtrees = &proxy.ca_name_constraints;
@@ -195,6 +204,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         origin,
         proxy,
         admin: raw.admin.map(proxy::RawAdmin::validate),
+        transparent,
         tokens,
         limits,
         clients,
