@@ -163,5 +163,6 @@ fn register_metrics(config: &crate::config::Config) {
     crate::metrics::register(
         config.routes.iter().map(|r| r.name.as_str()),
         config.clients.keys().map(String::as_str),
+        matches!(config.cache, crate::config::CacheSettings::Redis(_)),
     );
 }

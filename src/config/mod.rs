@@ -4,7 +4,7 @@
 //! Every problem found is reported, each naming the key or route it is about; unknown keys
 //! are errors. Relative paths are relative to the config file's directory. One file per
 //! section: `proxy.rs` (`[proxy]`, `[admin]`), `tokens.rs`, `limits.rs`, `client.rs` (`[clients.NAME]`),
-//! `route.rs` and `grant.rs` (`[[route]]`), `source.rs` (keys naming a secret or a file).
+//! `cache.rs` (`[cache]`), `route.rs` and `grant.rs` (`[[route]]`), `source.rs` (keys naming a secret or a file).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+mod cache;
 mod client;
 mod grant;
 mod limits;
@@ -22,6 +23,7 @@ mod route;
 mod source;
 mod tokens;
 
+pub use cache::{CacheSettings, RedisSettings, DEFAULT_KEY_PREFIX};
 pub(crate) use client::is_loopback;
 pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
 pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
@@ -43,6 +45,8 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// `[limits]`.
     pub limits: LimitSettings,
+    /// `[cache]`: this process only, or shared through Redis.
+    pub cache: CacheSettings,
     /// `[clients.NAME]`, by name.
     pub clients: BTreeMap<String, Arc<ClientConfig>>,
     /// `[[route]]`, in file order.
@@ -112,6 +116,8 @@ struct RawConfig {
     #[serde(default)]
     limits: limits::RawLimits,
     #[serde(default)]
+    cache: cache::RawCache,
+    #[serde(default)]
     clients: BTreeMap<String, client::RawClient>,
     #[serde(default)]
     route: Vec<route::RawRoute>,
@@ -163,8 +169,10 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     let proxy = raw.proxy.validate(base, &mut found);
     let tokens = raw.tokens.validate(&mut found);
     let limits = raw.limits.validate(&mut found);
+    let cache = raw.cache.validate(base, &mut found);
     let clients = validate_clients(raw.clients, base, &mut found);
     let routes = validate_routes(raw.route, base, &clients, &mut found);
+    cache::fleet_warnings(&cache, &clients, &routes, &mut found);
     let Findings { problems, warnings } = found;
     if !problems.is_empty() {
         return Err(ConfigError::Invalid { origin, problems });
@@ -175,6 +183,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         admin: raw.admin.map(proxy::RawAdmin::validate),
         tokens,
         limits,
+        cache,
         clients,
         routes,
         warnings,
