@@ -1,0 +1,205 @@
+//! `[cache] backend = "redis"`: separate `oauth-egress run` replicas, one development
+//! authorization server and echo API (in this process), and a real `redis-server` each test
+//! starts on a free loopback port. The fleet asks for one token where each replica would ask
+//! for its own, shares a revocation, survives a killed lock holder and a Redis outage, and
+//! leaves nothing usable in Redis.
+
+use std::time::Duration;
+
+use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, TestPki};
+use tokio::net::TcpListener;
+
+mod fleet_support;
+use fleet_support::{Redis, Replica};
+
+const SECRET: &str = "fleet-secret-0123456789";
+
+struct Servers {
+    pki: TestPki,
+    auth: AuthServer,
+    api: EchoApi,
+    dir: tempfile::TempDir,
+    key: String,
+}
+
+async fn servers() -> Servers {
+    let pki = TestPki::new("fleet upstream CA").unwrap();
+    let tls = pki.server_config(&["localhost"]).unwrap();
+    let client = DevClient {
+        id: "fleet-client".into(),
+        secret: SECRET.into(),
+        allowed_scopes: None,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let auth = AuthServer::start(listener, tls.clone(), "localhost", vec![client])
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = EchoApi::start(listener, Some(tls), Some(auth.verifier()), None, None)
+        .await
+        .unwrap();
+    Servers {
+        pki,
+        auth,
+        api,
+        dir: tempfile::tempdir().unwrap(),
+        key: oauth_egress::token::shared::generate_key().unwrap(),
+    }
+}
+
+/// A replica's config: routes `/a`, `/b`, `/c` (each its own scope, so its own token), the
+/// shared cache at `url` with `cache` lines added.
+fn config(s: &Servers, url: &str, tokens: &str, cache: &str) -> String {
+    let mut text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{{PORT}}\"\nupstream_roots = [\"upstream-ca.pem\"]\n\
+         [admin]\nlisten = \"127.0.0.1:{{ADMIN}}\"\n[tokens]\n{tokens}\n\
+         [cache]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key = {{ file = \"cache.key\" }}\n{cache}\n\
+         [clients.fleet]\ntoken_endpoint = \"{endpoint}\"\nclient_id = \"fleet-client\"\n\
+         auth = \"client_secret_basic\"\nclient_secret = {{ file = \"secret\" }}\n",
+        endpoint = s.auth.token_endpoint(),
+    );
+    for route in ["a", "b", "c"] {
+        text.push_str(&format!(
+            "[[route]]\nname = \"{route}\"\nhost = \"localhost\"\nport = {}\npath_prefix = \"/{route}\"\n\
+             client = \"fleet\"\nscopes = [\"scope-{route}\"]\n",
+            s.api.addr.port()
+        ));
+    }
+    text
+}
+
+fn replica(s: &Servers, name: &str, config: &str, key: &str) -> Replica {
+    let files: [(&str, &[u8]); 3] = [
+        ("upstream-ca.pem", s.pki.ca_cert_pem().as_bytes()),
+        ("secret", SECRET.as_bytes()),
+        ("cache.key", key.as_bytes()),
+    ];
+    Replica::start(name, &s.dir.path().join(name), config, &files)
+}
+
+/// `n` concurrent GETs of `path` spread round-robin over `replicas`: their statuses.
+async fn burst(s: &Servers, replicas: &[&Replica], path: &str, n: usize) -> Vec<u16> {
+    let port = s.api.addr.port();
+    let requests = (0..n).map(|i| {
+        let client = replicas[i % replicas.len()].client.clone();
+        let url = format!("https://localhost:{port}{path}");
+        async move {
+            match client.get(url).send().await {
+                Ok(res) => res.status().as_u16(),
+                Err(_) => 0,
+            }
+        }
+    });
+    futures_util::future::join_all(requests).await
+}
+
+fn all_ok(statuses: &[u16]) -> bool {
+    statuses.iter().all(|s| *s == 200)
+}
+
+/// The `jti` of the token `replica` sends on `path`.
+async fn jti(s: &Servers, replica: &Replica, path: &str) -> String {
+    let url = format!("https://localhost:{}{path}", s.api.addr.port());
+    let res = replica.client.get(url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    body["jti"].as_str().unwrap().to_string()
+}
+
+fn three(s: &Servers, config: &str) -> Vec<Replica> {
+    ["r1", "r2", "r3"]
+        .iter()
+        .map(|name| replica(s, name, config, &s.key))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_ask_once_share_a_revocation_and_leave_nothing_in_clear() {
+    let s = servers().await;
+    s.auth.set_token_lifetime(120);
+    let redis = Redis::start(&[]);
+    let cfg = config(
+        &s,
+        &redis.url(),
+        "request_timeout_ms = 5000",
+        "timeout_ms = 1000",
+    );
+    let fleet = three(&s, &cfg);
+    let refs: Vec<&Replica> = fleet.iter().collect();
+
+    let statuses = burst(&s, &refs, "/a/cold", 300).await;
+    assert!(all_ok(&statuses), "{statuses:?}");
+    assert_eq!(
+        s.auth.token_requests(),
+        1,
+        "300 cold requests over 3 replicas"
+    );
+
+    // A revoked token under traffic on every replica: one new token for the fleet.
+    let old = jti(&s, &fleet[0], "/a/jti").await;
+    s.api.revoke(&old);
+    for _ in 0..3 {
+        let statuses = burst(&s, &refs, "/a/after", 30).await;
+        assert!(all_ok(&statuses), "{statuses:?}");
+    }
+    assert_eq!(
+        s.auth.token_requests(),
+        2,
+        "one new token after the revocation"
+    );
+    for r in &fleet {
+        assert_ne!(jti(&s, r, "/a/new").await, old, "{} still sends it", r.name);
+    }
+
+    // Nothing Redis holds shows a token, the client, its secret or a scope.
+    let dump = redis.dump(None);
+    assert!(
+        dump.iter().any(|(k, _)| k.ends_with(b":tok")),
+        "no entry written"
+    );
+    for (k, v) in &dump {
+        for needle in [
+            &b"eyJ"[..],
+            b"fleet",
+            SECRET.as_bytes(),
+            b"scope-",
+            old.as_bytes(),
+        ] {
+            let shown = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+            assert!(
+                !shown(k) && !shown(v),
+                "{:?} shows {:?}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(needle)
+            );
+        }
+        assert!(k.starts_with(b"oauth-egress:"), "{k:?}");
+    }
+
+    // A replica with another key cannot open the fleet's token: it fetches alone, and does
+    // not overwrite what the others use.
+    let stranger = replica(
+        &s,
+        "stranger",
+        &cfg,
+        &oauth_egress::token::shared::generate_key().unwrap(),
+    );
+    let before = s.auth.token_requests();
+    assert_eq!(
+        burst(&s, &[&stranger], "/a/stranger", 5).await,
+        vec![200; 5]
+    );
+    assert_eq!(s.auth.token_requests(), before + 1, "fetched alone");
+    assert!(
+        stranger
+            .metric("oauth_egress_shared_cache_decrypt_failures_total", "")
+            .await
+            >= 1.0
+    );
+    assert_eq!(burst(&s, &[&fleet[1]], "/a/still", 5).await, vec![200; 5]);
+    assert_eq!(
+        s.auth.token_requests(),
+        before + 1,
+        "the fleet's entry is intact"
+    );
+}
