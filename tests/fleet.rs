@@ -203,3 +203,184 @@ async fn three_replicas_ask_once_share_a_revocation_and_leave_nothing_in_clear()
         "the fleet's entry is intact"
     );
 }
+
+/// Waits (bounded) until `cond` holds; false if it never did.
+async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steady_traffic_over_four_lifetimes_renews_once_per_lifetime_for_the_fleet() {
+    let s = servers().await;
+    s.auth.set_token_lifetime(3);
+    let redis = Redis::start(&[]);
+    let tokens = "request_timeout_ms = 1000\nexpiry_skew_secs = 0\nrefresh_ahead_percent = 30";
+    let fleet = three(&s, &config(&s, &redis.url(), tokens, "timeout_ms = 1000"));
+    let refs: Vec<&Replica> = fleet.iter().collect();
+    let end = tokio::time::Instant::now() + Duration::from_secs(12);
+    let mut failed = 0;
+    while tokio::time::Instant::now() < end {
+        failed += burst(&s, &refs, "/b/steady", 6)
+            .await
+            .iter()
+            .filter(|s| **s != 200)
+            .count();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = s.auth.token_requests();
+    assert_eq!(failed, 0);
+    // 12 s of 3 s tokens: 4 lifetimes, about one request each for the whole fleet (one
+    // replica alone makes the same), where 3 independent replicas make 12 or more.
+    assert!(
+        (4..=6).contains(&asked),
+        "{asked} token requests over 4 lifetimes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_holder_killed_mid_request_is_taken_over() {
+    let s = servers().await;
+    let redis = Redis::start(&[]);
+    // A token request takes 1.5 s; the fleet's lock expires after 2.5 s.
+    s.auth.set_delay(Duration::from_millis(1500));
+    let tokens = "request_timeout_ms = 2500\nretry_max_elapsed_ms = 0";
+    let mut fleet = three(&s, &config(&s, &redis.url(), tokens, "timeout_ms = 1000"));
+    let holder = fleet[0].client.clone();
+    let url = format!("https://localhost:{}/a/held", s.api.addr.port());
+    let first = tokio::spawn(async move { holder.get(url).send().await.map(|r| r.status()) });
+    assert!(eventually(Duration::from_secs(10), || s.auth.token_requests() == 1).await);
+    let locks = redis.dump(None);
+    assert!(
+        locks.iter().any(|(k, _)| k.ends_with(b":lock")),
+        "the holder took no lock"
+    );
+    fleet[0].kill();
+    assert!(first.await.unwrap().is_err(), "the killed replica answered");
+
+    let rest: Vec<&Replica> = fleet[1..].iter().collect();
+    let statuses = burst(&s, &rest, "/a/after-kill", 20).await;
+    assert!(all_ok(&statuses), "{statuses:?}");
+    assert_eq!(
+        s.auth.token_requests(),
+        2,
+        "one takeover for the two survivors"
+    );
+    let takeovers = fleet[1]
+        .metric("oauth_egress_shared_cache_lock_takeovers_total", "")
+        .await
+        + fleet[2]
+            .metric("oauth_egress_shared_cache_lock_takeovers_total", "")
+            .await;
+    assert_eq!(takeovers, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_costs_no_request_and_sharing_resumes() {
+    let s = servers().await;
+    let mut redis = Redis::start(&[]);
+    let tokens = "request_timeout_ms = 5000";
+    let fleet = three(&s, &config(&s, &redis.url(), tokens, "timeout_ms = 100"));
+    let refs: Vec<&Replica> = fleet.iter().collect();
+    assert!(all_ok(&burst(&s, &refs, "/a/warm", 30).await));
+    assert_eq!(s.auth.token_requests(), 1);
+
+    redis.stop();
+    let started = tokio::time::Instant::now();
+    for _ in 0..5 {
+        let statuses = burst(&s, &refs, "/a/outage", 30).await;
+        assert!(
+            all_ok(&statuses),
+            "cached tokens while Redis is down: {statuses:?}"
+        );
+    }
+    // A cold key while Redis is down: each replica fetches its own (no caller fails).
+    let statuses = burst(&s, &refs, "/b/outage-cold", 30).await;
+    assert!(
+        all_ok(&statuses),
+        "cold key while Redis is down: {statuses:?}"
+    );
+    assert_eq!(s.auth.token_requests(), 1 + 3);
+    // Bounded by timeout_ms and the breaker, not by a reconnect loop (loose: loaded machine).
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    for r in &fleet {
+        assert_eq!(
+            r.metric("oauth_egress_shared_cache_up", "").await,
+            0.0,
+            "{}",
+            r.name
+        );
+    }
+
+    redis.restart();
+    // Rejoined within 5 s of Redis answering: the next cold key is fetched once.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let statuses = burst(&s, &refs, "/c/back", 30).await;
+    assert!(all_ok(&statuses), "{statuses:?}");
+    assert_eq!(s.auth.token_requests(), 1 + 3 + 1, "sharing resumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_user_limited_to_the_prefix_shares_and_a_wrong_password_works_alone() {
+    let s = servers().await;
+    // The default user is off; `egress` may touch only keys under the prefix and publish.
+    let redis = Redis::start(&[
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "egress",
+        "on",
+        ">egress-pw-0123",
+        "~fleet:*",
+        "&fleet:*",
+        "+@all",
+    ]);
+    std::fs::write(s.dir.path().join("pw-ok"), "egress-pw-0123").unwrap();
+    std::fs::write(s.dir.path().join("pw-bad"), "wrong-pw-9876").unwrap();
+    let cache = |pw: &str| {
+        format!(
+            "timeout_ms = 1000\nkey_prefix = \"fleet:\"\nusername = \"egress\"\npassword = {{ file = \"{}\" }}",
+            s.dir.path().join(pw).display()
+        )
+    };
+    let ok = config(&s, &redis.url(), "", &cache("pw-ok"));
+    let (r1, r2) = (
+        replica(&s, "acl1", &ok, &s.key),
+        replica(&s, "acl2", &ok, &s.key),
+    );
+    assert!(all_ok(&burst(&s, &[&r1, &r2], "/a/acl", 40).await));
+    assert_eq!(s.auth.token_requests(), 1);
+    let dump = redis.dump(Some(("egress", "egress-pw-0123")));
+    assert!(!dump.is_empty() && dump.iter().all(|(k, _)| k.starts_with(b"fleet:{")));
+
+    let bad = replica(
+        &s,
+        "acl-bad",
+        &config(&s, &redis.url(), "", &cache("pw-bad")),
+        &s.key,
+    );
+    assert!(all_ok(&burst(&s, &[&bad], "/a/acl", 10).await));
+    assert_eq!(
+        s.auth.token_requests(),
+        2,
+        "refused by Redis: fetched alone"
+    );
+    let logs = bad_logs(bad);
+    assert!(!logs.contains("wrong-pw-9876"), "the password is logged");
+}
+
+fn bad_logs(mut replica: Replica) -> String {
+    replica.kill();
+    replica.drain_logs().join("\n")
+}

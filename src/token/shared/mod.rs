@@ -215,7 +215,9 @@ impl SharedStore {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<AccessToken, TokenError>>,
     {
-        let deadline = Instant::now() + self.lock_ttl + POLL * 4;
+        // Long enough for a holder that dies just before its lock expires and the one
+        // fetch of the replica taking over; beyond it, fetch alone.
+        let deadline = Instant::now() + self.lock_ttl * 2 + POLL * 4;
         let owner = hex(&rand::random::<[u8; 16]>());
         let mut waited = false;
         loop {

@@ -91,6 +91,7 @@ impl Backend {
 
     fn failed(&self, what: &str) {
         crate::metrics::shared_cache_error();
+        crate::metrics::shared_cache_up(false);
         let mut b = lock(&self.breaker);
         b.failures += 1;
         if b.failures >= TRIP_AFTER {
@@ -103,7 +104,6 @@ impl Backend {
             }
             b.open_until = Some(Instant::now() + b.pause);
             b.pause = (b.pause * 2).min(MAX_PAUSE);
-            crate::metrics::shared_cache_up(false);
         }
     }
 
