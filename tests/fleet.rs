@@ -47,7 +47,7 @@ async fn servers() -> Servers {
     }
 }
 
-/// A replica's config: routes `/a`, `/b`, `/c` (each its own scope, so its own token), the
+/// A replica's config: routes `/a` to `/d` (each its own scope, so its own token), the
 /// shared cache at `url` with `cache` lines added.
 fn config(s: &Servers, url: &str, tokens: &str, cache: &str) -> String {
     let mut text = format!(
@@ -58,7 +58,7 @@ fn config(s: &Servers, url: &str, tokens: &str, cache: &str) -> String {
          auth = \"client_secret_basic\"\nclient_secret = {{ file = \"secret\" }}\n",
         endpoint = s.auth.token_endpoint(),
     );
-    for route in ["a", "b", "c"] {
+    for route in ["a", "b", "c", "d"] {
         text.push_str(&format!(
             "[[route]]\nname = \"{route}\"\nhost = \"localhost\"\nport = {}\npath_prefix = \"/{route}\"\n\
              client = \"fleet\"\nscopes = [\"scope-{route}\"]\n",
@@ -221,7 +221,7 @@ async fn steady_traffic_over_four_lifetimes_renews_once_per_lifetime_for_the_fle
     let s = servers().await;
     s.auth.set_token_lifetime(3);
     let redis = Redis::start(&[]);
-    let tokens = "request_timeout_ms = 1000\nexpiry_skew_secs = 0\nrefresh_ahead_percent = 30";
+    let tokens = "request_timeout_ms = 1000\nexpiry_skew_secs = 0\nrefresh_ahead_percent = 10";
     let fleet = three(&s, &config(&s, &redis.url(), tokens, "timeout_ms = 1000"));
     let refs: Vec<&Replica> = fleet.iter().collect();
     let end = tokio::time::Instant::now() + Duration::from_secs(12);
@@ -235,6 +235,7 @@ async fn steady_traffic_over_four_lifetimes_renews_once_per_lifetime_for_the_fle
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let asked = s.auth.token_requests();
+    println!("{asked} token requests over 4 lifetimes for 3 replicas");
     assert_eq!(failed, 0);
     // 12 s of 3 s tokens: 4 lifetimes, about one request each for the whole fleet (one
     // replica alone makes the same), where 3 independent replicas make 12 or more.
@@ -291,28 +292,39 @@ async fn a_redis_outage_costs_no_request_and_sharing_resumes() {
     assert!(all_ok(&burst(&s, &refs, "/a/warm", 30).await));
     assert_eq!(s.auth.token_requests(), 1);
 
+    // Frozen (SIGSTOP): every Redis operation hangs until timeout_ms. Cached tokens are
+    // served; a cold key is fetched by each replica on its own; nobody waits for Redis
+    // (a request stuck on it would hit the client's 20 s timeout and count as failed).
+    redis.signal("STOP");
+    for _ in 0..3 {
+        let statuses = burst(&s, &refs, "/a/frozen", 30).await;
+        assert!(
+            all_ok(&statuses),
+            "cached tokens while Redis hangs: {statuses:?}"
+        );
+    }
+    let statuses = burst(&s, &refs, "/b/frozen-cold", 30).await;
+    assert!(
+        all_ok(&statuses),
+        "cold key while Redis hangs: {statuses:?}"
+    );
+    assert_eq!(s.auth.token_requests(), 1 + 3);
+
+    // Down (SIGKILL): the same, with refused connections.
     redis.stop();
-    let started = tokio::time::Instant::now();
-    for _ in 0..5 {
+    for _ in 0..3 {
         let statuses = burst(&s, &refs, "/a/outage", 30).await;
         assert!(
             all_ok(&statuses),
             "cached tokens while Redis is down: {statuses:?}"
         );
     }
-    // A cold key while Redis is down: each replica fetches its own (no caller fails).
-    let statuses = burst(&s, &refs, "/b/outage-cold", 30).await;
+    let statuses = burst(&s, &refs, "/c/outage-cold", 30).await;
     assert!(
         all_ok(&statuses),
         "cold key while Redis is down: {statuses:?}"
     );
-    assert_eq!(s.auth.token_requests(), 1 + 3);
-    // Bounded by timeout_ms and the breaker, not by a reconnect loop (loose: loaded machine).
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(s.auth.token_requests(), 1 + 3 + 3);
     for r in &fleet {
         assert_eq!(
             r.metric("oauth_egress_shared_cache_up", "").await,
@@ -325,9 +337,9 @@ async fn a_redis_outage_costs_no_request_and_sharing_resumes() {
     redis.restart();
     // Rejoined within 5 s of Redis answering: the next cold key is fetched once.
     tokio::time::sleep(Duration::from_millis(5500)).await;
-    let statuses = burst(&s, &refs, "/c/back", 30).await;
+    let statuses = burst(&s, &refs, "/d/back", 30).await;
     assert!(all_ok(&statuses), "{statuses:?}");
-    assert_eq!(s.auth.token_requests(), 1 + 3 + 1, "sharing resumed");
+    assert_eq!(s.auth.token_requests(), 1 + 3 + 3 + 1, "sharing resumed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

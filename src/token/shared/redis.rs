@@ -29,10 +29,48 @@ const MAX_PAUSE: Duration = Duration::from_secs(4);
 #[error("the shared cache did not answer in time or refused the operation")]
 pub struct Down;
 
+/// The breaker rule: [`TRIP_AFTER`] failures in a row open it for a pause that starts at
+/// [`FIRST_PAUSE`] and doubles with each failed probe up to [`MAX_PAUSE`]; one success closes
+/// it. Pure, so its timetable is tested in a case table.
+#[derive(Debug)]
 struct Breaker {
     failures: u32,
     pause: Duration,
     open_until: Option<Instant>,
+}
+
+impl Breaker {
+    fn new() -> Breaker {
+        Breaker {
+            failures: 0,
+            pause: FIRST_PAUSE,
+            open_until: None,
+        }
+    }
+
+    /// Whether an operation may be tried at `now`.
+    fn allows(&self, now: Instant) -> bool {
+        self.open_until.is_none_or(|t| now >= t)
+    }
+
+    /// An operation failed at `now`: the pause it opened, if it did.
+    fn failed(&mut self, now: Instant) -> Option<Duration> {
+        self.failures += 1;
+        if self.failures < TRIP_AFTER {
+            return None;
+        }
+        let pause = self.pause;
+        self.open_until = Some(now + pause);
+        self.pause = (self.pause * 2).min(MAX_PAUSE);
+        Some(pause)
+    }
+
+    /// An operation succeeded: whether the breaker had failures to forget.
+    fn succeeded(&mut self) -> bool {
+        let was_failing = self.failures > 0;
+        *self = Breaker::new();
+        was_failing
+    }
 }
 
 /// One Redis, its connection, and the breaker in front of it.
@@ -58,11 +96,7 @@ impl Backend {
             client,
             timeout,
             conn: tokio::sync::Mutex::new(None),
-            breaker: Mutex::new(Breaker {
-                failures: 0,
-                pause: FIRST_PAUSE,
-                open_until: None,
-            }),
+            breaker: Mutex::new(Breaker::new()),
         }
     }
 
@@ -230,5 +264,44 @@ impl Backend {
                 .map(drop)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_two_failures_and_never_pauses_past_four_seconds() {
+        let now = Instant::now();
+        let mut b = Breaker::new();
+        let ms = Duration::from_millis;
+        // (failures so far, the pause the next failure opens)
+        let cases = [
+            (0, None),
+            (1, Some(ms(250))),
+            (2, Some(ms(500))),
+            (3, Some(ms(1000))),
+            (4, Some(ms(2000))),
+            (5, Some(ms(4000))),
+            (6, Some(ms(4000))),
+            (7, Some(ms(4000))),
+        ];
+        for (before, want) in cases {
+            assert_eq!(b.failures, before);
+            assert_eq!(b.failed(now), want, "failure #{}", before + 1);
+        }
+        assert!(!b.allows(now) && !b.allows(now + ms(3999)));
+        assert!(
+            b.allows(now + ms(4000)),
+            "a probe within 4 s: rejoined within 5 s"
+        );
+        assert!(b.succeeded());
+        assert!(b.allows(now) && b.failures == 0);
+        assert_eq!(
+            b.failed(now),
+            None,
+            "closed again: one failure does not open it"
+        );
     }
 }
