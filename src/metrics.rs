@@ -314,19 +314,6 @@ pub fn reload(outcome: &'static str) {
     counter!("oauth_egress_config_reloads_total", "outcome" => outcome).increment(1);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_are_bounded() {
-        assert_eq!(status_class(204), "2xx");
-        assert_eq!(status_class(599), "5xx");
-        assert_eq!(oauth_error("invalid_client"), "invalid_client");
-        assert_eq!(oauth_error("my-custom-error-with-user-id-42"), "other");
-    }
-}
-
 /// A miss or renewal asked the shared store: `hit` when the fleet had the token.
 pub(crate) fn shared_cache_lookup(hit: bool) {
     counter!("oauth_egress_shared_cache_total", "result" => if hit { "hit" } else { "miss" })
@@ -356,4 +343,17 @@ pub(crate) fn shared_cache_up(up: bool) {
 /// A shared value opened with none of the keys (or was malformed): not used.
 pub(crate) fn shared_cache_unopenable() {
     counter!("oauth_egress_shared_cache_decrypt_failures_total").increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(599), "5xx");
+        assert_eq!(oauth_error("invalid_client"), "invalid_client");
+        assert_eq!(oauth_error("my-custom-error-with-user-id-42"), "other");
+    }
 }

@@ -138,6 +138,18 @@ async fn three_replicas_ask_once_share_a_revocation_and_leave_nothing_in_clear()
     // A revoked token under traffic on every replica: one new token for the fleet.
     let old = jti(&s, &fleet[0], "/a/jti").await;
     s.api.revoke(&old);
+    // The replica that meets the 401 tells the others: they drop their copy before they
+    // ever send it (no 401, no resend on them).
+    assert_eq!(burst(&s, &[&fleet[0]], "/a/first", 1).await, vec![200]);
+    assert_eq!(s.auth.token_requests(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(all_ok(&burst(&s, &refs[1..], "/a/told", 10).await));
+    for r in &fleet[1..] {
+        let resent = r
+            .metric("oauth_egress_retries_total", "reason=\"401\"")
+            .await;
+        assert_eq!(resent, 0.0, "{} sent the revoked token", r.name);
+    }
     for _ in 0..3 {
         let statuses = burst(&s, &refs, "/a/after", 30).await;
         assert!(all_ok(&statuses), "{statuses:?}");

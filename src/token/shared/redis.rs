@@ -107,37 +107,26 @@ impl Backend {
 
     /// Whether operations are attempted now (the breaker is closed or a probe is due).
     pub fn available(&self) -> bool {
-        lock(&self.breaker)
-            .open_until
-            .is_none_or(|t| Instant::now() >= t)
+        lock(&self.breaker).allows(Instant::now())
     }
 
     fn succeeded(&self) {
-        let mut b = lock(&self.breaker);
-        if b.failures > 0 || b.open_until.is_some() {
+        if lock(&self.breaker).succeeded() {
             tracing::info!("the shared cache answers again; sharing tokens");
         }
-        b.failures = 0;
-        b.pause = FIRST_PAUSE;
-        b.open_until = None;
         crate::metrics::shared_cache_up(true);
     }
 
     fn failed(&self, what: &str) {
         crate::metrics::shared_cache_error();
         crate::metrics::shared_cache_up(false);
-        let mut b = lock(&self.breaker);
-        b.failures += 1;
-        if b.failures >= TRIP_AFTER {
-            if b.open_until.is_none() {
-                tracing::warn!(
-                    operation = what,
-                    pause_ms = b.pause.as_millis() as u64,
-                    "the shared cache does not answer; working alone until it does"
-                );
-            }
-            b.open_until = Some(Instant::now() + b.pause);
-            b.pause = (b.pause * 2).min(MAX_PAUSE);
+        if let Some(pause) = lock(&self.breaker).failed(Instant::now()) {
+            let pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+            tracing::warn!(
+                operation = what,
+                pause_ms,
+                "the shared cache does not answer; working alone for a while"
+            );
         }
     }
 
