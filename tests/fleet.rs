@@ -408,3 +408,124 @@ fn bad_logs(mut replica: Replica) -> String {
     replica.kill();
     replica.drain_logs().join("\n")
 }
+
+fn oauth_egress(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(fleet_support::BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("OAUTH_EGRESS_CONFIG")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn cache_keygen_prints_a_fresh_32_byte_key() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, first) = oauth_egress(dir.path(), &["cache", "keygen"]);
+    assert_eq!(code, Some(0), "{first}");
+    let (_, second) = oauth_egress(dir.path(), &["cache", "keygen"]);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(first.trim())
+        .unwrap();
+    assert_eq!(key.len(), 32);
+    assert_ne!(first, second);
+}
+
+/// `check` on bad `[cache]` settings: exit 64, each problem named by its key, no secret
+/// echoed; a generated DPoP key with `redis` is a warning.
+#[test]
+fn check_names_every_cache_problem_without_echoing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short.key"), "c2hvcnQta2V5LXZhbHVl\n").unwrap();
+    let base = "[clients.c]\ntoken_endpoint = \"https://idp.example/token\"\nclient_id = \"c\"\n\
+                auth = \"client_secret_basic\"\nclient_secret = { env = \"FLEET_CHECK_SECRET\" }\n\
+                dpop = true\n[[route]]\nname = \"api\"\nhost = \"api.example\"\nclient = \"c\"\ndpop = true\n";
+    let cases = [
+        ("backend = \"redis\"\nurl = \"redis://127.0.0.1:1\"", "cache.encryption_key is required"),
+        ("backend = \"redis\"\nurl = \"redis://u:hunter2-pw@h:6379\"\nencryption_key = { file = \"short.key\" }", "must not carry credentials"),
+        ("backend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nencryption_key = { file = \"short.key\" }", "cache.encryption_key decodes to 15 bytes"),
+        ("backend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nencryption_key = { file = \"short.key\" }\ntimeout_ms = 0", "cache.timeout_ms must be between 1 and 5000"),
+        ("backend = \"memcached\"", "cache.backend must be \"memory\" or \"redis\""),
+        ("backend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nencryption_key = \"literal\"", "literal values are refused"),
+    ];
+    for (cache, want) in cases {
+        let text = format!("[cache]\n{cache}\n{base}");
+        std::fs::write(dir.path().join("r.toml"), text).unwrap();
+        let out = std::process::Command::new(fleet_support::BIN)
+            .args(["check", "-c", "r.toml"])
+            .current_dir(dir.path())
+            .env("FLEET_CHECK_SECRET", "s")
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(64), "{cache}: {all}");
+        assert!(all.contains(want), "{cache}: {all}");
+        for secret in ["hunter2-pw", "c2hvcnQta2V5", "\"literal\""] {
+            assert!(!all.contains(secret), "{secret} echoed: {all}");
+        }
+    }
+    let good = oauth_egress::token::shared::generate_key().unwrap();
+    std::fs::write(dir.path().join("good.key"), good).unwrap();
+    let text = format!("[cache]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nencryption_key = {{ file = \"good.key\" }}\n{base}");
+    std::fs::write(dir.path().join("r.toml"), text).unwrap();
+    let out = std::process::Command::new(fleet_support::BIN)
+        .args(["check", "-c", "r.toml"])
+        .current_dir(dir.path())
+        .env("FLEET_CHECK_SECRET", "s")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("DPoP key generated per process"), "{all}");
+}
+
+/// `check --fetch`: Redis answers, and a key that cannot open what another replica wrote
+/// is refused (exit 64) before any replica would fall back on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fetch_proves_redis_answers_and_the_key_opens_the_fleets_values() {
+    let s = servers().await;
+    let redis = Redis::start(&[]);
+    let cfg = config(&s, &redis.url(), "", "timeout_ms = 1000");
+    let dir = s.dir.path().to_owned();
+    let run = move |key: String| {
+        let (dir, cfg) = (dir.clone(), cfg.clone());
+        tokio::task::spawn_blocking(move || {
+            let text = cfg.replace("{PORT}", "0").replace("{ADMIN}", "0");
+            std::fs::write(dir.join("routes.toml"), text).unwrap();
+            std::fs::write(dir.join("cache.key"), key).unwrap();
+            std::fs::write(dir.join("secret"), SECRET).unwrap();
+            oauth_egress(&dir, &["check", "--fetch", "-c", "routes.toml"])
+        })
+    };
+    std::fs::write(s.dir.path().join("upstream-ca.pem"), s.pki.ca_cert_pem()).unwrap();
+    let (code, all) = run(s.key.clone()).await.unwrap();
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("cache: Redis answers"), "{all}");
+    let other = oauth_egress::token::shared::generate_key().unwrap();
+    let (code, all) = run(other).await.unwrap();
+    assert_eq!(code, Some(64), "{all}");
+    assert!(
+        all.contains("does not open what another replica wrote"),
+        "{all}"
+    );
+    drop(redis);
+    let (code, all) = run(s.key.clone()).await.unwrap();
+    assert_eq!(code, Some(64), "{all}");
+    assert!(all.contains("Redis did not answer"), "{all}");
+}
