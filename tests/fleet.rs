@@ -529,3 +529,57 @@ async fn check_fetch_proves_redis_answers_and_the_key_opens_the_fleets_values() 
     assert_eq!(code, Some(64), "{all}");
     assert!(all.contains("Redis did not answer"), "{all}");
 }
+
+/// A `refresh_token` route on 3 replicas, each with its own copy of the seed file, with the
+/// development server's rotation and reuse detection on: 10 rotations spread over the
+/// replicas, each presented once (a reuse would revoke the family and fail the requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_token_route_rotates_once_per_fleet_without_reuse() {
+    let s = servers().await;
+    s.auth.set_rotate_refresh_tokens(true);
+    let redis = Redis::start(&[]);
+    let seed = s.auth.issue_refresh_token("fleet-client", None);
+    let mut cfg = config(
+        &s,
+        &redis.url(),
+        "invalidate_cooldown_secs = 0",
+        "timeout_ms = 1000",
+    );
+    cfg.push_str(&format!(
+        "[[route]]\nname = \"r\"\nhost = \"localhost\"\nport = {}\npath_prefix = \"/r\"\nclient = \"fleet\"\n\
+         grant = \"refresh_token\"\nrefresh_token = {{ file = \"rt\" }}\n",
+        s.api.addr.port()
+    ));
+    let fleet: Vec<Replica> = ["f1", "f2", "f3"]
+        .iter()
+        .map(|name| {
+            let files: [(&str, &[u8]); 4] = [
+                ("upstream-ca.pem", s.pki.ca_cert_pem().as_bytes()),
+                ("secret", SECRET.as_bytes()),
+                ("cache.key", s.key.as_bytes()),
+                ("rt", seed.as_bytes()),
+            ];
+            Replica::start(name, &s.dir.path().join(name), &cfg, &files)
+        })
+        .collect();
+    let refs: Vec<&Replica> = fleet.iter().collect();
+    assert!(all_ok(&burst(&s, &refs, "/r/cold", 30).await));
+    assert_eq!(s.auth.refresh_grants(), 1);
+    for i in 0..10 {
+        // Revoke the fleet's access token; the next replica to meet the 401 rotates.
+        let jti = jti(&s, &fleet[i % 3], "/r/jti").await;
+        s.api.revoke(&jti);
+        let statuses = burst(&s, &refs, "/r/after", 9).await;
+        assert!(all_ok(&statuses), "rotation {}: {statuses:?}", i + 1);
+    }
+    assert_eq!(s.auth.refresh_grants(), 11, "one rotation per revocation");
+    let dump = redis.dump(None);
+    let rt = dump
+        .iter()
+        .find(|(k, _)| k.ends_with(b":rt"))
+        .expect("no shared refresh token");
+    assert!(!rt
+        .1
+        .windows(seed.len().min(12))
+        .any(|w| w == &seed.as_bytes()[..seed.len().min(12)]));
+}

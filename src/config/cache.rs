@@ -122,7 +122,7 @@ impl RawCache {
 }
 
 /// What a shared cache cannot share: DPoP tokens bound to a key generated per process (each
-/// replica's own key, so each its own token), and `refresh_token` routes (kept per replica).
+/// replica's own key, so each its own token).
 pub(super) fn fleet_warnings(
     cache: &CacheSettings,
     clients: &std::collections::BTreeMap<String, std::sync::Arc<super::ClientConfig>>,
@@ -140,12 +140,6 @@ pub(super) fn fleet_warnings(
             found.warn(format!(
                 "route {}: cache.backend = \"redis\" with a DPoP key generated per process: each replica gets its own token (set clients.{}.dpop_key to a file the replicas share)",
                 route.name, route.client
-            ));
-        }
-        if matches!(route.grant, super::Grant::RefreshToken { .. }) {
-            found.warn(format!(
-                "route {}: refresh_token routes are not shared through cache.backend = \"redis\" yet; each replica keeps its own token (run one replica, or give each its own refresh token)",
-                route.name
             ));
         }
     }

@@ -217,13 +217,13 @@ impl TokenSlot {
         background: bool,
         rejected: Option<[u8; 32]>,
     ) -> Result<AccessToken, TokenError> {
-        let fetch = || self.fetcher.fetch(&self.request, started);
+        let fetch = |seed| self.fetcher.fetch(&self.request, started, seed);
         match &self.shared {
             Some((store, names)) => {
                 store.register(names, self);
                 store.obtain(names, background, rejected, fetch).await
             }
-            None => fetch().await,
+            None => fetch(None).await.result,
         }
     }
 

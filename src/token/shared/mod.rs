@@ -17,7 +17,9 @@
 //!   (compare-and-delete), and `prefix invalidate` tells the other replicas to drop their copy.
 //! - Any Redis failure, an open breaker (`redis.rs`) or a value no key opens: this replica
 //!   fetches alone, as with `memory`, and never writes what it could not read.
-//! - Not shared: `refresh_token` routes (each replica keeps its own refresh token).
+//! - `refresh_token` routes: the fleet's current refresh token lives (sealed) at
+//!   `prefix{hash}:rt`, presented and replaced only under the lock; the replica's own file
+//!   seeds it when empty and still gets each rotated token written back.
 
 mod redis;
 mod seal;
@@ -32,6 +34,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use secrecy::{ExposeSecret, SecretString};
+
+use super::endpoint::Fetched;
 use super::{AccessToken, TokenError, TokenKey, TokenSlot};
 use crate::config::{Grant, RedisSettings, TokenSettings};
 use crate::secret::SecretError;
@@ -77,6 +82,8 @@ pub struct Names {
     hash: String,
     entry: String,
     lock: String,
+    /// On a `refresh_token` route: the fleet's current refresh token.
+    refresh: Option<String>,
 }
 
 /// The shared store: the Redis backend, the keys that seal its values, and the slots that
@@ -179,19 +186,25 @@ impl SharedStore {
             )
     }
 
-    /// The names for `key`'s token, or `None` when it is not shared (`refresh_token`: each
-    /// replica holds its own refresh token).
+    /// The names for `key`'s token. On a `refresh_token` route the file's path is left out
+    /// of the identity (each replica may have its own copy of the seed file) and the refresh
+    /// token gets a name too.
     pub(super) fn names(&self, key: &TokenKey) -> Option<Names> {
-        if matches!(key.grant, Grant::RefreshToken { .. }) {
-            return None;
+        let refreshing = matches!(key.grant, Grant::RefreshToken { .. });
+        let mut identity = key.clone();
+        if refreshing {
+            identity.grant = Grant::RefreshToken {
+                file: std::path::PathBuf::new(),
+            };
         }
         let mut sha = Sha(Sha256::new());
         sha.write(b"oauth-egress shared token v1\0");
-        key.hash(&mut sha);
+        identity.hash(&mut sha);
         let hash = hex(&sha.0.finalize()[..16]);
         Some(Names {
             entry: format!("{}{{{hash}}}:tok", self.prefix),
             lock: format!("{}{{{hash}}}:lock", self.prefix),
+            refresh: refreshing.then(|| format!("{}{{{hash}}}:rt", self.prefix)),
             hash,
         })
     }
@@ -212,8 +225,8 @@ impl SharedStore {
         fetch: F,
     ) -> Result<AccessToken, TokenError>
     where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<AccessToken, TokenError>>,
+        F: FnOnce(Option<SecretString>) -> Fut,
+        Fut: std::future::Future<Output = Fetched>,
     {
         // Long enough for a holder that dies just before its lock expires and the one
         // fetch of the replica taking over; beyond it, fetch alone.
@@ -223,7 +236,7 @@ impl SharedStore {
         loop {
             let found = match self.read(names, refused).await {
                 Ok(found) => found,
-                Err(Unshared) => return fetch().await,
+                Err(Unshared) => return fetch(None).await.result,
             };
             let found = match found {
                 Some(token) if Instant::now() < token.refresh_at => {
@@ -244,7 +257,7 @@ impl SharedStore {
                     return self.fetch_holding(names, &owner, refused, fetch).await;
                 }
                 Ok(false) => {}
-                Err(_) => return fetch().await,
+                Err(_) => return fetch(None).await.result,
             }
             // Another replica is fetching. A cold caller may use the token being renewed.
             if let Some(token) = found.filter(|t| !background && t.is_usable_at(Instant::now())) {
@@ -256,14 +269,15 @@ impl SharedStore {
                 waited = true;
             }
             if Instant::now() >= deadline {
-                return fetch().await;
+                return fetch(None).await.result;
             }
             tokio::time::sleep(POLL).await;
         }
     }
 
     /// Holding the lock: re-read (the holder before us may have just written), else fetch
-    /// and share the result; then release the lock (only ours) and wake nobody: waiters poll.
+    /// (presenting the fleet's refresh token, if the route has one) and share the result;
+    /// then release the lock (only ours). Waiters poll.
     async fn fetch_holding<F, Fut>(
         &self,
         names: &Names,
@@ -272,8 +286,8 @@ impl SharedStore {
         fetch: F,
     ) -> Result<AccessToken, TokenError>
     where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<AccessToken, TokenError>>,
+        F: FnOnce(Option<SecretString>) -> Fut,
+        Fut: std::future::Future<Output = Fetched>,
     {
         let fresh = match self.read(names, refused).await {
             Ok(Some(token)) if Instant::now() < token.refresh_at => Some(token),
@@ -286,15 +300,56 @@ impl SharedStore {
             }
             None => {
                 crate::metrics::shared_cache_lookup(false);
-                let result = fetch().await;
-                if let Ok(token) = &result {
-                    self.write(names, token).await;
-                }
-                result
+                self.fetch_and_share(names, fetch).await
             }
         };
         let _ = self.backend.delete_if(&names.lock, owner.as_bytes()).await;
         result
+    }
+
+    async fn fetch_and_share<F, Fut>(
+        &self,
+        names: &Names,
+        fetch: F,
+    ) -> Result<AccessToken, TokenError>
+    where
+        F: FnOnce(Option<SecretString>) -> Fut,
+        Fut: std::future::Future<Output = Fetched>,
+    {
+        let seed = match &names.refresh {
+            Some(name) => match self.read_secret(name).await {
+                Ok(seed) => seed,
+                // Not readable: alone, and the fleet's refresh token is left as it is.
+                Err(Unshared) => return fetch(None).await.result,
+            },
+            None => None,
+        };
+        let Fetched { result, rotated } = fetch(seed).await;
+        if let (Some(name), Some(rotated)) = (&names.refresh, rotated) {
+            let plain = rotated.expose_secret().as_bytes();
+            if let Ok(sealed) = self.sealer.seal(name, plain) {
+                if self.backend.set(name, &sealed).await.is_err() {
+                    tracing::error!("the rotated refresh token could not be shared; other replicas may present a spent one");
+                }
+            }
+        }
+        if let Ok(token) = &result {
+            self.write(names, token).await;
+        }
+        result
+    }
+
+    /// The secret stored (sealed) at `name`, if any.
+    async fn read_secret(&self, name: &str) -> Result<Option<SecretString>, Unshared> {
+        let Some(sealed) = self.backend.get(name).await.map_err(|_| Unshared)? else {
+            return Ok(None);
+        };
+        let plain = self.sealer.open(name, &sealed).map_err(|_| {
+            crate::metrics::shared_cache_unopenable();
+            Unshared
+        })?;
+        let text = std::str::from_utf8(&plain).map_err(|_| Unshared)?;
+        Ok(Some(SecretString::from(text.to_string())))
     }
 
     /// The entry's token, if there is one that may still be sent and is not `refused`.

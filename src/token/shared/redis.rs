@@ -205,6 +205,12 @@ impl Backend {
         .await
     }
 
+    /// Sets `key` to `value`, without expiry.
+    pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), Down> {
+        self.run("SET", |mut c| async move { c.set(key, value).await })
+            .await
+    }
+
     /// Takes the lock `key` for `owner` if nobody holds it (`SET NX PX`).
     pub async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, Down> {
         let ms = ttl.as_millis().max(1) as u64;
