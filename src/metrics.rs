@@ -88,6 +88,28 @@ fn describe() {
         "Destinations the destination policy refused (deny) or, in report mode, would refuse (would_deny), by rule"
     );
     describe_gauge!("oauth_egress_open_connections", "Open caller connections");
+    describe_shared();
+    describe_counter!(
+        "oauth_egress_connections_refused_total",
+        "Caller connections closed at accept, by reason: max_connections, per_source"
+    );
+    describe_counter!(
+        "oauth_egress_connections_closed_total",
+        "Caller connections closed by a limit, by reason: handshake_timeout, header_timeout, idle_timeout, tunnel_idle_timeout"
+    );
+    describe_counter!(
+        "oauth_egress_replay_budget_refused_total",
+        "Request bodies sent without a replay copy because limits.replay_buffer_total_bytes was spent"
+    );
+    describe_counter!(
+        "oauth_egress_config_reloads_total",
+        "Configuration reloads by outcome"
+    );
+}
+
+/// The `[cache] backend = "redis"` families.
+fn describe_shared() {
+    use metrics::{describe_counter, describe_gauge};
     describe_counter!(
         "oauth_egress_shared_cache_total",
         "Misses and renewals that asked the shared store: hit (the fleet had the token) or miss (this replica fetched it)"
@@ -111,22 +133,6 @@ fn describe() {
     describe_counter!(
         "oauth_egress_shared_cache_decrypt_failures_total",
         "Shared values no configured key opens (not used)"
-    );
-    describe_counter!(
-        "oauth_egress_connections_refused_total",
-        "Caller connections closed at accept, by reason: max_connections, per_source"
-    );
-    describe_counter!(
-        "oauth_egress_connections_closed_total",
-        "Caller connections closed by a limit, by reason: handshake_timeout, header_timeout, idle_timeout, tunnel_idle_timeout"
-    );
-    describe_counter!(
-        "oauth_egress_replay_budget_refused_total",
-        "Request bodies sent without a replay copy because limits.replay_buffer_total_bytes was spent"
-    );
-    describe_counter!(
-        "oauth_egress_config_reloads_total",
-        "Configuration reloads by outcome"
     );
 }
 
