@@ -583,3 +583,66 @@ async fn a_refresh_token_route_rotates_once_per_fleet_without_reuse() {
         .windows(seed.len().min(12))
         .any(|w| w == &seed.as_bytes()[..seed.len().min(12)]));
 }
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// `rediss://`: Redis's certificate is verified against `proxy.upstream_roots` (a test CA);
+/// two replicas share one token over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_to_redis_is_verified_and_shares() {
+    let s = servers().await;
+    let (chain, key) = s.pki.leaf(&["127.0.0.1"]).unwrap();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path, ca_path) = (
+        tls_dir.path().join("redis.crt"),
+        tls_dir.path().join("redis.key"),
+        tls_dir.path().join("ca.crt"),
+    );
+    std::fs::write(&cert_path, pem("CERTIFICATE", &chain[0])).unwrap();
+    std::fs::write(&key_path, pem("PRIVATE KEY", key.secret_der())).unwrap();
+    std::fs::write(&ca_path, s.pki.ca_cert_pem()).unwrap();
+    let (c, k, a) = (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+        ca_path.display().to_string(),
+    );
+    let redis = Redis::start(&[
+        "--port",
+        "0",
+        "--tls-port",
+        "{PORT}",
+        "--tls-cert-file",
+        &c,
+        "--tls-key-file",
+        &k,
+        "--tls-ca-cert-file",
+        &a,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let cfg = config(&s, &url, "", "timeout_ms = 1000");
+    let (r1, r2) = (
+        replica(&s, "tls1", &cfg, &s.key),
+        replica(&s, "tls2", &cfg, &s.key),
+    );
+    assert!(all_ok(&burst(&s, &[&r1, &r2], "/a/tls", 40).await));
+    assert_eq!(s.auth.token_requests(), 1, "shared over TLS");
+    assert!(
+        r1.metric("oauth_egress_shared_cache_errors_total", "")
+            .await
+            == 0.0
+    );
+}
