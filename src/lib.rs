@@ -14,6 +14,7 @@
 //! | terminate TLS with a minted leaf, enforce host binding (421) | `intercept.rs`, `ca.rs` |
 //! | pick the route for host, port and path | `route.rs`, `host.rs` (patterns, normalisation) |
 //! | get the route's token: cache, single flight, refresh ahead | `token/cache.rs` |
+//! | on a miss, renewal or 401 with `[cache] backend = "redis"`: the fleet's copy, lock, invalidation | `token/shared/` (`seal.rs`, `redis.rs`, `wire.rs`) |
 //! | ask the authorization server | `token/endpoint.rs`, `token/answer.rs`, `token/client_auth.rs` |
 //! | inject `Authorization` (and a DPoP proof), send | `forward.rs`, `sender/mod.rs` (`inject`), `replay.rs` (replay copy) |
 //! | decide a resend: DPoP nonce, refused token, once per kind | `retry.rs` |

@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// The shared token cache (`[cache] backend = "redis"`).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Print the shell exports that point a service at this proxy: proxy URL, CA path and the
     /// common CA-bundle variables (`eval "$(oauth-egress env)"`).
     Env(EnvArgs),
@@ -69,6 +74,12 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Print a new `cache.encryption_key`: 32 random bytes, standard base64.
+    Keygen,
 }
 
 #[derive(Subcommand)]
@@ -106,6 +117,9 @@ fn main() -> ExitCode {
             Command::Ca {
                 command: CaCommand::Export(arg),
             } => ca_export(&arg.config),
+            Command::Cache {
+                command: CacheCommand::Keygen,
+            } => cache_keygen(),
             Command::Env(args) => env(&args),
             Command::Iptables(args) => iptables(&args),
             Command::Demo { config, once } => demo(config, once).await,
@@ -147,4 +161,13 @@ async fn demo(_path: Option<PathBuf>, _once: bool) -> Result<(), Failure> {
         "this oauth-egress was built without the demo (cargo feature `demo`); \
          build it with default features to run `oauth-egress demo`"
     )))
+}
+
+/// `oauth-egress cache keygen`: a new encryption key on stdout (nothing else, so it can be
+/// redirected into a secret file).
+fn cache_keygen() -> Result<(), Failure> {
+    let key = oauth_egress::token::shared::generate_key()
+        .map_err(|_| Failure::Other(anyhow::anyhow!("the system random generator failed")))?;
+    println!("{key}");
+    Ok(())
 }

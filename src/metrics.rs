@@ -92,6 +92,7 @@ fn describe() {
         "Answers by caller ([[caller]] name, or unidentified) and status class"
     );
     describe_gauge!("oauth_egress_open_connections", "Open caller connections");
+    describe_shared();
     describe_counter!(
         "oauth_egress_connections_refused_total",
         "Caller connections closed at accept, by reason: max_connections, per_source"
@@ -110,6 +111,35 @@ fn describe() {
     );
 }
 
+/// The `[cache] backend = "redis"` families.
+fn describe_shared() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "oauth_egress_shared_cache_total",
+        "Misses and renewals that asked the shared store: hit (the fleet had the token) or miss (this replica fetched it)"
+    );
+    describe_counter!(
+        "oauth_egress_shared_cache_lock_waits_total",
+        "Waits for another replica's token request"
+    );
+    describe_counter!(
+        "oauth_egress_shared_cache_lock_takeovers_total",
+        "Fleet locks taken over after the holder's expired"
+    );
+    describe_counter!(
+        "oauth_egress_shared_cache_errors_total",
+        "Shared store operations that failed or timed out"
+    );
+    describe_gauge!(
+        "oauth_egress_shared_cache_up",
+        "1 while the shared store answers, 0 while this replica works alone"
+    );
+    describe_counter!(
+        "oauth_egress_shared_cache_decrypt_failures_total",
+        "Shared values no configured key opens (not used)"
+    );
+}
+
 /// Registers every series a scrape should show before the first request: each metric
 /// family, at zero, for every route and client named (called at start and after each
 /// reload, so new routes and clients show at once; series of removed ones keep their last
@@ -118,6 +148,7 @@ pub(crate) fn register<'a>(
     routes: impl IntoIterator<Item = &'a str>,
     clients: impl IntoIterator<Item = &'a str>,
     callers: impl IntoIterator<Item = &'a str>,
+    shared: bool,
 ) {
     if init().is_none() {
         return;
@@ -164,6 +195,19 @@ pub(crate) fn register<'a>(
         counter!("oauth_egress_config_reloads_total", "outcome" => outcome).increment(0);
     }
     gauge!("oauth_egress_open_connections").increment(0.0);
+    if shared {
+        counter!("oauth_egress_shared_cache_total", "result" => "hit").increment(0);
+        counter!("oauth_egress_shared_cache_total", "result" => "miss").increment(0);
+        for name in [
+            "oauth_egress_shared_cache_lock_waits_total",
+            "oauth_egress_shared_cache_lock_takeovers_total",
+            "oauth_egress_shared_cache_errors_total",
+            "oauth_egress_shared_cache_decrypt_failures_total",
+        ] {
+            counter!(name).increment(0);
+        }
+        gauge!("oauth_egress_shared_cache_up").increment(0.0);
+    }
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -292,6 +336,37 @@ pub(crate) fn replay_budget_refused() {
 /// A configuration reload (`ok` or `rejected`).
 pub fn reload(outcome: &'static str) {
     counter!("oauth_egress_config_reloads_total", "outcome" => outcome).increment(1);
+}
+
+/// A miss or renewal asked the shared store: `hit` when the fleet had the token.
+pub(crate) fn shared_cache_lookup(hit: bool) {
+    counter!("oauth_egress_shared_cache_total", "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
+}
+
+/// A replica waited for another's token request (the fleet's lock was held).
+pub(crate) fn shared_cache_lock_wait() {
+    counter!("oauth_egress_shared_cache_lock_waits_total").increment(1);
+}
+
+/// A waiter took the lock over after its holder's expired (the holder died or stalled).
+pub(crate) fn shared_cache_takeover() {
+    counter!("oauth_egress_shared_cache_lock_takeovers_total").increment(1);
+}
+
+/// A shared-store operation failed or timed out.
+pub(crate) fn shared_cache_error() {
+    counter!("oauth_egress_shared_cache_errors_total").increment(1);
+}
+
+/// Whether the shared store answers (0 while this replica works alone).
+pub(crate) fn shared_cache_up(up: bool) {
+    gauge!("oauth_egress_shared_cache_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// A shared value opened with none of the keys (or was malformed): not used.
+pub(crate) fn shared_cache_unopenable() {
+    counter!("oauth_egress_shared_cache_decrypt_failures_total").increment(1);
 }
 
 #[cfg(test)]

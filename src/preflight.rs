@@ -117,6 +117,7 @@ fn start_problem(err: StartError) -> Problem {
             Problem::new(format!("clients.{client}"), detail)
         }
         StartError::TokenClient(err @ FetcherError::Http(_)) => Problem::new("tokens", err),
+        StartError::Shared(err) => Problem::new("cache", err),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::replay::ReplayBudget;
 use crate::route::{Route, RouteTable};
 use crate::tls::RootsError;
+use crate::token::shared::SharedStore;
 use crate::token::{Fetcher, TokenCache};
 use crate::upstream::Upstream;
 
@@ -67,6 +68,9 @@ pub enum StartError {
     /// The token HTTP clients could not be built.
     #[error("{0}")]
     TokenClient(#[from] crate::token::FetcherError),
+    /// The shared token store (`[cache]`) could not be set up.
+    #[error("{0}")]
+    Shared(#[from] crate::token::shared::SharedError),
 }
 
 impl Proxy {
@@ -104,7 +108,9 @@ impl Proxy {
             extra_roots,
             config.proxy.system_roots,
         )?;
-        let fetcher = Fetcher::new(config.tokens.clone(), roots.clone(), &config.clients)?;
+        let shared = shared_store(&config, extra_roots, previous)?;
+        let fetcher = Fetcher::new(config.tokens.clone(), roots.clone(), &config.clients)?
+            .with_shared(shared);
         let tokens = Arc::new(TokenCache::new(Arc::new(fetcher)));
         let routes = config
             .routes
@@ -179,4 +185,42 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The fleet's shared store for `config` (`[cache] backend = "redis"`): the previous
+/// configuration's when `[cache]` and `[tokens]` did not change (its connection and
+/// listener carry over), else a new one. `rediss://` trusts `proxy.upstream_roots` and
+/// `extra_roots` when there are any, else the system's roots.
+fn shared_store(
+    config: &Config,
+    extra_roots: &[CertificateDer<'static>],
+    previous: Option<&TokenCache>,
+) -> Result<Option<Arc<SharedStore>>, StartError> {
+    let crate::config::CacheSettings::Redis(settings) = &config.cache else {
+        return Ok(None);
+    };
+    if let Some(store) = previous.and_then(|p| p.fetcher().shared()) {
+        if store.serves(settings, &config.tokens) {
+            return Ok(Some(store.clone()));
+        }
+    }
+    let mut pem = String::new();
+    for source in &config.proxy.upstream_roots {
+        if let Ok(text) = source.load() {
+            pem.push_str(secrecy::ExposeSecret::expose_secret(&text));
+            pem.push('\n');
+        }
+    }
+    for der in extra_roots {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    let roots = (!pem.is_empty()).then(|| pem.into_bytes());
+    Ok(Some(SharedStore::open(settings, &config.tokens, roots)?))
 }

@@ -223,5 +223,6 @@ fn register_metrics(config: &crate::config::Config) {
         config.routes.iter().map(|r| r.name.as_str()),
         config.clients.keys().map(String::as_str),
         config.callers.iter().map(|c| c.name.as_str()),
+        matches!(config.cache, crate::config::CacheSettings::Redis(_)),
     );
 }

@@ -116,6 +116,13 @@ async fn preflight_and_fetch(
         Ok(checked) => {
             problems.extend(checked.unreachable);
             if fetch && problems.is_empty() {
+                if let Some(store) = checked.proxy.tokens.fetcher().shared() {
+                    if let Err(err) = store.probe().await {
+                        problems.push(Problem::new("cache", err));
+                        return Vec::new();
+                    }
+                    println!("cache: Redis answers; the encryption key opens what is there");
+                }
                 let results = fetch_tokens(&checked.proxy).await;
                 problems.extend(results.iter().filter_map(|r| r.problem()));
                 return results;

@@ -4,7 +4,7 @@
 //! Every problem found is reported, each naming the key or route it is about; unknown keys
 //! are errors. Relative paths are relative to the config file's directory. One file per
 //! section: `proxy.rs` (`[proxy]`, `[admin]`), `transparent.rs`, `tokens.rs`, `limits.rs`, `client.rs` (`[clients.NAME]`),
-//! `route.rs` and `grant.rs` (`[[route]]`), `caller.rs` (`[[caller]]`, `proxy.callers`), `source.rs` (keys naming a secret or a file).
+//! `cache.rs` (`[cache]`), `route.rs` and `grant.rs` (`[[route]]`), `caller.rs` (`[[caller]]`, `proxy.callers`), `source.rs` (keys naming a secret or a file).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+mod cache;
 mod caller;
 mod client;
 mod grant;
@@ -24,6 +25,7 @@ mod source;
 mod tokens;
 mod transparent;
 
+pub use cache::{CacheSettings, RedisSettings, DEFAULT_KEY_PREFIX};
 pub use caller::{CallerPolicy, CallerSpec, ProxyAuth, UNIDENTIFIED};
 pub(crate) use client::is_loopback;
 pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
@@ -49,6 +51,8 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// `[limits]`.
     pub limits: LimitSettings,
+    /// `[cache]`: this process only, or shared through Redis.
+    pub cache: CacheSettings,
     /// `[clients.NAME]`, by name.
     pub clients: BTreeMap<String, Arc<ClientConfig>>,
     /// `[[route]]`, in file order.
@@ -121,6 +125,8 @@ struct RawConfig {
     #[serde(default)]
     limits: limits::RawLimits,
     #[serde(default)]
+    cache: cache::RawCache,
+    #[serde(default)]
     clients: BTreeMap<String, client::RawClient>,
     #[serde(default)]
     route: Vec<route::RawRoute>,
@@ -177,6 +183,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         .map(|t| t.validate(proxy.listen, &mut found));
     let tokens = raw.tokens.validate(&mut found);
     let limits = raw.limits.validate(&mut found);
+    let cache = raw.cache.validate(base, &mut found);
     let clients = validate_clients(raw.clients, base, &mut found);
     let callers = caller::validate(raw.caller, base, &mut found);
     caller::check_exposure(proxy.callers, proxy.listen, &mut found);
@@ -196,6 +203,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
             caller::check_route_callers(&route.name, listed, &callers, &mut found);
         }
     }
+    cache::fleet_warnings(&cache, &clients, &routes, &mut found);
     let Findings { problems, warnings } = found;
     if !problems.is_empty() {
         return Err(ConfigError::Invalid { origin, problems });
@@ -207,6 +215,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         transparent,
         tokens,
         limits,
+        cache,
         clients,
         routes,
         callers,

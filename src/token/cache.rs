@@ -14,6 +14,9 @@
 //!   an epoch so that a fetch that started before it can never put its result back. It
 //!   happens at most once per cooldown: a resource path that refuses every token costs one
 //!   token request per cooldown, not one per call.
+//! - With a shared store (`[cache] backend = "redis"`), a miss or a renewal asks the fleet
+//!   first (`shared/`); a hit never does. An invalidation also clears the fleet's copy, and
+//!   another replica's invalidation drops ours ([`TokenSlot::drop_refused`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +24,7 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::time::Instant;
 
+use super::shared::{token_hash, Names, SharedStore};
 use super::{AccessToken, Fetcher, TokenError, TokenErrorKind, TokenKey, TokenRequest};
 
 type FetchResult = Result<Arc<AccessToken>, Arc<TokenError>>;
@@ -39,6 +43,7 @@ pub struct TokenSlot {
     key: TokenKey,
     request: Arc<TokenRequest>,
     fetcher: Arc<Fetcher>,
+    shared: Option<(Arc<SharedStore>, Names)>,
     state: Mutex<State>,
 }
 
@@ -60,6 +65,9 @@ struct State {
     /// A subject token the authorization server refused, and when: answered from here for
     /// [`REFUSED_SUBJECT_TTL`].
     refused: Option<(Instant, Arc<TokenError>)>,
+    /// The hash of the token last refused by a resource server: never taken from the shared
+    /// store again (until a fetch succeeds).
+    rejected: Option<[u8; 32]>,
 }
 
 /// How long a token exchange refused for its subject token (an OAuth error answer, e.g.
@@ -73,10 +81,15 @@ const RENEW_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 impl TokenSlot {
     pub(super) fn new(request: Arc<TokenRequest>, fetcher: Arc<Fetcher>) -> TokenSlot {
+        let key = TokenKey::of(&request);
+        let shared = fetcher
+            .shared()
+            .and_then(|store| Some((store.clone(), store.names(&key)?)));
         TokenSlot {
-            key: TokenKey::of(&request),
+            key,
             request,
             fetcher,
+            shared,
             state: Mutex::new(State::default()),
         }
     }
@@ -165,19 +178,53 @@ impl TokenSlot {
     /// The cooldown bounds what a path that refuses every token costs: one token request per
     /// cooldown (and, on a `refresh_token` route, one rotation), not one per call.
     pub fn invalidate(&self, token: &Arc<AccessToken>, cooldown: Duration) -> bool {
-        let mut st = self.lock();
-        let now = Instant::now();
-        let cooling = st
-            .invalidated_at
-            .is_some_and(|at| now.saturating_duration_since(at) < cooldown);
-        if cooling || !st.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
-            return false;
+        let hash = token_hash(token);
+        {
+            let mut st = self.lock();
+            let now = Instant::now();
+            let cooling = st
+                .invalidated_at
+                .is_some_and(|at| now.saturating_duration_since(at) < cooldown);
+            if cooling || !st.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
+                return false;
+            }
+            st.token = None;
+            st.inflight = None;
+            st.epoch += 1;
+            st.invalidated_at = Some(now);
+            st.rejected = Some(hash);
         }
-        st.token = None;
-        st.inflight = None;
-        st.epoch += 1;
-        st.invalidated_at = Some(now);
+        if let Some((store, names)) = &self.shared {
+            store.invalidated(names, hash);
+        }
         true
+    }
+
+    /// Another replica's resource server refused a token: drop ours if `is_it` says it is
+    /// the same one, and never take it from the shared store again.
+    pub(super) fn drop_refused(&self, is_it: impl Fn(&AccessToken) -> bool) {
+        let mut st = self.lock();
+        if let Some(token) = st.token.take_if(|t| is_it(t)) {
+            tracing::debug!(client = %self.key.client, "another replica's token was refused; dropping ours");
+            st.rejected = Some(token_hash(&token));
+        }
+    }
+
+    /// A token from the fleet, or fetched here (under the fleet's lock when shared).
+    async fn obtain(
+        self: &Arc<Self>,
+        started: Instant,
+        background: bool,
+        rejected: Option<[u8; 32]>,
+    ) -> Result<AccessToken, TokenError> {
+        let fetch = |seed| self.fetcher.fetch(&self.request, started, seed);
+        match &self.shared {
+            Some((store, names)) => {
+                store.register(names, self);
+                store.obtain(names, background, rejected, fetch).await
+            }
+            None => fetch(None).await.result,
+        }
     }
 
     fn start_fetch(
@@ -185,13 +232,12 @@ impl TokenSlot {
         st: &mut State,
         background: bool,
     ) -> Shared<BoxFuture<'static, FetchResult>> {
-        let epoch = st.epoch;
+        let (epoch, rejected) = (st.epoch, st.rejected);
         let slot = self.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let result = slot
-                .fetcher
-                .fetch(&slot.request, started)
+                .obtain(started, background, rejected)
                 .await
                 .map(Arc::new)
                 .map_err(Arc::new);
@@ -224,6 +270,7 @@ impl TokenSlot {
                 st.token = Some(token.clone());
                 st.renew_not_before = None;
                 st.refused = None;
+                st.rejected = None;
             }
             Err(err) => {
                 let refused = matches!(

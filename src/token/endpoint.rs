@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 use rand::Rng;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use super::answer::{Answer, At};
@@ -77,27 +77,43 @@ impl Backoff {
     }
 }
 
+/// What a token request left: the access token (or why not), and the refresh token the
+/// server rotated to, if it did, even when the access token was then refused (the old refresh
+/// token is spent either way; the shared store must keep the new one).
+pub(super) struct Fetched {
+    /// The access token.
+    pub(super) result: Result<AccessToken, TokenError>,
+    /// The new refresh token.
+    pub(super) rotated: Option<SecretString>,
+}
+
 impl Fetcher {
-    /// Requests a token. `sent_at` anchors the token's lifetime.
+    /// Requests a token. `sent_at` anchors the token's lifetime. `seed`: on a
+    /// `refresh_token` grant, the refresh token to present instead of the file's (the fleet's
+    /// current one, from the shared store).
     pub(super) async fn fetch(
         &self,
         request: &TokenRequest,
         sent_at: Instant,
-    ) -> Result<AccessToken, TokenError> {
+        seed: Option<SecretString>,
+    ) -> Fetched {
         let started = Instant::now();
-        let result = self.fetch_inner(request, sent_at).await;
+        let mut rotated = None;
+        let result = self.fetch_inner(request, sent_at, seed, &mut rotated).await;
         let (outcome, error) = match &result {
             Ok(_) => ("ok", None),
             Err(e) => (e.kind(), e.oauth_error()),
         };
         crate::metrics::token_request(&request.client.name, outcome, error, started.elapsed());
-        result
+        Fetched { result, rotated }
     }
 
     async fn fetch_inner(
         &self,
         request: &TokenRequest,
         sent_at: Instant,
+        seed: Option<SecretString>,
+        rotated: &mut Option<SecretString>,
     ) -> Result<AccessToken, TokenError> {
         let client = &request.client;
         let endpoint = self.endpoint(client).await?;
@@ -115,16 +131,18 @@ impl Fetcher {
             Some((path, file)) => Some(file.lock(path).await),
             None => None,
         };
-        let stored = match held.as_mut() {
-            Some(held) => Some(held.current().map_err(|detail| {
+        let stored = match (held.as_mut(), seed) {
+            (Some(_), Some(seed)) => Some(seed),
+            (Some(held), None) => Some(held.current().map_err(|detail| {
                 TokenError::new(&client.name, TokenErrorKind::Refresh).because(detail)
             })?),
-            None => None,
+            (None, _) => None,
         };
         let answer = self.exchange(request, &at, stored.as_ref()).await?;
         // Whatever else the answer holds, a rotated refresh token is the only valid one now:
         // keep it before judging the access token (the old one is spent).
         if let (Some(held), Some(new_refresh)) = (held.as_mut(), answer.rotated_refresh_token()) {
+            *rotated = Some(SecretString::from(new_refresh.expose_secret().to_string()));
             if held.rotated(&client.name, new_refresh).is_none() {
                 tracing::info!(client = %client.name, "refresh token rotated and saved");
             }

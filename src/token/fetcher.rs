@@ -29,6 +29,8 @@ pub struct Fetcher {
     discovery: HashMap<String, Arc<Discovery>>,
     pub(super) refresh: &'static RefreshStore,
     pub(super) settings: TokenSettings,
+    /// The fleet's shared store, with `[cache] backend = "redis"`.
+    shared: Option<Arc<super::shared::SharedStore>>,
 }
 
 /// Why the token clients could not be built.
@@ -110,7 +112,19 @@ impl Fetcher {
             discovery,
             refresh: RefreshStore::global(),
             settings,
+            shared: None,
         })
+    }
+
+    /// These token clients, sharing tokens with the fleet through `store`.
+    pub fn with_shared(mut self, store: Option<Arc<super::shared::SharedStore>>) -> Fetcher {
+        self.shared = store;
+        self
+    }
+
+    /// The fleet's shared store, if tokens are shared.
+    pub fn shared(&self) -> Option<&Arc<super::shared::SharedStore>> {
+        self.shared.as_ref()
     }
 
     /// The DPoP key of a client: its `dpop_key` file, or one generated on first use.

@@ -11,6 +11,8 @@
 //!   authenticates, the grant's parameters, signed JWTs.
 //! - `subject.rs`: token exchange, one slot per subject token; `refresh_store.rs`: stored
 //!   refresh tokens, rotated in place; `discovery.rs`: authorization server metadata.
+//! - `shared/`: the fleet's token store behind the slots (`[cache] backend = "redis"`):
+//!   fleet-wide single flight and invalidation, sealed values, a breaker for outages.
 //! - `error.rs`: [`TokenError`], classified for the caller's answer by [`crate::error`].
 
 mod answer;
@@ -24,6 +26,7 @@ mod fetcher;
 mod grant;
 mod refresh_store;
 mod schedule;
+pub mod shared;
 mod subject;
 
 use std::collections::HashMap;
