@@ -15,7 +15,6 @@
 //! URI); nothing in the request can send it, or its token, elsewhere.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -24,6 +23,7 @@ use hyper::body::Incoming;
 
 use hyper::upgrade::OnUpgrade;
 
+use crate::access::Access;
 use crate::body::{self, Body};
 use crate::config::Grant;
 use crate::error::{self, ProxyError};
@@ -144,75 +144,31 @@ fn refuse_on_route(
 
 /// What happened to a request, for the access log and metrics.
 #[derive(Default)]
-struct Outcome {
-    lookup: Option<Lookup>,
+pub(crate) struct Outcome {
+    pub(crate) lookup: Option<Lookup>,
     /// The resends made: after a DPoP nonce challenge (same token), after a 401 (a newer one).
-    resent: Budget,
+    pub(crate) resent: Budget,
 }
 
 /// Forwards `req` to `target`, injecting `route`'s token when there is one. Always answers:
-/// failures become the proxy's own error responses.
+/// failures become the proxy's own error responses (naming the request's `x-request-id`).
 pub async fn forward(
     proxy: &Proxy,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     target: &Target,
     route: Option<Arc<Route>>,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let access = Access::of(&mut req, target);
     let (result, outcome) = send(proxy, req, target, route.as_deref()).await;
     let response = match result {
         Ok(response) => response,
         Err(err) => {
-            tracing::warn!(host = %target.authority, %method, error = %err, "request failed");
-            error::response(&err)
+            tracing::warn!(host = %target.authority, method = %access.method, request_id = %access.request_id, error = %err, "request failed");
+            error::response_for(&err, &access.request_id)
         }
     };
-    let route_label = route.as_ref().map_or("-", |r| r.spec.name.as_str());
-    record(
-        route_label,
-        target,
-        &method,
-        &path,
-        started,
-        &response,
-        &outcome,
-    );
+    access.record(proxy, route.as_deref(), &response, &outcome);
     response
-}
-
-/// Metrics and the access-log line of one request.
-fn record(
-    route_label: &str,
-    target: &Target,
-    method: &Method,
-    path: &str,
-    started: Instant,
-    response: &Response<Body>,
-    outcome: &Outcome,
-) {
-    crate::metrics::request(route_label, response.status().as_u16(), started.elapsed());
-    if outcome.resent.token {
-        crate::metrics::retry(route_label, "401");
-    }
-    if outcome.resent.nonce {
-        crate::metrics::retry(route_label, "dpop_nonce");
-    }
-    if let Some(lookup) = outcome.lookup {
-        crate::metrics::token_lookup(route_label, lookup == Lookup::Hit);
-    }
-    tracing::info!(
-        target: "access",
-        route = route_label,
-        host = %target.authority,
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        token = match outcome.lookup { Some(Lookup::Hit) => "hit", Some(Lookup::Miss) => "miss", None => "-" },
-        retried = outcome.resent.token,
-    );
 }
 
 /// A request with its authority bound and its hop-by-hop headers gone, and the client that

@@ -1,4 +1,5 @@
-//! The `oauth-egress` command: `run`, `check`, `ca export`, `env`, `demo`.
+//! The `oauth-egress` command: `run`, `check`, `ca export`, `env`, `status`, `healthcheck`,
+//! `demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ mod cli;
 use cli::check::{check, CheckArgs};
 use cli::env::{env, EnvArgs};
 use cli::run::run;
+use cli::status::{healthcheck, status, AdminArgs};
 use cli::{ca_export, ConfigArg, Failure};
 
 /// sysexits' EX_USAGE: the configuration is wrong.
@@ -52,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Print the admin listener's status (routes, tokens, CA, last reload) as a table.
+    Status(AdminArgs),
+    /// Exit 0 when the admin listener's `/readyz` answers 200, else 1 with the reason (for
+    /// container `HEALTHCHECK`s and exec probes).
+    Healthcheck(AdminArgs),
     /// Print the shell exports that point a service at this proxy: proxy URL, CA path and the
     /// common CA-bundle variables (`eval "$(oauth-egress env)"`).
     Env(EnvArgs),
@@ -103,6 +110,8 @@ fn main() -> ExitCode {
                 command: CaCommand::Export(arg),
             } => ca_export(&arg.config),
             Command::Env(args) => env(&args),
+            Command::Status(args) => status(&args).await,
+            Command::Healthcheck(args) => healthcheck(&args).await,
             Command::Demo { config, once } => demo(config, once).await,
         }
     });

@@ -27,6 +27,7 @@ pub fn init() -> Option<&'static PrometheusHandle> {
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
+            describe_ops();
             Some(handle)
         })
         .as_ref()
@@ -64,7 +65,7 @@ fn describe() {
         "Token endpoint latency by client (including retries)"
     );
     describe_counter!(
-        "oauth_egress_token_cache_total",
+        "oauth_egress_token_cache_lookups_total",
         "Token lookups by route, hit or miss"
     );
     describe_counter!(
@@ -106,6 +107,32 @@ fn describe() {
     );
 }
 
+/// The series added for operating by looking (issue 15): token expiry, AS nonce resends,
+/// build info, the last configuration load.
+fn describe_ops() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "oauth_egress_token_expiry_timestamp_seconds",
+        "When the route's cached token stops being sent (unix seconds; set at each scrape while one is usable)"
+    );
+    describe_counter!(
+        "oauth_egress_token_dpop_nonce_retries_total",
+        "Token requests resent with the nonce the authorization server asked for (use_dpop_nonce), by client"
+    );
+    describe_gauge!(
+        "oauth_egress_build_info",
+        "Always 1; the version as a label"
+    );
+    describe_gauge!(
+        "oauth_egress_config_last_reload_successful",
+        "1 if the last configuration load (start or reload) succeeded, else 0"
+    );
+    describe_gauge!(
+        "oauth_egress_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded successfully (unix seconds)"
+    );
+}
+
 /// Registers every series a scrape should show before the first request: each metric
 /// family, at zero, for every route and client named (called at start and after each
 /// reload, so new routes and clients show at once; series of removed ones keep their last
@@ -124,7 +151,7 @@ pub(crate) fn register<'a>(
                 .increment(0);
         }
         for result in ["hit", "miss"] {
-            counter!("oauth_egress_token_cache_total", "route" => name.clone(), "result" => result)
+            counter!("oauth_egress_token_cache_lookups_total", "route" => name.clone(), "result" => result)
                 .increment(0);
         }
         for reason in ["401", "dpop_nonce"] {
@@ -139,9 +166,11 @@ pub(crate) fn register<'a>(
             "oauth_egress_token_requests_total",
             "client" => client.clone(),
             "outcome" => "ok",
-            "error" => ""
+            "error" => "none"
         )
         .increment(0);
+        counter!("oauth_egress_token_dpop_nonce_retries_total", "client" => client.clone())
+            .increment(0);
         counter!("oauth_egress_token_refresh_ahead_total", "client" => client.clone()).increment(0);
         let _ =
             histogram!("oauth_egress_token_request_duration_seconds", "client" => client.clone());
@@ -198,7 +227,7 @@ pub(crate) fn request(route: &str, status: u16, elapsed: Duration) {
 
 /// A token lookup on a route.
 pub(crate) fn token_lookup(route: &str, hit: bool) {
-    counter!("oauth_egress_token_cache_total", "route" => route.to_string(), "result" => if hit { "hit" } else { "miss" })
+    counter!("oauth_egress_token_cache_lookups_total", "route" => route.to_string(), "result" => if hit { "hit" } else { "miss" })
         .increment(1);
 }
 
@@ -213,7 +242,7 @@ pub(crate) fn token_request(
         "oauth_egress_token_requests_total",
         "client" => client.to_string(),
         "outcome" => outcome,
-        "error" => error.map_or("", oauth_error)
+        "error" => error.map_or("none", oauth_error)
     )
     .increment(1);
     histogram!("oauth_egress_token_request_duration_seconds", "client" => client.to_string())
@@ -271,9 +300,42 @@ pub(crate) fn replay_budget_refused() {
     counter!("oauth_egress_replay_budget_refused_total").increment(1);
 }
 
-/// A configuration reload (`ok` or `rejected`).
-pub fn reload(outcome: &'static str) {
+/// A configuration reload, `ok` or `rejected`: the counter and the last-reload gauges.
+pub fn reload(ok: bool) {
+    let outcome = if ok { "ok" } else { "rejected" };
     counter!("oauth_egress_config_reloads_total", "outcome" => outcome).increment(1);
+    if ok {
+        config_loaded();
+    } else {
+        gauge!("oauth_egress_config_last_reload_successful").set(0.0);
+    }
+}
+
+/// The configuration was loaded (at start, or by a reload): the last-reload gauges, and
+/// `oauth_egress_build_info`.
+pub fn config_loaded() {
+    gauge!("oauth_egress_config_last_reload_successful").set(1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!("oauth_egress_config_last_reload_success_timestamp_seconds").set(now);
+    gauge!("oauth_egress_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// When `route`'s cached token stops being sent (unix seconds).
+pub fn token_expiry(route: &str, client: &str, at_unix: f64) {
+    gauge!(
+        "oauth_egress_token_expiry_timestamp_seconds",
+        "route" => route.to_string(),
+        "client" => client.to_string()
+    )
+    .set(at_unix);
+}
+
+/// A token request was resent with the authorization server's DPoP nonce.
+pub(crate) fn token_dpop_nonce_retry(client: &str) {
+    counter!("oauth_egress_token_dpop_nonce_retries_total", "client" => client.to_string())
+        .increment(1);
 }
 
 #[cfg(test)]
@@ -282,6 +344,8 @@ mod tests {
 
     #[test]
     fn labels_are_bounded() {
+        // No empty label value: a token request without an OAuth error says `none`.
+        assert_ne!(oauth_error(""), "");
         assert_eq!(status_class(204), "2xx");
         assert_eq!(status_class(599), "5xx");
         assert_eq!(oauth_error("invalid_client"), "invalid_client");

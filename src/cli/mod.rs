@@ -1,4 +1,5 @@
-//! The commands behind the CLI: `run` (serve, reload, stop), `check`, `ca export`, `env`.
+//! The commands behind the CLI: `run` (serve, reload, stop), `check`, `ca export`, `env`,
+//! `status` and `healthcheck` (clients of the admin listener).
 //! Library errors become a [`Failure`] here: a configuration problem exits 64, anything
 //! else 1.
 
@@ -11,6 +12,7 @@ use oauth_egress::intercept::ca::CertificateAuthority;
 pub(crate) mod check;
 pub(crate) mod env;
 pub(crate) mod run;
+pub(crate) mod status;
 
 #[derive(clap::Args)]
 pub(crate) struct ConfigArg {

@@ -165,6 +165,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     let limits = raw.limits.validate(&mut found);
     let clients = validate_clients(raw.clients, base, &mut found);
     let routes = validate_routes(raw.route, base, &clients, &mut found);
+    let admin = raw.admin.map(|a| a.validate(base, &mut found));
     let Findings { problems, warnings } = found;
     if !problems.is_empty() {
         return Err(ConfigError::Invalid { origin, problems });
@@ -172,7 +173,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     Ok(Config {
         origin,
         proxy,
-        admin: raw.admin.map(proxy::RawAdmin::validate),
+        admin,
         tokens,
         limits,
         clients,

@@ -25,6 +25,7 @@ mod grant;
 mod refresh_store;
 mod schedule;
 mod subject;
+pub mod view;
 
 use std::collections::HashMap;
 use std::fmt;
