@@ -12,7 +12,7 @@ use cli::check::{check, CheckArgs};
 use cli::env::{env, EnvArgs};
 use cli::run::run;
 use cli::status::{healthcheck, status, AdminArgs};
-use cli::{ca_export, ConfigArg, Failure};
+use cli::{ConfigArg, Failure};
 
 /// sysexits' EX_USAGE: the configuration is wrong.
 const EX_USAGE: u8 = 64;
@@ -76,8 +76,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CaCommand {
-    /// Print the CA certificate (PEM), creating the CA if absent, for clients to trust.
-    Export(ConfigArg),
+    /// Print the CA certificate (creating the CA if absent) for clients to trust: PEM, DER,
+    /// or a PKCS#12 truststore for Java (`--format p12`, `--password`, default `changeit`).
+    Export(cli::ca::ExportArgs),
+    /// Write the system roots plus the CA as one PEM bundle (what `env` writes) and print
+    /// its path.
+    Bundle(cli::ca::BundleArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,8 +111,11 @@ fn main() -> ExitCode {
             Command::Run(arg) => run(&arg.config).await,
             Command::Check(args) => check(&args.config.config, args.fetch).await,
             Command::Ca {
-                command: CaCommand::Export(arg),
-            } => ca_export(&arg.config),
+                command: CaCommand::Export(args),
+            } => cli::ca::export(&args),
+            Command::Ca {
+                command: CaCommand::Bundle(args),
+            } => cli::ca::bundle(&args),
             Command::Env(args) => env(&args),
             Command::Status(args) => status(&args).await,
             Command::Healthcheck(args) => healthcheck(&args).await,

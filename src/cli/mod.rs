@@ -9,6 +9,7 @@ use std::sync::Arc;
 use oauth_egress::config::{self, Config};
 use oauth_egress::intercept::ca::CertificateAuthority;
 
+pub(crate) mod ca;
 pub(crate) mod check;
 pub(crate) mod env;
 pub(crate) mod run;
@@ -53,11 +54,4 @@ pub(crate) fn load_ca(config: &Config) -> Result<Arc<CertificateAuthority>, Fail
         tracing::warn!("{warning}");
     }
     Ok(Arc::new(ca))
-}
-
-pub(crate) fn ca_export(path: &std::path::Path) -> Result<(), Failure> {
-    let config = load(path)?;
-    let ca = load_ca(&config)?;
-    print!("{}", ca.cert_pem());
-    Ok(())
 }
