@@ -13,6 +13,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// The `process_*` series (Prometheus' standard process metrics), collected at each render.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -28,6 +31,9 @@ pub fn init() -> Option<&'static PrometheusHandle> {
             let handle = builder.install_recorder().ok()?;
             describe();
             describe_ops();
+            PROCESS
+                .get_or_init(metrics_process::Collector::default)
+                .describe();
             Some(handle)
         })
         .as_ref()
@@ -37,6 +43,9 @@ pub fn init() -> Option<&'static PrometheusHandle> {
 pub fn render() -> String {
     match init() {
         Some(handle) => {
+            if let Some(process) = PROCESS.get() {
+                process.collect();
+            }
             handle.run_upkeep();
             handle.render()
         }

@@ -372,3 +372,47 @@ async fn error_bodies_name_the_request_id_the_caller_sent_or_a_new_one() {
     assert!(body.contains(&format!("request id: {id}")), "{body}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_follow_prometheus_conventions() {
+    let env = ops_support::servers("status upstream CA").await;
+    let (running, ca) = start(&env, "").await;
+    let token = traffic(&env, &running, &ca).await;
+    let (code, metrics) = admin(&running, "/metrics", None).await;
+    assert_eq!(code, 200);
+    assert_no_secrets(&metrics, &token, "/metrics");
+    for needle in [
+        &format!(
+            "oauth_egress_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )[..],
+        "oauth_egress_config_last_reload_successful 1",
+        "oauth_egress_config_last_reload_success_timestamp_seconds ",
+        "oauth_egress_token_cache_lookups_total{",
+        "oauth_egress_token_dpop_nonce_retries_total{client=\"ops\"}",
+        "process_resident_memory_bytes ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+    // The good route's token expires in the future (unix seconds), named by route and client.
+    let expiry = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("oauth_egress_token_expiry_timestamp_seconds{")
+                && l.contains("route=\"good\"")
+                && l.contains("client=\"ops\"")
+        })
+        .unwrap_or_else(|| panic!("no expiry for good:\n{metrics}"));
+    let at: f64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(at > now, "{expiry}");
+    assert!(
+        !metrics.contains("=\"\""),
+        "an empty label value:\n{metrics}"
+    );
+    running.stop().await;
+}
