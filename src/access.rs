@@ -86,6 +86,9 @@ impl<'a> Access<'a> {
         crate::metrics::request(route_label, response.status().as_u16(), elapsed);
         if outcome.resent.token {
             crate::metrics::retry(route_label, "401");
+            if response.status() == http::StatusCode::UNAUTHORIZED {
+                crate::metrics::unauthorized_after_retry(route_label);
+            }
         }
         if outcome.resent.nonce {
             crate::metrics::retry(route_label, "dpop_nonce");

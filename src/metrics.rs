@@ -125,6 +125,10 @@ fn describe_ops() {
         "When the route's cached token stops being sent (unix seconds; set at each scrape while one is usable)"
     );
     describe_counter!(
+        "oauth_egress_unauthorized_after_retry_total",
+        "Requests still answered 401 after the one resend with a fresh token, by route"
+    );
+    describe_counter!(
         "oauth_egress_token_dpop_nonce_retries_total",
         "Token requests resent with the nonce the authorization server asked for (use_dpop_nonce), by client"
     );
@@ -163,6 +167,8 @@ pub(crate) fn register<'a>(
             counter!("oauth_egress_token_cache_lookups_total", "route" => name.clone(), "result" => result)
                 .increment(0);
         }
+        counter!("oauth_egress_unauthorized_after_retry_total", "route" => name.clone())
+            .increment(0);
         for reason in ["401", "dpop_nonce"] {
             counter!("oauth_egress_retries_total", "route" => name.clone(), "reason" => reason)
                 .increment(0);
@@ -270,6 +276,12 @@ pub(crate) fn refresh_token_unsaved(file: &str, unsaved: bool) {
     } else {
         0.0
     });
+}
+
+/// A request resent with a fresh token was refused again (401).
+pub(crate) fn unauthorized_after_retry(route: &str) {
+    counter!("oauth_egress_unauthorized_after_retry_total", "route" => route.to_string())
+        .increment(1);
 }
 
 /// A request was resent (`reason`: `401` with a fresh token, `dpop_nonce` with a new proof).

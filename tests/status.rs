@@ -416,3 +416,32 @@ async fn metrics_follow_prometheus_conventions() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_401_after_the_retry_is_counted_on_the_page_and_in_metrics() {
+    let env = ops_support::servers("status upstream CA").await;
+    let (running, ca) = start(&env, "").await;
+    env.api.refuse_path("/good/always-401", "invalid_token");
+    let client = client(&running, &ca);
+    let url = format!("https://localhost:{}/good/always-401", env.api.addr.port());
+    let res = client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let (_, body) = admin(&running, "/status", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let good = json["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "good")
+        .unwrap();
+    assert_eq!(good["last_5m"]["requests"], 1, "{good}");
+    assert_eq!(good["last_5m"]["retries_401"], 1, "{good}");
+    let (_, metrics) = admin(&running, "/metrics", None).await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("oauth_egress_unauthorized_after_retry_total{route=\"good\"}"))
+        .unwrap_or_else(|| panic!("no 401-after-retry series:\n{metrics}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0, "{line}");
+    running.stop().await;
+}
