@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-musl
 cargo build --locked --bin oauth-egress --target "$target"
 bin="target/$target/debug/oauth-egress"
-file "$bin" | grep -q 'statically linked' || { echo "podman-demo: $bin is not static" >&2; exit 1; }
+file "$bin" | grep -Eq 'static(-pie)? linked|statically linked' || { echo "podman-demo: $bin is not static" >&2; exit 1; }
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$bin" "$ctx/oauth-egress"

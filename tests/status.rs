@@ -445,3 +445,32 @@ async fn a_401_after_the_retry_is_counted_on_the_page_and_in_metrics() {
     assert!(count >= 1.0, "{line}");
     running.stop().await;
 }
+
+#[test]
+fn admin_settings_are_checked_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |admin: &str| {
+        oauth_egress::config::from_toml(&format!("[admin]\n{admin}\n"), dir.path(), "a.toml")
+    };
+    let err = load("listen = \"127.0.0.1:9901\"\nprotect_metrics = true")
+        .err()
+        .expect("protect_metrics without a token is refused")
+        .to_string();
+    assert!(
+        err.contains("admin.protect_metrics") && err.contains("admin.token"),
+        "{err}"
+    );
+    let open = load("listen = \"0.0.0.0:9901\"").unwrap();
+    assert!(
+        open.warnings.iter().any(|w| w.contains("admin.token")),
+        "{:?}",
+        open.warnings
+    );
+    let loopback = load("listen = \"127.0.0.1:9901\"").unwrap();
+    assert!(loopback.warnings.is_empty(), "{:?}", loopback.warnings);
+    let err = load("listen = \"127.0.0.1:9901\"\ntoken = \"literal-admin-token\"")
+        .err()
+        .expect("a literal token is refused")
+        .to_string();
+    assert!(!err.contains("literal-admin-token"), "{err}");
+}
