@@ -474,3 +474,26 @@ fn admin_settings_are_checked_and_name_the_key() {
         .to_string();
     assert!(!err.contains("literal-admin-token"), "{err}");
 }
+
+#[tokio::test]
+async fn healthcheck_fails_naming_the_503_while_a_prefetch_route_has_no_token() {
+    let env = ops_support::servers("status upstream CA").await;
+    let text =
+        config_text(&env, "").replace("client = \"bad\"\n", "client = \"bad\"\nprefetch = true\n");
+    let config = oauth_egress::config::from_toml(&text, env.dir.path(), "status.toml").unwrap();
+    let (running, _ca) = ops_support::start(&env, config).await;
+    let addr = running.admin_addr.unwrap().to_string();
+    let out = run_bounded(
+        tokio::process::Command::new(BIN).args(["healthcheck", "--admin", &addr]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("503") && stderr.contains("not ready"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    running.stop().await;
+}
