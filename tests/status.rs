@@ -453,8 +453,7 @@ fn admin_settings_are_checked_and_name_the_key() {
         oauth_egress::config::from_toml(&format!("[admin]\n{admin}\n"), dir.path(), "a.toml")
     };
     let err = load("listen = \"127.0.0.1:9901\"\nprotect_metrics = true")
-        .err()
-        .expect("protect_metrics without a token is refused")
+        .expect_err("protect_metrics without a token is refused")
         .to_string();
     assert!(
         err.contains("admin.protect_metrics") && err.contains("admin.token"),
@@ -469,8 +468,7 @@ fn admin_settings_are_checked_and_name_the_key() {
     let loopback = load("listen = \"127.0.0.1:9901\"").unwrap();
     assert!(loopback.warnings.is_empty(), "{:?}", loopback.warnings);
     let err = load("listen = \"127.0.0.1:9901\"\ntoken = \"literal-admin-token\"")
-        .err()
-        .expect("a literal token is refused")
+        .expect_err("a literal token is refused")
         .to_string();
     assert!(!err.contains("literal-admin-token"), "{err}");
 }
