@@ -85,6 +85,20 @@ struct Leaf {
     renew_after: Instant,
 }
 
+/// The CA as an operator sees it (never the key).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaInfo {
+    /// The certificate's subject (RFC 4514).
+    pub subject: Option<String>,
+    /// SHA-256 of the DER certificate, colon-separated hex (as `openssl x509 -fingerprint
+    /// -sha256` prints it).
+    pub sha256_fingerprint: String,
+    /// `notAfter`, unix seconds.
+    pub not_after_unix: Option<i64>,
+    /// Leaf certificates minted and cached.
+    pub leaves_cached: usize,
+}
+
 /// The proxy's CA and its cache of minted leaves.
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
@@ -217,6 +231,36 @@ impl CertificateAuthority {
     /// The CA certificate, PEM, for clients to trust.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The CA certificate, DER (for `ca export --format der|p12`).
+    pub fn cert_der(&self) -> Option<Vec<u8>> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .ok()
+            .map(|der| der.to_vec())
+    }
+
+    /// What the status page shows of the CA: subject, SHA-256 fingerprint, not-after and
+    /// how many leaves are cached. `None` fields when the certificate cannot be parsed (it
+    /// was, at load; this never fails in practice).
+    pub fn info(&self) -> CaInfo {
+        use sha2::Digest;
+        let der = self.cert_der().unwrap_or_default();
+        let parsed = x509_parser::parse_x509_certificate(&der).ok();
+        let fingerprint = sha2::Sha256::digest(&der)
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        CaInfo {
+            subject: parsed.as_ref().map(|(_, c)| c.subject().to_string()),
+            sha256_fingerprint: fingerprint,
+            not_after_unix: parsed
+                .as_ref()
+                .map(|(_, c)| c.validity().not_after.timestamp()),
+            leaves_cached: crate::sync::lock(&self.leaves).len(),
+        }
     }
 
     /// The TLS server config presenting a leaf for `host` (normalized), minted on first use

@@ -266,8 +266,21 @@ fn sf_string(text: &str) -> String {
 
 /// The response the caller gets for `err`.
 pub fn response(err: &ProxyError) -> Response<Body> {
+    answer(err, None)
+}
+
+/// [`response`] for a request with a correlation id: the body names it (`request id: ...`)
+/// and the `x-request-id` header carries it, so the caller's report finds the proxy's log line.
+pub fn response_for(err: &ProxyError, request_id: &str) -> Response<Body> {
+    answer(err, Some(request_id))
+}
+
+fn answer(err: &ProxyError, request_id: Option<&str>) -> Response<Body> {
     let (status, kind) = err.classify();
-    let message = format!("oauth-egress: {err}\n");
+    let message = match request_id {
+        Some(id) => format!("oauth-egress: {err}\nrequest id: {id}\n"),
+        None => format!("oauth-egress: {err}\n"),
+    };
     let mut proxy_status = format!("oauth-egress; error={kind}");
     if let Some(details) = err.details() {
         proxy_status.push_str("; details=");
@@ -283,6 +296,9 @@ pub fn response(err: &ProxyError) -> Response<Body> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&proxy_status) {
         headers.insert("proxy-status", v);
+    }
+    if let Some(v) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert("x-request-id", v);
     }
     if let ProxyError::MethodNotAllowed { allowed, .. } = err {
         headers.insert(header::ALLOW, HeaderValue::from_static(allowed));

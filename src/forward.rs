@@ -15,7 +15,6 @@
 //! URI); nothing in the request can send it, or its token, elsewhere.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -24,6 +23,7 @@ use hyper::body::Incoming;
 
 use hyper::upgrade::OnUpgrade;
 
+use crate::access::Access;
 use crate::body::{self, Body};
 use crate::caller::Identity;
 use crate::config::Grant;
@@ -145,42 +145,32 @@ fn refuse_on_route(
 
 /// What happened to a request, for the access log and metrics.
 #[derive(Default)]
-struct Outcome {
-    lookup: Option<Lookup>,
+pub(crate) struct Outcome {
+    pub(crate) lookup: Option<Lookup>,
     /// The resends made: after a DPoP nonce challenge (same token), after a 401 (a newer one).
-    resent: Budget,
+    pub(crate) resent: Budget,
 }
 
 /// Forwards `req` to `target`, injecting `route`'s token when there is one. Always answers:
-/// failures become the proxy's own error responses.
+/// failures become the proxy's own error responses (naming the request's `x-request-id`).
 /// `caller` is who sent it: a route's `callers` list is checked before any token is fetched.
 pub async fn forward(
     proxy: &Proxy,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     target: &Target,
     route: Option<Arc<Route>>,
     caller: &Identity,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let access = Access::of(&mut req, target, caller.label());
     let (result, outcome) = send(proxy, req, target, route.as_deref(), caller).await;
     let response = match result {
         Ok(response) => response,
         Err(err) => {
-            tracing::warn!(host = %target.authority, %method, error = %err, "request failed");
-            error::response(&err)
+            tracing::warn!(host = %target.authority, method = %access.method, request_id = %access.request_id, error = %err, "request failed");
+            error::response_for(&err, &access.request_id)
         }
     };
-    let line = crate::access::Line {
-        route: route.as_ref().map_or("-", |r| r.spec.name.as_str()),
-        caller: caller.label(),
-        authority: &target.authority,
-        method: &method,
-        path: &path,
-        started,
-    };
-    line.record(response.status().as_u16(), outcome.lookup, outcome.resent);
+    access.record(proxy, route.as_deref(), &response, &outcome);
     response
 }
 

@@ -20,12 +20,13 @@
 //! | decide a resend: DPoP nonce, refused token, once per kind | `retry.rs` |
 //! | pooled, verified upstream TLS; hop-by-hop headers | `upstream.rs`, `tls.rs` |
 //! | turn any failure into the caller's response | `error.rs` |
+//! | the access line, `x-request-id`, per-request metrics | `access.rs` |
 //!
 //! Around it: `access.rs` (the `access` line and request counters), `metrics.rs` (Prometheus counters, served by `admin.rs`), `config/` (figment →
 //! validate → [`config::Config`]; one file per section), `name_constraints.rs` (`proxy.ca_name_constraints`), `jose.rs` (jti, base64url, JWK for the
 //! signers), `secret.rs` (secret sources, never printable), `client_env.rs` (what
 //! `oauth-egress env` prints), `proxy.rs` (the assembled state), `preflight.rs` (the start-up
-//! checks `check`, `run` and reload share), `admin.rs` (health), `sync.rs` (the one lock helper).
+//! checks `check`, `run` and reload share), `admin.rs` (health, metrics, the status page of `status/`), `sync.rs` (the one lock helper).
 //!
 //! Not here: the development authorization server, echo API and test PKI live in the
 //! `oauth-egress-devserver` crate (`crates/`), used by the tests and, behind the default-on
@@ -34,7 +35,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod access;
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod ca;
@@ -62,6 +63,7 @@ pub mod route;
 pub mod secret;
 pub mod sender;
 pub mod server;
+pub mod status;
 pub mod sync;
 pub mod tls;
 pub mod token;

@@ -1,4 +1,5 @@
-//! The `oauth-egress` command: `run`, `check`, `ca export`, `env`, `iptables`, `demo`.
+//! The `oauth-egress` command: `run`, `check`, `ca export|bundle`, `cache keygen`, `env`,
+//! `iptables`, `status`, `healthcheck`, `demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use cli::check::{check, CheckArgs};
 use cli::env::{env, EnvArgs};
 use cli::iptables::{iptables, IptablesArgs};
 use cli::run::run;
-use cli::{ca_export, ConfigArg, Failure};
+use cli::status::{healthcheck, status, AdminArgs};
+use cli::{ConfigArg, Failure};
 
 /// sysexits' EX_USAGE: the configuration is wrong.
 const EX_USAGE: u8 = 64;
@@ -58,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Print the admin listener's status (routes, tokens, CA, last reload) as a table.
+    Status(AdminArgs),
+    /// Exit 0 when the admin listener's `/readyz` answers 200, else 1 with the reason (for
+    /// container `HEALTHCHECK`s and exec probes).
+    Healthcheck(AdminArgs),
     /// Print the shell exports that point a service at this proxy: proxy URL, CA path and the
     /// common CA-bundle variables (`eval "$(oauth-egress env)"`).
     Env(EnvArgs),
@@ -84,8 +91,12 @@ enum CacheCommand {
 
 #[derive(Subcommand)]
 enum CaCommand {
-    /// Print the CA certificate (PEM), creating the CA if absent, for clients to trust.
-    Export(ConfigArg),
+    /// Print the CA certificate (creating the CA if absent) for clients to trust: PEM, DER,
+    /// or a PKCS#12 truststore for Java (`--format p12`, `--password`, default `changeit`).
+    Export(cli::ca::ExportArgs),
+    /// Write the system roots plus the CA as one PEM bundle (what `env` writes) and print
+    /// its path.
+    Bundle(cli::ca::BundleArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,13 +126,18 @@ fn main() -> ExitCode {
             Command::Run(arg) => run(&arg.config).await,
             Command::Check(args) => check(&args.config.config, args.fetch).await,
             Command::Ca {
-                command: CaCommand::Export(arg),
-            } => ca_export(&arg.config),
+                command: CaCommand::Export(args),
+            } => cli::ca::export(&args),
+            Command::Ca {
+                command: CaCommand::Bundle(args),
+            } => cli::ca::bundle(&args),
             Command::Cache {
                 command: CacheCommand::Keygen,
             } => cache_keygen(),
             Command::Env(args) => env(&args),
             Command::Iptables(args) => iptables(&args),
+            Command::Status(args) => status(&args).await,
+            Command::Healthcheck(args) => healthcheck(&args).await,
             Command::Demo { config, once } => demo(config, once).await,
         }
     });

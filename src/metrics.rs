@@ -13,6 +13,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// The `process_*` series (Prometheus' standard process metrics), collected at each render.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -27,6 +30,10 @@ pub fn init() -> Option<&'static PrometheusHandle> {
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
+            describe_ops();
+            PROCESS
+                .get_or_init(metrics_process::Collector::default)
+                .describe();
             Some(handle)
         })
         .as_ref()
@@ -36,6 +43,9 @@ pub fn init() -> Option<&'static PrometheusHandle> {
 pub fn render() -> String {
     match init() {
         Some(handle) => {
+            if let Some(process) = PROCESS.get() {
+                process.collect();
+            }
             handle.run_upkeep();
             handle.render()
         }
@@ -64,7 +74,7 @@ fn describe() {
         "Token endpoint latency by client (including retries)"
     );
     describe_counter!(
-        "oauth_egress_token_cache_total",
+        "oauth_egress_token_cache_lookups_total",
         "Token lookups by route, hit or miss"
     );
     describe_counter!(
@@ -140,6 +150,36 @@ fn describe_shared() {
     );
 }
 
+/// The series added for operating by looking (issue 15): token expiry, AS nonce resends,
+/// build info, the last configuration load.
+fn describe_ops() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "oauth_egress_token_expiry_timestamp_seconds",
+        "When the route's cached token stops being sent (unix seconds; set at each scrape while one is usable)"
+    );
+    describe_counter!(
+        "oauth_egress_unauthorized_after_retry_total",
+        "Requests still answered 401 after the one resend with a fresh token, by route"
+    );
+    describe_counter!(
+        "oauth_egress_token_dpop_nonce_retries_total",
+        "Token requests resent with the nonce the authorization server asked for (use_dpop_nonce), by client"
+    );
+    describe_gauge!(
+        "oauth_egress_build_info",
+        "Always 1; the version as a label"
+    );
+    describe_gauge!(
+        "oauth_egress_config_last_reload_successful",
+        "1 if the last configuration load (start or reload) succeeded, else 0"
+    );
+    describe_gauge!(
+        "oauth_egress_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded successfully (unix seconds)"
+    );
+}
+
 /// Registers every series a scrape should show before the first request: each metric
 /// family, at zero, for every route and client named (called at start and after each
 /// reload, so new routes and clients show at once; series of removed ones keep their last
@@ -160,9 +200,11 @@ pub(crate) fn register<'a>(
                 .increment(0);
         }
         for result in ["hit", "miss"] {
-            counter!("oauth_egress_token_cache_total", "route" => name.clone(), "result" => result)
+            counter!("oauth_egress_token_cache_lookups_total", "route" => name.clone(), "result" => result)
                 .increment(0);
         }
+        counter!("oauth_egress_unauthorized_after_retry_total", "route" => name.clone())
+            .increment(0);
         for reason in ["401", "dpop_nonce"] {
             counter!("oauth_egress_retries_total", "route" => name.clone(), "reason" => reason)
                 .increment(0);
@@ -175,9 +217,11 @@ pub(crate) fn register<'a>(
             "oauth_egress_token_requests_total",
             "client" => client.clone(),
             "outcome" => "ok",
-            "error" => ""
+            "error" => "none"
         )
         .increment(0);
+        counter!("oauth_egress_token_dpop_nonce_retries_total", "client" => client.clone())
+            .increment(0);
         counter!("oauth_egress_token_refresh_ahead_total", "client" => client.clone()).increment(0);
         let _ =
             histogram!("oauth_egress_token_request_duration_seconds", "client" => client.clone());
@@ -253,7 +297,7 @@ pub(crate) fn request(route: &str, status: u16, elapsed: Duration) {
 
 /// A token lookup on a route.
 pub(crate) fn token_lookup(route: &str, hit: bool) {
-    counter!("oauth_egress_token_cache_total", "route" => route.to_string(), "result" => if hit { "hit" } else { "miss" })
+    counter!("oauth_egress_token_cache_lookups_total", "route" => route.to_string(), "result" => if hit { "hit" } else { "miss" })
         .increment(1);
 }
 
@@ -268,7 +312,7 @@ pub(crate) fn token_request(
         "oauth_egress_token_requests_total",
         "client" => client.to_string(),
         "outcome" => outcome,
-        "error" => error.map_or("", oauth_error)
+        "error" => error.map_or("none", oauth_error)
     )
     .increment(1);
     histogram!("oauth_egress_token_request_duration_seconds", "client" => client.to_string())
@@ -287,6 +331,12 @@ pub(crate) fn refresh_token_unsaved(file: &str, unsaved: bool) {
     } else {
         0.0
     });
+}
+
+/// A request resent with a fresh token was refused again (401).
+pub(crate) fn unauthorized_after_retry(route: &str) {
+    counter!("oauth_egress_unauthorized_after_retry_total", "route" => route.to_string())
+        .increment(1);
 }
 
 /// A request was resent (`reason`: `401` with a fresh token, `dpop_nonce` with a new proof).
@@ -333,9 +383,42 @@ pub(crate) fn replay_budget_refused() {
     counter!("oauth_egress_replay_budget_refused_total").increment(1);
 }
 
-/// A configuration reload (`ok` or `rejected`).
-pub fn reload(outcome: &'static str) {
+/// A configuration reload, `ok` or `rejected`: the counter and the last-reload gauges.
+pub fn reload(ok: bool) {
+    let outcome = if ok { "ok" } else { "rejected" };
     counter!("oauth_egress_config_reloads_total", "outcome" => outcome).increment(1);
+    if ok {
+        config_loaded();
+    } else {
+        gauge!("oauth_egress_config_last_reload_successful").set(0.0);
+    }
+}
+
+/// The configuration was loaded (at start, or by a reload): the last-reload gauges, and
+/// `oauth_egress_build_info`.
+pub fn config_loaded() {
+    gauge!("oauth_egress_config_last_reload_successful").set(1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!("oauth_egress_config_last_reload_success_timestamp_seconds").set(now);
+    gauge!("oauth_egress_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// When `route`'s cached token stops being sent (unix seconds).
+pub fn token_expiry(route: &str, client: &str, at_unix: f64) {
+    gauge!(
+        "oauth_egress_token_expiry_timestamp_seconds",
+        "route" => route.to_string(),
+        "client" => client.to_string()
+    )
+    .set(at_unix);
+}
+
+/// A token request was resent with the authorization server's DPoP nonce.
+pub(crate) fn token_dpop_nonce_retry(client: &str) {
+    counter!("oauth_egress_token_dpop_nonce_retries_total", "client" => client.to_string())
+        .increment(1);
 }
 
 /// A miss or renewal asked the shared store: `hit` when the fleet had the token.
@@ -375,6 +458,8 @@ mod tests {
 
     #[test]
     fn labels_are_bounded() {
+        // No empty label value: a token request without an OAuth error says `none`.
+        assert_ne!(oauth_error(""), "");
         assert_eq!(status_class(204), "2xx");
         assert_eq!(status_class(599), "5xx");
         assert_eq!(oauth_error("invalid_client"), "invalid_client");

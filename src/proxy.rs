@@ -36,6 +36,8 @@ pub struct Proxy {
     pub callers: Callers,
     /// What replay copies hold in all (`limits.replay_buffer_total_bytes`), kept on reload.
     pub replay_budget: Arc<ReplayBudget>,
+    /// What the status page keeps across reloads (traffic ring, reload history).
+    pub ops: Arc<crate::status::Ops>,
     extra_roots: Vec<CertificateDer<'static>>,
 }
 
@@ -81,7 +83,14 @@ impl Proxy {
         ca: Arc<CertificateAuthority>,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Arc<Proxy>, StartError> {
-        Proxy::build(config, ca, extra_roots, None, Arc::default())
+        Proxy::build(
+            config,
+            ca,
+            extra_roots,
+            None,
+            Arc::default(),
+            Arc::default(),
+        )
     }
 
     /// A proxy for a new configuration that keeps this one's CA and every cached token
@@ -93,6 +102,7 @@ impl Proxy {
             &self.extra_roots,
             Some(&self.tokens),
             self.replay_budget.clone(),
+            self.ops.clone(),
         )
     }
 
@@ -102,6 +112,7 @@ impl Proxy {
         extra_roots: &[CertificateDer<'static>],
         previous: Option<&TokenCache>,
         replay_budget: Arc<ReplayBudget>,
+        ops: Arc<crate::status::Ops>,
     ) -> Result<Arc<Proxy>, StartError> {
         let roots = crate::tls::root_store(
             &config.proxy.upstream_roots,
@@ -153,6 +164,7 @@ impl Proxy {
             ca,
             tokens,
             replay_budget,
+            ops,
             config,
             extra_roots: extra_roots.to_vec(),
         }))

@@ -61,6 +61,7 @@ pub async fn start(
     let proxy = ready(preflight(config, Basis::Start { ca, extra_roots }).await?);
     proxy.prefetch();
     register_metrics(&proxy.config);
+    crate::metrics::config_loaded();
     let routes = proxy.routes.routes().len();
     let proxy = crate::proxy::shared(proxy);
     let listener = bind(listen, "proxy.listen").await?;
@@ -177,8 +178,15 @@ impl Running {
     /// Listen addresses and the CA are fixed at start: changing them needs a restart.
     pub async fn reload(&self, config: Config) -> Result<(), String> {
         let result = self.try_reload(config).await;
-        crate::metrics::reload(if result.is_ok() { "ok" } else { "rejected" });
+        self.reloaded(result.as_ref().map(|_| ()).map_err(String::as_str));
         result
+    }
+
+    /// Records a reload's result (metrics and the status page), also for a config file that
+    /// could not even be read (`run` calls this then).
+    pub fn reloaded(&self, result: Result<(), &str>) {
+        crate::metrics::reload(result.is_ok());
+        self.proxy.load().ops.reloaded(result);
     }
 
     async fn try_reload(&self, config: Config) -> Result<(), String> {
@@ -199,6 +207,9 @@ impl Running {
         let own = own_listeners(self.proxy_addr, self.admin_addr, self.transparent_addrs);
         let _ = next.config.proxy.addresses.own.set(own);
         register_metrics(&next.config);
+        next.ops
+            .activity
+            .retain(next.config.routes.iter().map(|r| r.name.as_str()));
         next.prefetch();
         let routes = next.routes.routes().len();
         self.proxy.store(next);

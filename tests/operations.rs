@@ -109,7 +109,7 @@ async fn metrics_count_requests_tokens_and_cache_without_secrets() {
     assert_eq!(
         sample(
             &metrics,
-            "oauth_egress_token_cache_total",
+            "oauth_egress_token_cache_lookups_total",
             &[route, "result=\"hit\""]
         ),
         Some(2.0)
@@ -117,7 +117,7 @@ async fn metrics_count_requests_tokens_and_cache_without_secrets() {
     assert_eq!(
         sample(
             &metrics,
-            "oauth_egress_token_cache_total",
+            "oauth_egress_token_cache_lookups_total",
             &[route, "result=\"miss\""]
         ),
         Some(1.0)

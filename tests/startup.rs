@@ -92,7 +92,7 @@ async fn metrics_show_every_family_before_the_first_request_and_new_routes_after
             &["route=\"fresh\"", "status=\"2xx\""][..],
         ),
         (
-            "oauth_egress_token_cache_total",
+            "oauth_egress_token_cache_lookups_total",
             &["route=\"fresh\"", "result=\"miss\""],
         ),
         (

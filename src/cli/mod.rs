@@ -1,4 +1,5 @@
-//! The commands behind the CLI: `run` (serve, reload, stop), `check`, `ca export`, `env`, `iptables`.
+//! The commands behind the CLI: `run` (serve, reload, stop), `check`, `ca export`, `env`,
+//! `iptables`, `status` and `healthcheck` (clients of the admin listener).
 //! Library errors become a [`Failure`] here: a configuration problem exits 64, anything
 //! else 1.
 
@@ -8,10 +9,12 @@ use std::sync::Arc;
 use oauth_egress::config::{self, Config};
 use oauth_egress::intercept::ca::CertificateAuthority;
 
+pub(crate) mod ca;
 pub(crate) mod check;
 pub(crate) mod env;
 pub(crate) mod iptables;
 pub(crate) mod run;
+pub(crate) mod status;
 
 #[derive(clap::Args)]
 pub(crate) struct ConfigArg {
@@ -56,11 +59,4 @@ pub(crate) fn load_ca(config: &Config) -> Result<Arc<CertificateAuthority>, Fail
         tracing::warn!("{warning}");
     }
     Ok(Arc::new(ca))
-}
-
-pub(crate) fn ca_export(path: &std::path::Path) -> Result<(), Failure> {
-    let config = load(path)?;
-    let ca = load_ca(&config)?;
-    print!("{}", ca.cert_pem());
-    Ok(())
 }

@@ -27,8 +27,9 @@ pub(crate) async fn run(path: &std::path::Path) -> Result<(), Failure> {
                 let result = match config::load(path) {
                     Ok(config) => running.reload(config).await,
                     Err(err) => {
-                        oauth_egress::metrics::reload("rejected");
-                        Err(err.to_string())
+                        let err = err.to_string();
+                        running.reloaded(Err(&err));
+                        Err(err)
                     }
                 };
                 if let Err(err) = result {

@@ -204,6 +204,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
         }
     }
     cache::fleet_warnings(&cache, &clients, &routes, &mut found);
+    let admin = raw.admin.map(|a| a.validate(base, &mut found));
     let Findings { problems, warnings } = found;
     if !problems.is_empty() {
         return Err(ConfigError::Invalid { origin, problems });
@@ -211,7 +212,7 @@ fn validate(raw: RawConfig, base: &Path, origin: String) -> Result<Config, Confi
     Ok(Config {
         origin,
         proxy,
-        admin: raw.admin.map(proxy::RawAdmin::validate),
+        admin,
         transparent,
         tokens,
         limits,

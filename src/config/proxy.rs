@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::caller::CallerPolicy;
-use super::source::RawSource;
+use super::source::{RawSecret, RawSource};
 use super::Findings;
 use crate::destination::{AddressPolicy, Mode};
 use crate::host::HostPattern;
@@ -176,11 +176,17 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
 }
 
-/// `[admin]`: health endpoints.
+/// `[admin]`: health endpoints, metrics and the status page.
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
-    /// Where `/healthz` and `/readyz` are served.
+    /// Where `/healthz`, `/readyz`, `/metrics`, `/` and `/status` are served.
     pub listen: SocketAddr,
+    /// A bearer token `/` and `/status` (and `/metrics` with `protect_metrics`) require, for
+    /// an admin listener bound beyond loopback. Re-read on every request (rotation needs no
+    /// restart).
+    pub token: Option<SecretSource>,
+    /// Whether `/metrics` needs the token too (off: Prometheus scrapes without one).
+    pub protect_metrics: bool,
 }
 
 #[derive(Deserialize)]
@@ -233,12 +239,26 @@ impl Default for RawProxy {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     listen: SocketAddr,
+    token: Option<RawSecret>,
+    #[serde(default)]
+    protect_metrics: bool,
 }
 
 impl RawAdmin {
-    pub(super) fn validate(self) -> AdminSettings {
+    pub(super) fn validate(self, base: &Path, found: &mut Findings) -> AdminSettings {
+        if self.protect_metrics && self.token.is_none() {
+            found.problem("admin.protect_metrics = true needs admin.token = { env = \"NAME\" } (or { file = \"path\" })");
+        }
+        if self.token.is_none() && !self.listen.ip().is_loopback() {
+            found.warn(format!(
+                "admin.listen = {} is not loopback and admin.token is not set: anyone who reaches it can read the status page",
+                self.listen
+            ));
+        }
         AdminSettings {
             listen: self.listen,
+            token: self.token.map(|t| t.into_source(base)),
+            protect_metrics: self.protect_metrics,
         }
     }
 }

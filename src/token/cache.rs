@@ -25,6 +25,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::time::Instant;
 
 use super::shared::{token_hash, Names, SharedStore};
+use super::view::{FailureRecord, FetchRecord, SlotView, TokenState};
 use super::{AccessToken, Fetcher, TokenError, TokenErrorKind, TokenKey, TokenRequest};
 
 type FetchResult = Result<Arc<AccessToken>, Arc<TokenError>>;
@@ -68,6 +69,10 @@ struct State {
     /// The hash of the token last refused by a resource server: never taken from the shared
     /// store again (until a fetch succeeds).
     rejected: Option<[u8; 32]>,
+    /// The last token request (for the status page).
+    last_fetch: Option<FetchRecord>,
+    /// The last failed one, kept after later successes.
+    last_error: Option<FailureRecord>,
 }
 
 /// How long a token exchange refused for its subject token (an OAuth error answer, e.g.
@@ -154,12 +159,16 @@ impl TokenSlot {
     /// A slot for the same key in a new configuration: its own (current) request and fetcher,
     /// carrying over only `previous`'s cached token, if still usable.
     pub(super) fn carrying(self, previous: &TokenSlot) -> TokenSlot {
-        let token = previous
-            .lock()
-            .token
-            .clone()
-            .filter(|t| t.is_usable_at(Instant::now()));
-        self.lock().token = token;
+        let old = previous.lock();
+        let token = old.token.clone().filter(|t| t.is_usable_at(Instant::now()));
+        {
+            let mut st = self.lock();
+            st.token = token;
+            // The status page keeps the slot's history across a reload.
+            st.last_fetch = old.last_fetch.clone();
+            st.last_error = old.last_error.clone();
+        }
+        drop(old);
         self
     }
 
@@ -169,6 +178,23 @@ impl TokenSlot {
             .token
             .as_ref()
             .is_some_and(|t| t.is_usable_at(Instant::now()))
+    }
+
+    /// What the status page shows of this slot (never the token).
+    pub fn view(&self) -> SlotView {
+        let st = self.lock();
+        let now = Instant::now();
+        let usable = st.token.as_ref().filter(|t| t.is_usable_at(now));
+        SlotView {
+            state: TokenState::of(
+                usable.is_some(),
+                st.inflight.is_some(),
+                st.last_fetch.as_ref().is_some_and(|f| !f.ok),
+            ),
+            expires_in: usable.map(|t| t.usable_until.saturating_duration_since(now)),
+            last_fetch: st.last_fetch.clone(),
+            last_error: st.last_error.clone(),
+        }
     }
 
     /// Forgets `token` if it is still the cached one (after the resource server refused it)
@@ -241,7 +267,7 @@ impl TokenSlot {
                 .await
                 .map(Arc::new)
                 .map_err(Arc::new);
-            slot.finish(epoch, &result, background);
+            slot.finish(epoch, &result, background, started.elapsed());
             result
         });
         let client = self.key.client.clone();
@@ -258,8 +284,17 @@ impl TokenSlot {
         shared
     }
 
-    fn finish(&self, epoch: u64, result: &FetchResult, background: bool) {
+    fn finish(&self, epoch: u64, result: &FetchResult, background: bool, latency: Duration) {
         let mut st = self.lock();
+        let at = std::time::SystemTime::now();
+        st.last_fetch = Some(FetchRecord {
+            at,
+            latency,
+            ok: result.is_ok(),
+        });
+        if let Err(err) = result {
+            st.last_error = Some(FailureRecord::of(err, at));
+        }
         if st.epoch != epoch {
             // Invalidated while we were fetching: the answer may be the refused token.
             return;

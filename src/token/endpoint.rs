@@ -170,6 +170,7 @@ impl Fetcher {
                 {
                     // RFC 9449 §8: resend once with the nonce the server just gave.
                     nonce_retried = true;
+                    crate::metrics::token_dpop_nonce_retry(&client.name);
                     continue;
                 }
                 Ok(answer) if answer.is_transient() => Setback {

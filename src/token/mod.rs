@@ -28,6 +28,7 @@ mod refresh_store;
 mod schedule;
 pub mod shared;
 mod subject;
+pub mod view;
 
 use std::collections::HashMap;
 use std::fmt;

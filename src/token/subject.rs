@@ -194,6 +194,24 @@ impl SubjectSlots {
         self
     }
 
+    /// How many subjects hold a slot, and the view of the worst of them (the most recently
+    /// used among equals), for the status page.
+    pub fn summary(&self) -> (usize, Option<super::view::SlotView>) {
+        let slots = lock(&self.slots);
+        let worst = slots
+            .slots
+            .iter()
+            .map(|(_, (slot, _))| slot.view())
+            .reduce(|a, b| {
+                if b.state.severity() > a.state.severity() {
+                    b
+                } else {
+                    a
+                }
+            });
+        (slots.slots.len(), worst)
+    }
+
     fn slot(&self, headers: &HeaderMap) -> Result<Arc<TokenSlot>, SubjectError> {
         let subject = match &self.workload {
             None => Arc::new(inbound_bearer(headers).ok_or(SubjectError::Missing)?),
