@@ -110,7 +110,7 @@ impl Plan {
         let route = config
             .routes
             .iter()
-            .find(|r| r.client == DEMO_CLIENT)
+            .find(|r| r.client.as_deref() == Some(DEMO_CLIENT))
             .ok_or_else(|| {
                 DemoError::Config(format!(
                     "{}: the demo needs a [[route]] with client = \"{DEMO_CLIENT}\"",

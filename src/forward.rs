@@ -25,15 +25,15 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use crate::body::{self, Body};
-use crate::config::Grant;
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
 use crate::replay::{self, ReadBounds, ReplayBody};
 use crate::retry::{classify, newer_token, Budget, Retry};
-use crate::route::Route;
+use crate::route::{Route, RouteCredential};
+use crate::sender::credential::StaticHeader;
 use crate::sender::dpop::DpopError;
 use crate::sender::{inject, Proof};
-use crate::token::{AccessToken, Lookup, TokenError, TokenSlot};
+use crate::token::{AccessToken, Lookup, TokenSlot};
 use crate::upstream::{self, is_upgrade, strip_hop_by_hop, HttpsClient};
 
 /// Where a request is sent: decided before the request is read, never by it.
@@ -281,7 +281,8 @@ fn prepare<'a>(
     parts.version = Version::HTTP_11;
     let identity = route
         .filter(|r| r.spec.mtls_bound)
-        .map(|r| r.client.name.as_str());
+        .and_then(|r| r.client())
+        .map(|c| c.name.as_str());
     // A host no route covers, or a route with `guard = true`, goes through the destination
     // policy's connector.
     let guarded = match route {
@@ -317,6 +318,7 @@ struct ResendHead {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    placement: Option<crate::config::TokenPlacement>,
 }
 
 impl ResendHead {
@@ -327,6 +329,7 @@ impl ResendHead {
             &mut headers,
             &self.method,
             Some(&*creds.token),
+            self.placement.as_ref(),
             creds.proof.as_ref(),
         )?;
         let mut resend = Request::new(body);
@@ -354,22 +357,26 @@ impl<'a> Exchange<'a> {
         mut parts: http::request::Parts,
         incoming: Incoming,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let token = match &route.credential {
+            RouteCredential::Token { token, .. } => token,
+            RouteCredential::Static(fixed) => {
+                return self.fixed(route, fixed, parts, incoming).await
+            }
+        };
+        let placed = route.spec.token_placement.as_ref();
         // Nor in trailers, where a caller-chosen `Authorization` would reach the upstream too.
-        let incoming = body::StripCredentialTrailers::new(incoming);
+        let incoming =
+            body::StripCredentialTrailers::new(incoming).also(placed.map(|p| p.header.clone()));
         // The proxy owns the credential on a route: the caller's own is never forwarded (a
         // token-exchange route reads it first, as the subject).
-        let slot = route
-            .token
+        let slot = token
             .slot(&parts.headers)
             .map_err(|source| ProxyError::Subject {
                 route: route.spec.name.clone(),
                 source: Arc::new(source),
             })?;
-        parts.headers.remove(header::AUTHORIZATION);
-        // A caller's own proof, too: on a DPoP route `inject` sets the proxy's, on a Bearer
-        // route none goes (the proxy owns the credential either way).
-        parts.headers.remove(crate::sender::DPOP);
-        let (token, lookup) = slot.get().await.map_err(|e| token_error(route, e))?;
+        strip_callers_credential(&mut parts.headers, placed.map(|p| &p.header));
+        let (token, lookup) = slot.get().await.map_err(|e| route.token_error(e))?;
         self.outcome.lookup = Some(lookup);
         let (limit, limits) = (
             self.proxy.config.proxy.retry_body_limit,
@@ -387,11 +394,13 @@ impl<'a> Exchange<'a> {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
+            placement: placed.cloned(),
         });
         inject(
             &mut parts.headers,
             &parts.method,
             Some(&*creds.token),
+            placed,
             creds.proof.as_ref(),
         )
         .map_err(|e| self.proof_error(e))?;
@@ -438,7 +447,7 @@ impl<'a> Exchange<'a> {
                 let cooldown = self.proxy.config.tokens.invalidate_cooldown;
                 let newer = newer_token(&creds.slot, &creds.token, cooldown)
                     .await
-                    .map_err(|e| token_error(route, e))?;
+                    .map_err(|e| route.token_error(e))?;
                 let Some(newer) = newer else {
                     tracing::debug!(
                         route = %name,
@@ -457,6 +466,27 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// A request on a route with a static credential: the credential's current value
+    /// replaces the caller's; no resend (a refused static credential is the operator's to
+    /// fix, and a resend would send the same one).
+    async fn fixed(
+        &self,
+        route: &Route,
+        fixed: &StaticHeader,
+        mut parts: http::request::Parts,
+        incoming: Incoming,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let value = fixed.value().map_err(|source| ProxyError::Token {
+            route: route.spec.name.clone(),
+            source: Arc::new(source),
+        })?;
+        strip_callers_credential(&mut parts.headers, Some(fixed.name()));
+        parts.headers.insert(fixed.name().clone(), value);
+        let body = body::StripCredentialTrailers::new(incoming).also(Some(fixed.name().clone()));
+        self.send(Request::from_parts(parts, body::boxed(body)))
+            .await
+    }
+
     /// A DPoP proof that could not be signed, as the upstream request's failure.
     fn proof_error(&self, err: DpopError) -> ProxyError {
         ProxyError::Upstream {
@@ -466,34 +496,21 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// Removes every credential the caller sent on a route, whichever one the route injects:
+/// `Authorization`, a `DPoP` proof (on a DPoP route `inject` sets the proxy's, on others
+/// none goes), and the header the route puts its own credential in (`also`).
+fn strip_callers_credential(headers: &mut HeaderMap, also: Option<&http::HeaderName>) {
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(crate::sender::DPOP);
+    if let Some(name) = also {
+        headers.remove(name);
+    }
+}
+
 /// The request's `Content-Length`, when it has a valid one.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-}
-
-/// A token failure on `route`: the caller's (its own token refused, on a token-exchange
-/// route) or the operator's.
-fn token_error(route: &Route, source: Arc<TokenError>) -> ProxyError {
-    let callers = refuses_callers_token(&route.spec.grant, &source);
-    let route = route.spec.name.clone();
-    if callers {
-        ProxyError::CallerTokenRefused { route, source }
-    } else {
-        ProxyError::Token { route, source }
-    }
-}
-
-/// Whether `err` is the authorization server refusing the caller's own token on an
-/// on-behalf-of route: RFC 8693 §2.2.2 prescribes `invalid_request` for an invalid or
-/// unacceptable subject token, and servers also answer `invalid_grant` or `invalid_token`.
-/// Refusals that name the client, scope or target stay the operator's (502).
-fn refuses_callers_token(grant: &Grant, err: &TokenError) -> bool {
-    grant.exchanges_callers_token()
-        && matches!(
-            err.oauth_error(),
-            Some("invalid_request" | "invalid_grant" | "invalid_token")
-        )
 }

@@ -1,7 +1,8 @@
 //! The start-up checks, in one place: `check`, `run` and every reload call [`preflight`], so
 //! a configuration a reload accepts is one `run` would have started with.
 //!
-//! What is checked, in order: every client secret can be read, every private key parses
+//! What is checked, in order: every client secret and route credential can be read (and a
+//! credential can go in a header), every private key parses
 //! (and its `assertion_cert` is its own), the proxy can be assembled (trust roots, client
 //! certificates, DPoP keys, token HTTP clients), and the metadata of every discovered
 //! client fits its configuration. A discovery server that does not answer is not a
@@ -120,7 +121,8 @@ fn start_problem(err: StartError) -> Problem {
     }
 }
 
-/// The checks that read files and need no network: client secrets and private keys.
+/// The checks that read files and need no network: client secrets, private keys and the
+/// routes' static credentials.
 fn file_problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for client in config.clients.values() {
@@ -136,6 +138,15 @@ fn file_problems(config: &Config) -> Vec<Problem> {
             // The detail starts with the key it is about (`private_key`, `assertion_cert`).
             if let Some(detail) = crate::token::key_problem(client) {
                 problems.push(Problem::new(format!("clients.{}", client.name), detail));
+            }
+        }
+    }
+    // A static credential is read now, so an unreadable secret or one with bytes that
+    // cannot go in a header stops the start naming its route, not the first request.
+    for route in &config.routes {
+        if let Some(credential) = &route.credential {
+            if let Err(err) = crate::sender::credential::render(credential) {
+                problems.push(Problem::new(format!("route {}", route.name), err));
             }
         }
     }

@@ -45,7 +45,8 @@ pub(crate) async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Fai
     println!("policy {}", config.proxy.policy_summary());
     println!("routes ({}):", config.routes.len());
     for route in &config.routes {
-        println!("  {}", route_line(route, &config.clients[&route.client]));
+        let client = route.client.as_ref().and_then(|c| config.clients.get(c));
+        println!("  {}", route_line(route, client.map(|c| c.as_ref())));
     }
     print_tokens(&fetched);
     for warning in &config.warnings {
@@ -115,7 +116,7 @@ fn print_tokens(fetched: &[Fetched]) {
 }
 
 /// One route of the table: what it matches, its client and grant, and its options.
-fn route_line(route: &RouteSpec, client: &ClientConfig) -> String {
+fn route_line(route: &RouteSpec, client: Option<&ClientConfig>) -> String {
     let port = route
         .port
         .map(|p| format!(":{p}"))
@@ -137,6 +138,22 @@ fn route_line(route: &RouteSpec, client: &ClientConfig) -> String {
     if route.allow_plaintext {
         extra.push_str(" allow_plaintext");
     }
+    if let Some(h) = &route.token_placement {
+        extra.push_str(&format!(
+            " token_header={} token_scheme={:?}",
+            h.header, h.scheme
+        ));
+    }
+    let Some(client) = client else {
+        let what = route.credential.as_ref().map_or_else(
+            || "-".to_string(),
+            |c| format!("static credential in {}", c.header),
+        );
+        return format!(
+            "{:<20} {}{port}{path} -> {what}{extra}",
+            route.name, route.host
+        );
+    };
     format!(
         "{:<20} {}{port}{path} -> client {} ({}, {} at {}){extra}",
         route.name,
@@ -208,7 +225,10 @@ async fn fetch_tokens(proxy: &oauth_egress::proxy::Proxy) -> Vec<Fetched> {
 }
 
 async fn fetch_one(route: &oauth_egress::route::Route) -> FetchOutcome {
-    let slot = match route.token.slot(&http::HeaderMap::new()) {
+    let Some(token) = route.token() else {
+        return FetchOutcome::Skipped("a static credential, no token");
+    };
+    let slot = match token.slot(&http::HeaderMap::new()) {
         Ok(slot) => slot,
         Err(err) => return FetchOutcome::Failed(err.to_string()),
     };

@@ -184,6 +184,20 @@ pub(super) struct RawGrant {
 
 impl RawGrant {
     /// Whether the subject token is the caller's own (`subject_token = "inbound"`).
+    /// Whether any key of a grant other than the default is set.
+    pub(super) fn has_keys(&self) -> bool {
+        self.subject_token.is_some()
+            || self.subject_token_type.is_some()
+            || self.actor_token.is_some()
+            || self.actor_token_type.is_some()
+            || self.requested_token_type.is_some()
+            || self.refresh_token.is_some()
+            || self.assertion_issuer.is_some()
+            || self.assertion_subject.is_some()
+            || self.assertion_audience.is_some()
+            || self.assertion_scope.is_some()
+    }
+
     pub(super) fn is_inbound(&self) -> bool {
         matches!(self.subject_token, Some(RawSubject::Inbound))
     }

@@ -4,7 +4,7 @@
 //! Every problem found is reported, each naming the key or route it is about; unknown keys
 //! are errors. Relative paths are relative to the config file's directory. One file per
 //! section: `proxy.rs` (`[proxy]`, `[admin]`), `tokens.rs`, `limits.rs`, `client.rs` (`[clients.NAME]`),
-//! `route.rs` and `grant.rs` (`[[route]]`), `source.rs` (keys naming a secret or a file).
+//! `route.rs`, `grant.rs` and `credential.rs` (`[[route]]`), `source.rs` (keys naming a secret or a file).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 mod client;
+mod credential;
 mod grant;
 mod limits;
 mod proxy;
@@ -24,6 +25,8 @@ mod tokens;
 
 pub(crate) use client::is_loopback;
 pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
+pub(crate) use credential::header_safe;
+pub use credential::{CredentialForm, StaticCredential, TokenPlacement};
 pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
 pub use limits::LimitSettings;
 pub use proxy::{AdminSettings, ProxySettings, Unmatched};
@@ -207,7 +210,10 @@ fn validate_routes(
     let known: Vec<&str> = clients.keys().map(String::as_str).collect();
     let mut routes: Vec<RouteSpec> = Vec::new();
     for (i, raw) in raw.into_iter().enumerate() {
-        let client = clients.get(raw.client_name()).map(|c| c.as_ref());
+        let client = raw
+            .client_name()
+            .and_then(|name| clients.get(name))
+            .map(|c| c.as_ref());
         let Some(spec) = route::validate(i, raw, base, client, &known, found) else {
             continue;
         };

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::client::ClientConfig;
+use super::credential::{token_placement, RawCredential, StaticCredential, TokenPlacement};
 use super::grant::{Grant, GrantName, RawGrant, RawSubject, ScopeIn};
 use super::source::RawSource;
 use super::Findings;
@@ -22,9 +23,14 @@ pub struct RouteSpec {
     pub port: Option<u16>,
     /// Only paths under this prefix (segment-aware), or all.
     pub path_prefix: Option<String>,
-    /// Name of the client in `[clients]`.
-    pub client: String,
-    /// How the token is obtained.
+    /// Name of the client in `[clients]`; `None` exactly when the route has a static
+    /// `credential` instead of a token.
+    pub client: Option<String>,
+    /// A static credential injected instead of a token (`credential = { ... }`).
+    pub credential: Option<StaticCredential>,
+    /// Where the token goes when not `Authorization: Bearer` (`token_header`, `token_scheme`).
+    pub token_placement: Option<TokenPlacement>,
+    /// How the token is obtained (`client_credentials`, unused, on a `credential` route).
     pub grant: Grant,
     /// Scopes requested, sorted and deduplicated.
     pub scopes: Vec<String>,
@@ -57,7 +63,10 @@ pub(super) struct RawRoute {
     host: String,
     port: Option<u16>,
     path_prefix: Option<String>,
-    client: String,
+    client: Option<String>,
+    credential: Option<RawCredential>,
+    token_header: Option<String>,
+    token_scheme: Option<String>,
     grant: Option<GrantName>,
     #[serde(default)]
     scopes: Vec<String>,
@@ -90,8 +99,8 @@ pub(super) struct RawRoute {
 
 impl RawRoute {
     /// The client the route names.
-    pub(super) fn client_name(&self) -> &str {
-        &self.client
+    pub(super) fn client_name(&self) -> Option<&str> {
+        self.client.as_deref()
     }
 }
 
@@ -127,13 +136,33 @@ pub(super) fn validate(
     let label = label(&r);
     let at = format!("route #{} ({label})", index + 1);
     let host = check_destination(&r, &at, found);
-    check_client(&r, client, known_clients, &at, found);
     check_transport(&r, &at, found);
     check_token_parameters(&mut r, &at, found);
     let raw_grant = r.take_grant();
     raw_grant.check_misplaced(&at, found);
-    check_requirements(&r, &raw_grant, client, &at, found);
-    let grant = raw_grant.validate(&at, base, client, &r.client, found)?;
+    let (credential, grant) = match r.credential.take() {
+        Some(raw) => {
+            check_static(&r, &raw_grant, &at, found);
+            (
+                Some(raw.validate(base, &at, found)?),
+                Grant::ClientCredentials,
+            )
+        }
+        None => {
+            check_client(&r, client, known_clients, &at, found);
+            check_requirements(&r, &raw_grant, client, &at, found);
+            let name = r.client.as_deref().unwrap_or_default();
+            (None, raw_grant.validate(&at, base, client, name, found)?)
+        }
+    };
+    let dpop = r.dpop || client.is_some_and(|c| c.dpop);
+    let token_placement = token_placement(
+        r.token_header.take(),
+        r.token_scheme.take(),
+        dpop,
+        &at,
+        found,
+    );
     Some(RouteSpec {
         name: label,
         host: host?,
@@ -146,6 +175,8 @@ pub(super) fn validate(
             }
         }),
         client: r.client,
+        credential,
+        token_placement,
         grant,
         scopes: r.scopes,
         audience: r.audience,
@@ -153,11 +184,39 @@ pub(super) fn validate(
         upgrade_tls: r.upgrade_tls,
         allow_plaintext: r.allow_plaintext,
         prefetch: r.prefetch,
-        dpop: r.dpop || client.is_some_and(|c| c.dpop),
+        dpop,
         dpop_required: r.dpop_required.unwrap_or(true),
         mtls_bound: r.mtls_bound,
         guard: r.guard,
     })
+}
+
+/// A route with a static `credential` has no client and none of the keys that shape a
+/// token request or its presentation.
+fn check_static(r: &RawRoute, grant: &RawGrant, at: &str, found: &mut Findings) {
+    let token_keys = [
+        ("client", r.client.is_some()),
+        ("grant", r.grant.is_some() || grant.has_keys()),
+        ("scopes", !r.scopes.is_empty()),
+        ("audience", r.audience.is_some()),
+        ("resource", r.resource.is_some()),
+        ("dpop", r.dpop || r.dpop_required.is_some()),
+        ("mtls_bound", r.mtls_bound),
+        ("prefetch", r.prefetch),
+        ("token_header", r.token_header.is_some()),
+        ("token_scheme", r.token_scheme.is_some()),
+    ];
+    let set: Vec<&str> = token_keys
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| *key)
+        .collect();
+    if !set.is_empty() {
+        found.problem(format!(
+            "{at}: a route with a static credential gets no token; remove {} (or remove credential)",
+            set.join(", ")
+        ));
+    }
 }
 
 /// `name`, or `host[:port][path_prefix]`.
@@ -198,10 +257,15 @@ fn check_client(
     at: &str,
     found: &mut Findings,
 ) {
+    let Some(name) = &r.client else {
+        found.problem(format!(
+            "{at}: give client = \"NAME\" (a [clients.NAME] to get a token from) or credential = {{ ... }} (a static credential)"
+        ));
+        return;
+    };
     if client.is_none() {
         found.problem(format!(
-            "{at}: client {:?} is not defined in [clients] (defined: {})",
-            r.client,
+            "{at}: client {name:?} is not defined in [clients] (defined: {})",
             if known_clients.is_empty() {
                 "none".to_string()
             } else {
@@ -276,7 +340,7 @@ fn check_requirements(
     if r.mtls_bound && client.is_some_and(|c| c.client_cert.is_none()) {
         found.problem(format!(
             "{at}: mtls_bound = true needs clients.{} to have client_cert and client_key",
-            r.client
+            r.client.as_deref().unwrap_or_default()
         ));
     }
 }

@@ -307,6 +307,14 @@ impl crate::sender::Presented for AccessToken {
         self.authorization.clone()
     }
 
+    fn bare(&self) -> &[u8] {
+        // `Authorization` is `scheme SP token`.
+        let bytes = self.authorization.as_bytes();
+        bytes
+            .get(self.scheme.name().len() + 1..)
+            .unwrap_or_default()
+    }
+
     fn scheme(&self) -> TokenScheme {
         self.scheme
     }
