@@ -141,7 +141,7 @@ impl Plan {
             as_port,
             api_host,
             api_port,
-            audience: route.audience.clone().or_else(|| route.resource.clone()),
+            audience: (route.audience.first().or(route.resource.first())).cloned(),
             scope: route.scopes.first().cloned(),
         })
     }

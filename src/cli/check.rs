@@ -126,11 +126,15 @@ fn route_line(route: &RouteSpec, client: Option<&ClientConfig>) -> String {
     if !route.scopes.is_empty() {
         extra.push_str(&format!(" scopes={}", route.scopes.join(",")));
     }
-    if let Some(a) = &route.audience {
-        extra.push_str(&format!(" audience={a}"));
+    if !route.audience.is_empty() {
+        extra.push_str(&format!(" audience={}", route.audience.join(",")));
     }
-    if let Some(r) = &route.resource {
-        extra.push_str(&format!(" resource={r}"));
+    if !route.resource.is_empty() {
+        extra.push_str(&format!(" resource={}", route.resource.join(",")));
+    }
+    if !route.token_params.is_empty() {
+        let names: Vec<&str> = route.token_params.keys().map(String::as_str).collect();
+        extra.push_str(&format!(" token_params={}", names.join(",")));
     }
     if route.upgrade_tls {
         extra.push_str(" upgrade_tls");

@@ -112,6 +112,21 @@ pub struct ClientConfig {
     /// Where the DPoP key lives (a file is created if absent); `None`: a key generated at
     /// start.
     pub dpop_key: Option<SecretSource>,
+    /// Extra token request parameters for every route of this client (`token_params`).
+    pub token_params: std::collections::BTreeMap<String, String>,
+    /// How `client_secret_basic` encodes the id and secret before base64.
+    pub basic_encoding: BasicEncoding,
+}
+
+/// How `client_secret_basic` writes the id and secret (`basic_encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BasicEncoding {
+    /// Form-urlencoded before base64, as RFC 6749 §2.3.1 requires.
+    #[default]
+    Form,
+    /// As they are: for servers that do not form-decode Basic credentials (Glewlwyd).
+    Raw,
 }
 
 impl ClientConfig {
@@ -151,6 +166,10 @@ pub(super) struct RawClient {
     #[serde(default)]
     dpop: bool,
     dpop_key: Option<RawSource>,
+    #[serde(default)]
+    token_params: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    basic_encoding: BasicEncoding,
 }
 
 /// Whether `url`'s host is `localhost` or a loopback IP: the only hosts plain http may go
@@ -215,7 +234,15 @@ pub(super) fn validate(
         client_key: source(c.client_key),
         dpop: c.dpop,
         dpop_key: source(c.dpop_key),
+        token_params: c.token_params,
+        basic_encoding: c.basic_encoding,
     };
+    super::params::check_token_params(&client.token_params, &at, found);
+    if client.basic_encoding == BasicEncoding::Raw && client.auth != ClientAuth::ClientSecretBasic {
+        found.problem(format!(
+            "{at}: basic_encoding applies to auth = \"client_secret_basic\" only"
+        ));
+    }
     check_credentials(&client, &at, found);
     if client.assertion_audience == AssertionAudience::Issuer && c.issuer.is_none() {
         found.problem(format!(

@@ -18,17 +18,21 @@ mod client;
 mod credential;
 mod grant;
 mod limits;
+mod params;
 mod proxy;
 mod route;
 mod source;
 mod tokens;
 
 pub(crate) use client::is_loopback;
-pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
+pub use client::{
+    AssertionAudience, BasicEncoding, ClientAuth, ClientConfig, Endpoint, SigningAlg,
+};
 pub(crate) use credential::header_safe;
 pub use credential::{CredentialForm, StaticCredential, TokenPlacement};
 pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
 pub use limits::LimitSettings;
+pub use params::OWNED_PARAMS;
 pub use proxy::{AdminSettings, ProxySettings, Unmatched};
 pub use route::RouteSpec;
 pub use tokens::TokenSettings;

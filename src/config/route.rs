@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::client::ClientConfig;
 use super::credential::{token_placement, RawCredential, StaticCredential, TokenPlacement};
 use super::grant::{Grant, GrantName, RawGrant, RawSubject, ScopeIn};
+use super::params::{check_token_params, OneOrMany};
 use super::source::RawSource;
 use super::Findings;
 use crate::host::HostPattern;
@@ -34,10 +35,12 @@ pub struct RouteSpec {
     pub grant: Grant,
     /// Scopes requested, sorted and deduplicated.
     pub scopes: Vec<String>,
-    /// `audience` token request parameter.
-    pub audience: Option<String>,
-    /// RFC 8707 `resource` parameter.
-    pub resource: Option<String>,
+    /// `audience` token request parameters (one or more, in order).
+    pub audience: Vec<String>,
+    /// RFC 8707 `resource` parameters (one or more, each its own `resource=`, §2).
+    pub resource: Vec<String>,
+    /// Extra token request parameters: the client's `token_params`, the route's over them.
+    pub token_params: std::collections::BTreeMap<String, String>,
     /// Send `http://` requests upstream as `https://`.
     pub upgrade_tls: bool,
     /// Allow sending the token over plain http.
@@ -70,8 +73,10 @@ pub(super) struct RawRoute {
     grant: Option<GrantName>,
     #[serde(default)]
     scopes: Vec<String>,
-    audience: Option<String>,
-    resource: Option<String>,
+    audience: Option<OneOrMany>,
+    resource: Option<OneOrMany>,
+    #[serde(default)]
+    token_params: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     upgrade_tls: bool,
     #[serde(default)]
@@ -137,12 +142,16 @@ pub(super) fn validate(
     let at = format!("route #{} ({label})", index + 1);
     let host = check_destination(&r, &at, found);
     check_transport(&r, &at, found);
-    check_token_parameters(&mut r, &at, found);
+    let audience = OneOrMany::into_vec(r.audience.take());
+    let resource = OneOrMany::into_vec(r.resource.take());
+    check_token_parameters(&mut r, &resource, &at, found);
+    check_token_params(&r.token_params, &at, found);
     let raw_grant = r.take_grant();
     raw_grant.check_misplaced(&at, found);
     let (credential, grant) = match r.credential.take() {
         Some(raw) => {
-            check_static(&r, &raw_grant, &at, found);
+            let targets = !audience.is_empty() || !resource.is_empty();
+            check_static(&r, &raw_grant, targets, &at, found);
             (
                 Some(raw.validate(base, &at, found)?),
                 Grant::ClientCredentials,
@@ -179,8 +188,14 @@ pub(super) fn validate(
         token_placement,
         grant,
         scopes: r.scopes,
-        audience: r.audience,
-        resource: r.resource,
+        audience,
+        resource,
+        token_params: client
+            .map(|c| c.token_params.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(r.token_params)
+            .collect(),
         upgrade_tls: r.upgrade_tls,
         allow_plaintext: r.allow_plaintext,
         prefetch: r.prefetch,
@@ -193,13 +208,13 @@ pub(super) fn validate(
 
 /// A route with a static `credential` has no client and none of the keys that shape a
 /// token request or its presentation.
-fn check_static(r: &RawRoute, grant: &RawGrant, at: &str, found: &mut Findings) {
+fn check_static(r: &RawRoute, grant: &RawGrant, targets: bool, at: &str, found: &mut Findings) {
     let token_keys = [
         ("client", r.client.is_some()),
         ("grant", r.grant.is_some() || grant.has_keys()),
         ("scopes", !r.scopes.is_empty()),
-        ("audience", r.audience.is_some()),
-        ("resource", r.resource.is_some()),
+        ("audience/resource", targets),
+        ("token_params", !r.token_params.is_empty()),
         ("dpop", r.dpop || r.dpop_required.is_some()),
         ("mtls_bound", r.mtls_bound),
         ("prefetch", r.prefetch),
@@ -301,8 +316,8 @@ fn check_transport(r: &RawRoute, at: &str, found: &mut Findings) {
 }
 
 /// `resource` is an absolute URI (RFC 8707); scopes are sorted, deduplicated scope tokens.
-fn check_token_parameters(r: &mut RawRoute, at: &str, found: &mut Findings) {
-    if let Some(resource) = &r.resource {
+fn check_token_parameters(r: &mut RawRoute, resources: &[String], at: &str, found: &mut Findings) {
+    for resource in resources {
         match reqwest::Url::parse(resource) {
             Ok(u) if u.fragment().is_none() => {}
             _ => found.problem(format!(

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use super::assertion::{client_assertion, SigningError, SigningKey};
-use crate::config::{AssertionAudience, ClientAuth, ClientConfig};
+use crate::config::{AssertionAudience, BasicEncoding, ClientAuth, ClientConfig};
 use crate::secret::{SecretError, SecretSource};
 
 /// Why a token request could not be built: a credential is missing, unreadable or unusable.
@@ -140,13 +140,14 @@ pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, Cr
     match client.auth {
         ClientAuth::ClientSecretBasic => {
             let secret = secret(client)?;
-            // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-            let user: String =
-                form_urlencoded::byte_serialize(client.client_id.as_bytes()).collect();
-            let pass = Zeroizing::new(
-                form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
-                    .collect::<String>(),
-            );
+            // RFC 6749 §2.3.1: both parts are form-urlencoded before base64, unless the
+            // server is known not to decode them (`basic_encoding = "raw"`).
+            let encode = |text: &str| match client.basic_encoding {
+                BasicEncoding::Form => form_urlencoded::byte_serialize(text.as_bytes()).collect(),
+                BasicEncoding::Raw => text.to_string(),
+            };
+            let user: String = encode(&client.client_id);
+            let pass = Zeroizing::new(encode(secret.expose_secret()));
             let pair = Zeroizing::new(format!("{user}:{}", pass.as_str()));
             let value = Zeroizing::new(format!(
                 "Basic {}",
@@ -177,4 +178,16 @@ pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, Cr
             authorization: None,
         }),
     }
+}
+
+/// Whether form-encoding changes `client`'s Basic credentials: its id or secret has a
+/// character `application/x-www-form-urlencoded` escapes. A server that does not decode
+/// them (RFC 6749 §2.3.1 says it must) then refuses the client, and `basic_encoding =
+/// "raw"` is the fix. Reads the secret; `false` when it cannot be read.
+pub(super) fn basic_encoding_matters(client: &ClientConfig) -> bool {
+    let changes =
+        |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>() != text;
+    client.auth == ClientAuth::ClientSecretBasic
+        && client.basic_encoding == BasicEncoding::Form
+        && (changes(&client.client_id) || secret(client).is_ok_and(|s| changes(s.expose_secret())))
 }

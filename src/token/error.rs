@@ -19,6 +19,8 @@ pub struct TokenError {
     endpoint: Option<Box<str>>,
     kind: TokenErrorKind,
     source: Option<Cause>,
+    /// What the operator can do about it, when the proxy can tell.
+    hint: Option<&'static str>,
 }
 
 /// What went wrong getting a token.
@@ -150,7 +152,14 @@ impl TokenError {
             endpoint: None,
             kind,
             source: None,
+            hint: None,
         }
+    }
+
+    /// Adds what the operator can do about it to the message.
+    pub(crate) fn hinted(mut self, hint: &'static str) -> TokenError {
+        self.hint = Some(hint);
+        self
     }
 
     /// At this token endpoint.
@@ -257,8 +266,11 @@ impl fmt::Display for TokenError {
         match &self.kind {
             TokenErrorKind::OAuth { error, description, .. } => {
                 write!(f, "token endpoint {endpoint} refused client {client}: {error}")?;
-                match description {
-                    Some(d) => write!(f, " ({d})"),
+                if let Some(d) = description {
+                    write!(f, " ({d})")?;
+                }
+                match self.hint {
+                    Some(hint) => write!(f, "; {hint}"),
                     None => Ok(()),
                 }
             }
