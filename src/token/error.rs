@@ -19,9 +19,13 @@ pub struct TokenError {
     endpoint: Option<Box<str>>,
     kind: TokenErrorKind,
     source: Option<Cause>,
-    /// What the operator can do about it, when the proxy can tell.
-    hint: Option<&'static str>,
 }
+
+/// What the operator can do about a refusal, when the proxy can tell: the source of an
+/// OAuth error (the server's answer is the error itself).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Hint(&'static str);
 
 /// What went wrong getting a token.
 #[derive(Debug)]
@@ -152,14 +156,12 @@ impl TokenError {
             endpoint: None,
             kind,
             source: None,
-            hint: None,
         }
     }
 
     /// Adds what the operator can do about it to the message.
-    pub(crate) fn hinted(mut self, hint: &'static str) -> TokenError {
-        self.hint = Some(hint);
-        self
+    pub(crate) fn hinted(self, hint: &'static str) -> TokenError {
+        self.because(Hint(hint))
     }
 
     /// At this token endpoint.
@@ -269,7 +271,7 @@ impl fmt::Display for TokenError {
                 if let Some(d) = description {
                     write!(f, " ({d})")?;
                 }
-                match self.hint {
+                match &self.source {
                     Some(hint) => write!(f, "; {hint}"),
                     None => Ok(()),
                 }

@@ -92,7 +92,8 @@ fn credential_forms_and_their_refusals() {
 /// `token_header`/`token_scheme`, and `Ok((header, scheme))` or `Err(words)`.
 #[test]
 fn token_placement_cases() {
-    let cases: &[(&str, Result<(&str, &str), &str>)] = &[
+    type Case<'a> = (&'a str, Result<(&'a str, &'a str), &'a str>);
+    let cases: &[Case] = &[
         (
             "token_header = \"X-Auth-Token\"",
             Ok(("x-auth-token", "Bearer")),
