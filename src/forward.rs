@@ -111,37 +111,6 @@ fn bind_authority(parts: &mut http::request::Parts, target: &Target) -> Result<(
     Ok(())
 }
 
-/// What the `Allow` of a refused `TRACE` lists (other methods than these pass too).
-const ROUTE_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
-
-/// Refused on a route before any token is fetched: `TRACE` echoes the request it received
-/// (RFC 9110 §9.3.8), so its answer would show the caller the token the proxy injected; on a
-/// route with a `path_prefix`, a path the upstream could read as one outside it (`path.rs`).
-fn refuse_on_route(
-    route: &Route,
-    split_by_path: bool,
-    method: &Method,
-    path: &str,
-) -> Result<(), ProxyError> {
-    if route.spec.path_prefix.is_some() || split_by_path {
-        if let Err(why) = crate::path::check(path) {
-            return Err(ProxyError::PathRefused {
-                route: route.spec.name.clone(),
-                prefix: route.spec.path_prefix.clone().unwrap_or_else(|| "/".into()),
-                why,
-            });
-        }
-    }
-    if method == Method::TRACE {
-        return Err(ProxyError::MethodNotAllowed {
-            route: route.spec.name.clone(),
-            method: method.to_string(),
-            allowed: ROUTE_ALLOW,
-        });
-    }
-    Ok(())
-}
-
 /// What happened to a request, for the access log and metrics.
 #[derive(Default)]
 struct Outcome {
@@ -271,7 +240,7 @@ fn prepare<'a>(
 ) -> Result<Prepared<'a>, ProxyError> {
     if let Some(route) = route {
         let split = proxy.routes.splits_by_path(&target.host, target.port);
-        refuse_on_route(route, split, req.method(), req.uri().path())?;
+        route.refuse(split, req.method(), req.uri().path())?;
     }
     let upgrade = is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

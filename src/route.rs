@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{ClientConfig, Grant, RouteSpec};
+use http::Method;
+
 use crate::error::ProxyError;
 use crate::host::{normalize_host, HostPattern};
 use crate::sender::credential::StaticHeader;
@@ -51,6 +53,34 @@ pub enum RouteCredential {
 }
 
 impl Route {
+    /// Refused on a route before any token is fetched: `TRACE` echoes the request it received
+    /// (RFC 9110 §9.3.8), so its answer would show the caller the token the proxy injected; on a
+    /// route with a `path_prefix`, a path the upstream could read as one outside it (`path.rs`).
+    pub fn refuse(
+        &self,
+        split_by_path: bool,
+        method: &Method,
+        path: &str,
+    ) -> Result<(), ProxyError> {
+        if self.spec.path_prefix.is_some() || split_by_path {
+            if let Err(why) = crate::path::check(path) {
+                return Err(ProxyError::PathRefused {
+                    route: self.spec.name.clone(),
+                    prefix: self.spec.path_prefix.clone().unwrap_or_else(|| "/".into()),
+                    why,
+                });
+            }
+        }
+        if method == Method::TRACE {
+            return Err(ProxyError::MethodNotAllowed {
+                route: self.spec.name.clone(),
+                method: method.to_string(),
+                allowed: ROUTE_ALLOW,
+            });
+        }
+        Ok(())
+    }
+
     /// The client, on a token route.
     pub fn client(&self) -> Option<&Arc<ClientConfig>> {
         match &self.credential {
@@ -95,6 +125,9 @@ impl Route {
         )
     }
 }
+
+/// What the `Allow` of a refused `TRACE` lists (other methods than these pass too).
+const ROUTE_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Whether `err` is the authorization server refusing the caller's own token on an
 /// on-behalf-of route: RFC 8693 §2.2.2 prescribes `invalid_request` for an invalid or
