@@ -81,7 +81,16 @@ async fn each_route_gets_only_its_own_credential_never_logged_and_rotated_on_cha
     let (keyed, basic, open) = (echo(&pki).await, echo(&pki).await, echo(&pki).await);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("api-key"), format!("{API_KEY}\n")).unwrap();
-    std::fs::write(dir.path().join("password"), PASSWORD).unwrap();
+    // The Basic password comes from a real helper script (`{ exec }`), which also writes to
+    // stderr (logged, the secret blanked out).
+    let helper = dir.path().join("password-helper");
+    std::fs::write(
+        &helper,
+        format!("#!/bin/sh\necho \"looking up $1\" >&2\necho {PASSWORD}\n"),
+    )
+    .unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&helper, mode).unwrap();
     let toml = format!(
         r#"
 [proxy]
@@ -101,10 +110,11 @@ credential = {{ header = "X-Api-Key", value = {{ file = "api-key" }} }}
 name = "basic"
 host = "localhost"
 port = {basic}
-credential = {{ basic = {{ user = "svc", password = {{ file = "password" }} }} }}
+credential = {{ basic = {{ user = "svc", password = {{ exec = ["{helper}", "legacy"], cache_secs = 300 }} }} }}
 "#,
         keyed = keyed.addr.port(),
         basic = basic.addr.port(),
+        helper = helper.display(),
     );
     let config = oauth_egress::config::from_toml(&toml, dir.path(), "test").unwrap();
     let ca = Arc::new(CertificateAuthority::generate().unwrap());
@@ -197,6 +207,10 @@ credential = {{ basic = {{ user = "svc", password = {{ file = "password" }} }} }
     running.stop().await;
     let logs = logs.text();
     assert!(logs.contains("access"), "no access log captured:\n{logs}");
+    assert!(
+        logs.contains("looking up legacy"),
+        "the helper's stderr is logged:\n{logs}"
+    );
     let b64 = basic_value.trim_start_matches("Basic ");
     for secret in [API_KEY, ROTATED, PASSWORD, b64, "sk_live_broken"] {
         assert!(!logs.contains(secret), "{secret} in a log line:\n{logs}");

@@ -84,6 +84,9 @@ impl PartialEq for SecretSource {
         match (self, other) {
             (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
             (SecretSource::File(a), SecretSource::File(b)) => a == b,
+            (SecretSource::Exec(a), SecretSource::Exec(b)) => {
+                a.argv == b.argv && a.cache == b.cache
+            }
             _ => false,
         }
     }
@@ -98,6 +101,7 @@ impl std::hash::Hash for SecretSource {
         match self {
             SecretSource::Env(name) => name.hash(state),
             SecretSource::File(path) => path.hash(state),
+            SecretSource::Exec(exec) => (&exec.argv, exec.cache).hash(state),
         }
     }
 }

@@ -89,6 +89,8 @@ impl StaticHeader {
     /// The current value (sensitive), rebuilt when the secret's file changed.
     pub fn value(&self) -> Result<HeaderValue, CredentialError> {
         let stamp = match self.source() {
+            // The command's own cache (`cache_secs`) decides when it runs again.
+            SecretSource::Exec(_) => return render(&self.spec),
             SecretSource::Env(_) => Stamp::Env,
             SecretSource::File(path) => {
                 let meta = std::fs::metadata(path).map_err(|source| SecretError::File {

@@ -58,6 +58,18 @@ fn credential_forms_and_their_refusals() {
             Err("remove scopes, token_header"),
         ),
         ("credential = {}", Err("needs value")),
+        (
+            "credential = { header = \"X-K\", value = { exec = [\"vault\", \"kv\", \"get\"], cache_secs = 300 } }",
+            Ok("x-k"),
+        ),
+        (
+            "credential = { header = \"X-K\", value = { env = \"K\", cache_secs = 5 } }",
+            Err("cache_secs goes with exec only"),
+        ),
+        (
+            "credential = { header = \"X-K\", value = { exec = [] } }",
+            Err("exec needs the program"),
+        ),
         ("port = 443", Err("give client = \"NAME\"")),
     ];
     let dir = tempfile::tempdir().unwrap();
