@@ -26,6 +26,9 @@ pub enum ClientAuth {
     TlsClientAuth,
     /// A public client: `client_id` in the body, no credential.
     None,
+    /// A JWT the platform issued to the workload (a projected service-account token, a CI
+    /// OIDC token), sent as the client's assertion (RFC 7523; federated workload identity).
+    ClientAssertion,
 }
 
 impl ClientAuth {
@@ -38,6 +41,7 @@ impl ClientAuth {
             Self::PrivateKeyJwt => "private_key_jwt",
             Self::TlsClientAuth => "tls_client_auth",
             Self::None => "none",
+            Self::ClientAssertion => "client_assertion",
         }
     }
 }
@@ -112,6 +116,9 @@ pub struct ClientConfig {
     /// Where the DPoP key lives (a file is created if absent); `None`: a key generated at
     /// start.
     pub dpop_key: Option<SecretSource>,
+    /// The workload's JWT, for `auth = "client_assertion"`: re-read on every token request
+    /// (the kubelet rotates it), its `exp` checked before it is sent.
+    pub client_assertion: Option<SecretSource>,
     /// Extra token request parameters for every route of this client (`token_params`).
     pub token_params: std::collections::BTreeMap<String, String>,
     /// How `client_secret_basic` encodes the id and secret before base64.
@@ -170,6 +177,7 @@ pub(super) struct RawClient {
     token_params: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     basic_encoding: BasicEncoding,
+    client_assertion: Option<RawSource>,
 }
 
 /// Whether `url`'s host is `localhost` or a loopback IP: the only hosts plain http may go
@@ -234,6 +242,7 @@ pub(super) fn validate(
         client_key: source(c.client_key),
         dpop: c.dpop,
         dpop_key: source(c.dpop_key),
+        client_assertion: source(c.client_assertion),
         token_params: c.token_params,
         basic_encoding: c.basic_encoding,
     };
@@ -294,7 +303,13 @@ fn check_credentials(c: &ClientConfig, at: &str, found: &mut Findings) {
             require(c.client_cert.is_some(), "client_cert");
             require(c.client_key.is_some(), "client_key");
         }
+        ClientAuth::ClientAssertion => require(c.client_assertion.is_some(), "client_assertion"),
         ClientAuth::None => {}
+    }
+    if c.client_assertion.is_some() && c.auth != ClientAuth::ClientAssertion {
+        found.problem(format!(
+            "{at}: client_assertion is used with auth = \"client_assertion\" only"
+        ));
     }
     if c.client_cert.is_some() != c.client_key.is_some() {
         found.problem(format!("{at}: client_cert and client_key go together"));

@@ -167,6 +167,7 @@ struct Registration {
     client_cert: Option<SecretSource>,
     client_key: Option<SecretSource>,
     basic_encoding: BasicEncoding,
+    client_assertion: Option<SecretSource>,
 }
 
 impl Registration {
@@ -192,6 +193,7 @@ impl Registration {
             // In the key as the request's merged `params`.
             token_params: _,
             basic_encoding,
+            client_assertion,
         } = client;
         Registration {
             endpoint: endpoint.clone(),
@@ -205,6 +207,7 @@ impl Registration {
             client_cert: client_cert.clone(),
             client_key: client_key.clone(),
             basic_encoding: *basic_encoding,
+            client_assertion: client_assertion.clone(),
         }
     }
 }

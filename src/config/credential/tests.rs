@@ -9,9 +9,8 @@ fn route(lines: &str) -> String {
 
 /// Route lines, and `Ok(header)` for the header the credential goes in or `Err(words)` a
 /// problem must contain.
-#[test]
-fn credential_forms_and_their_refusals() {
-    let cases: &[(&str, Result<&str, &str>)] = &[
+fn forms() -> &'static [(&'static str, Result<&'static str, &'static str>)] {
+    &[
         (
             "credential = { header = \"X-Api-Key\", value = { env = \"K\" } }",
             Ok("x-api-key"),
@@ -71,9 +70,13 @@ fn credential_forms_and_their_refusals() {
             Err("exec needs the program"),
         ),
         ("port = 443", Err("give client = \"NAME\"")),
-    ];
+    ]
+}
+
+#[test]
+fn credential_forms_and_their_refusals() {
     let dir = tempfile::tempdir().unwrap();
-    for (lines, want) in cases {
+    for (lines, want) in forms() {
         let result = from_toml(&route(lines), dir.path(), "case");
         match (result, want) {
             (Ok(config), Ok(header)) => {
