@@ -285,7 +285,8 @@ dpop = {dpop}
         let (token, _) = proxy_rt
             .block_on(
                 route
-                    .token
+                    .token()
+                    .expect("a token route")
                     .slot(&http::HeaderMap::new())
                     .expect("token slot")
                     .get(),

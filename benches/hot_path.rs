@@ -198,7 +198,8 @@ fn token_cache_hit(c: &mut Criterion, fx: &Fixture) {
         .rt
         .block_on(
             route
-                .token
+                .token()
+                .expect("a token route")
                 .slot(&http::HeaderMap::new())
                 .expect("token slot")
                 .get(),
@@ -209,7 +210,8 @@ fn token_cache_hit(c: &mut Criterion, fx: &Fixture) {
         .rt
         .block_on(
             route
-                .token
+                .token()
+                .expect("a token route")
                 .slot(&http::HeaderMap::new())
                 .expect("token slot")
                 .get(),
@@ -222,7 +224,8 @@ fn token_cache_hit(c: &mut Criterion, fx: &Fixture) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let got = route
-                        .token
+                        .token()
+                        .expect("a token route")
                         .slot(&http::HeaderMap::new())
                         .expect("token slot")
                         .get()
@@ -272,7 +275,8 @@ fn inject_header(c: &mut Criterion, fx: &Fixture) {
         .rt
         .block_on(
             route
-                .token
+                .token()
+                .expect("a token route")
                 .slot(&http::HeaderMap::new())
                 .expect("token slot")
                 .get(),

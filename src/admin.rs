@@ -128,8 +128,11 @@ fn answer(req: &Request<Incoming>, proxy: &Proxy) -> Response<Body> {
         ),
         "/metrics" => {
             for route in proxy.routes.routes() {
-                if let Some(at) = crate::status::expiry_unix(&route.token) {
-                    crate::metrics::token_expiry(&route.spec.name, &route.spec.client, at);
+                let (Some(token), Some(client)) = (route.token(), &route.spec.client) else {
+                    continue;
+                };
+                if let Some(at) = crate::status::expiry_unix(token) {
+                    crate::metrics::token_expiry(&route.spec.name, client, at);
                 }
             }
             text(StatusCode::OK, crate::metrics::render())

@@ -53,23 +53,35 @@ where
 }
 
 /// Passes a request body through without the trailer fields that carry credentials
-/// (`authorization`, `dpop`, `proxy-*`): on a route the proxy owns the credential, and a
-/// trailer is as good as a header to many servers. Other trailers pass.
+/// (`authorization`, `dpop`, `proxy-*`, and the header the route puts its credential in):
+/// on a route the proxy owns the credential, and a trailer is as good as a header to many
+/// servers. Other trailers pass.
 pub struct StripCredentialTrailers<B> {
     inner: B,
+    also: Option<http::HeaderName>,
 }
 
 impl<B> StripCredentialTrailers<B> {
     /// Wraps `inner`.
     pub fn new(inner: B) -> Self {
-        StripCredentialTrailers { inner }
+        StripCredentialTrailers { inner, also: None }
     }
-}
 
-/// Whether a trailer field names a credential the proxy owns on a route.
-fn is_credential_field(name: &http::HeaderName) -> bool {
-    let name = name.as_str();
-    name == "authorization" || name == "dpop" || name.starts_with("proxy-")
+    /// Strips `name` too: the header a route puts its credential in (`token_header`,
+    /// `credential.header`).
+    pub fn also(mut self, name: Option<http::HeaderName>) -> Self {
+        self.also = name;
+        self
+    }
+
+    /// Whether a trailer field names a credential the proxy owns on a route.
+    fn is_credential_field(&self, name: &http::HeaderName) -> bool {
+        let text = name.as_str();
+        text == "authorization"
+            || text == "dpop"
+            || text.starts_with("proxy-")
+            || self.also.as_ref() == Some(name)
+    }
 }
 
 impl<B> HttpBody for StripCredentialTrailers<B>
@@ -91,7 +103,7 @@ where
             Ok(mut trailers) => {
                 let names: Vec<http::HeaderName> = trailers
                     .keys()
-                    .filter(|name| is_credential_field(name))
+                    .filter(|name| self.is_credential_field(name))
                     .cloned()
                     .collect();
                 for name in names {

@@ -110,7 +110,7 @@ impl Plan {
         let route = config
             .routes
             .iter()
-            .find(|r| r.client == DEMO_CLIENT)
+            .find(|r| r.client.as_deref() == Some(DEMO_CLIENT))
             .ok_or_else(|| {
                 DemoError::Config(format!(
                     "{}: the demo needs a [[route]] with client = \"{DEMO_CLIENT}\"",
@@ -141,7 +141,7 @@ impl Plan {
             as_port,
             api_host,
             api_port,
-            audience: route.audience.clone().or_else(|| route.resource.clone()),
+            audience: (route.audience.first().or(route.resource.first())).cloned(),
             scope: route.scopes.first().cloned(),
         })
     }

@@ -26,15 +26,15 @@ use hyper::upgrade::OnUpgrade;
 use crate::access::Access;
 use crate::body::{self, Body};
 use crate::caller::Identity;
-use crate::config::Grant;
 use crate::error::{self, ProxyError};
 use crate::proxy::Proxy;
 use crate::replay::{self, ReadBounds, ReplayBody};
 use crate::retry::{classify, newer_token, Budget, Retry};
-use crate::route::Route;
+use crate::route::{Route, RouteCredential};
+use crate::sender::credential::StaticHeader;
 use crate::sender::dpop::DpopError;
 use crate::sender::{inject, Proof};
-use crate::token::{AccessToken, Lookup, TokenError, TokenSlot};
+use crate::token::{AccessToken, Lookup, TokenSlot};
 use crate::upstream::{self, is_upgrade, strip_hop_by_hop, HttpsClient};
 
 /// Where a request is sent: decided before the request is read, never by it.
@@ -109,37 +109,6 @@ fn bind_authority(parts: &mut http::request::Parts, target: &Target) -> Result<(
     single_host(&parts.headers)?;
     parts.headers.remove(header::HOST);
     parts.uri = target.uri(parts.uri.path_and_query())?;
-    Ok(())
-}
-
-/// What the `Allow` of a refused `TRACE` lists (other methods than these pass too).
-const ROUTE_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
-
-/// Refused on a route before any token is fetched: `TRACE` echoes the request it received
-/// (RFC 9110 §9.3.8), so its answer would show the caller the token the proxy injected; on a
-/// route with a `path_prefix`, a path the upstream could read as one outside it (`path.rs`).
-fn refuse_on_route(
-    route: &Route,
-    split_by_path: bool,
-    method: &Method,
-    path: &str,
-) -> Result<(), ProxyError> {
-    if route.spec.path_prefix.is_some() || split_by_path {
-        if let Err(why) = crate::path::check(path) {
-            return Err(ProxyError::PathRefused {
-                route: route.spec.name.clone(),
-                prefix: route.spec.path_prefix.clone().unwrap_or_else(|| "/".into()),
-                why,
-            });
-        }
-    }
-    if method == Method::TRACE {
-        return Err(ProxyError::MethodNotAllowed {
-            route: route.spec.name.clone(),
-            method: method.to_string(),
-            allowed: ROUTE_ALLOW,
-        });
-    }
     Ok(())
 }
 
@@ -235,7 +204,7 @@ fn prepare<'a>(
         let (name, listed) = (&route.spec.name, route.spec.callers.as_deref());
         proxy.callers.on_route(name, listed, caller)?;
         let split = proxy.routes.splits_by_path(&target.host, target.port);
-        refuse_on_route(route, split, req.method(), req.uri().path())?;
+        route.refuse(split, req.method(), req.uri().path())?;
     }
     let upgrade = is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -245,7 +214,8 @@ fn prepare<'a>(
     parts.version = Version::HTTP_11;
     let identity = route
         .filter(|r| r.spec.mtls_bound)
-        .map(|r| r.client.name.as_str());
+        .and_then(|r| r.client())
+        .map(|c| c.name.as_str());
     // A host no route covers, or a route with `guard = true`, goes through the destination
     // policy's connector.
     let guarded = match route {
@@ -281,6 +251,7 @@ struct ResendHead {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    placement: Option<crate::config::TokenPlacement>,
 }
 
 impl ResendHead {
@@ -291,6 +262,7 @@ impl ResendHead {
             &mut headers,
             &self.method,
             Some(&*creds.token),
+            self.placement.as_ref(),
             creds.proof.as_ref(),
         )?;
         let mut resend = Request::new(body);
@@ -318,22 +290,26 @@ impl<'a> Exchange<'a> {
         mut parts: http::request::Parts,
         incoming: Incoming,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let token = match &route.credential {
+            RouteCredential::Token { token, .. } => token,
+            RouteCredential::Static(fixed) => {
+                return self.fixed(route, fixed, parts, incoming).await
+            }
+        };
+        let placed = route.spec.token_placement.as_ref();
         // Nor in trailers, where a caller-chosen `Authorization` would reach the upstream too.
-        let incoming = body::StripCredentialTrailers::new(incoming);
+        let incoming =
+            body::StripCredentialTrailers::new(incoming).also(placed.map(|p| p.header.clone()));
         // The proxy owns the credential on a route: the caller's own is never forwarded (a
         // token-exchange route reads it first, as the subject).
-        let slot = route
-            .token
+        let slot = token
             .slot(&parts.headers)
             .map_err(|source| ProxyError::Subject {
                 route: route.spec.name.clone(),
                 source: Arc::new(source),
             })?;
-        parts.headers.remove(header::AUTHORIZATION);
-        // A caller's own proof, too: on a DPoP route `inject` sets the proxy's, on a Bearer
-        // route none goes (the proxy owns the credential either way).
-        parts.headers.remove(crate::sender::DPOP);
-        let (token, lookup) = slot.get().await.map_err(|e| token_error(route, e))?;
+        strip_callers_credential(&mut parts.headers, placed.map(|p| &p.header));
+        let (token, lookup) = slot.get().await.map_err(|e| route.token_error(e))?;
         self.outcome.lookup = Some(lookup);
         let (limit, limits) = (
             self.proxy.config.proxy.retry_body_limit,
@@ -351,11 +327,13 @@ impl<'a> Exchange<'a> {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
+            placement: placed.cloned(),
         });
         inject(
             &mut parts.headers,
             &parts.method,
             Some(&*creds.token),
+            placed,
             creds.proof.as_ref(),
         )
         .map_err(|e| self.proof_error(e))?;
@@ -402,7 +380,7 @@ impl<'a> Exchange<'a> {
                 let cooldown = self.proxy.config.tokens.invalidate_cooldown;
                 let newer = newer_token(&creds.slot, &creds.token, cooldown)
                     .await
-                    .map_err(|e| token_error(route, e))?;
+                    .map_err(|e| route.token_error(e))?;
                 let Some(newer) = newer else {
                     tracing::debug!(
                         route = %name,
@@ -421,6 +399,27 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// A request on a route with a static credential: the credential's current value
+    /// replaces the caller's; no resend (a refused static credential is the operator's to
+    /// fix, and a resend would send the same one).
+    async fn fixed(
+        &self,
+        route: &Route,
+        fixed: &StaticHeader,
+        mut parts: http::request::Parts,
+        incoming: Incoming,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let value = fixed.value().map_err(|source| ProxyError::Token {
+            route: route.spec.name.clone(),
+            source: Arc::new(source),
+        })?;
+        strip_callers_credential(&mut parts.headers, Some(fixed.name()));
+        parts.headers.insert(fixed.name().clone(), value);
+        let body = body::StripCredentialTrailers::new(incoming).also(Some(fixed.name().clone()));
+        self.send(Request::from_parts(parts, body::boxed(body)))
+            .await
+    }
+
     /// A DPoP proof that could not be signed, as the upstream request's failure.
     fn proof_error(&self, err: DpopError) -> ProxyError {
         ProxyError::Upstream {
@@ -430,34 +429,21 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// Removes every credential the caller sent on a route, whichever one the route injects:
+/// `Authorization`, a `DPoP` proof (on a DPoP route `inject` sets the proxy's, on others
+/// none goes), and the header the route puts its own credential in (`also`).
+fn strip_callers_credential(headers: &mut HeaderMap, also: Option<&http::HeaderName>) {
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(crate::sender::DPOP);
+    if let Some(name) = also {
+        headers.remove(name);
+    }
+}
+
 /// The request's `Content-Length`, when it has a valid one.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-}
-
-/// A token failure on `route`: the caller's (its own token refused, on a token-exchange
-/// route) or the operator's.
-fn token_error(route: &Route, source: Arc<TokenError>) -> ProxyError {
-    let callers = refuses_callers_token(&route.spec.grant, &source);
-    let route = route.spec.name.clone();
-    if callers {
-        ProxyError::CallerTokenRefused { route, source }
-    } else {
-        ProxyError::Token { route, source }
-    }
-}
-
-/// Whether `err` is the authorization server refusing the caller's own token on an
-/// on-behalf-of route: RFC 8693 §2.2.2 prescribes `invalid_request` for an invalid or
-/// unacceptable subject token, and servers also answer `invalid_grant` or `invalid_token`.
-/// Refusals that name the client, scope or target stay the operator's (502).
-fn refuses_callers_token(grant: &Grant, err: &TokenError) -> bool {
-    grant.exchanges_callers_token()
-        && matches!(
-            err.oauth_error(),
-            Some("invalid_request" | "invalid_grant" | "invalid_token")
-        )
 }

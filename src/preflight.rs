@@ -1,7 +1,8 @@
 //! The start-up checks, in one place: `check`, `run` and every reload call [`preflight`], so
 //! a configuration a reload accepts is one `run` would have started with.
 //!
-//! What is checked, in order: every client secret and caller credential can be read, every private key parses
+//! What is checked, in order: every client secret, caller credential and route credential can
+//! be read (and a route credential can go in a header), every private key parses
 //! (and its `assertion_cert` is its own), the proxy can be assembled (trust roots, client
 //! certificates, DPoP keys, token HTTP clients), and the metadata of every discovered
 //! client fits its configuration. A discovery server that does not answer is not a
@@ -121,7 +122,8 @@ fn start_problem(err: StartError) -> Problem {
     }
 }
 
-/// The checks that read files and need no network: client secrets and private keys.
+/// The checks that read files and need no network: client secrets, private keys and the
+/// routes' static credentials.
 fn file_problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     for client in config.clients.values() {
@@ -147,6 +149,15 @@ fn file_problems(config: &Config) -> Vec<Problem> {
                     format!("caller {}.proxy_auth", caller.name),
                     err,
                 ));
+            }
+        }
+    }
+    // A static credential is read now, so an unreadable secret or one with bytes that
+    // cannot go in a header stops the start naming its route, not the first request.
+    for route in &config.routes {
+        if let Some(credential) = &route.credential {
+            if let Err(err) = crate::sender::credential::render(credential) {
+                problems.push(Problem::new(format!("route {}", route.name), err));
             }
         }
     }

@@ -14,7 +14,8 @@ use crate::ca::{CaError, CertificateAuthority};
 use crate::caller::Callers;
 use crate::config::Config;
 use crate::replay::ReplayBudget;
-use crate::route::{Route, RouteTable};
+use crate::route::{Route, RouteCredential, RouteTable};
+use crate::sender::credential::StaticHeader;
 use crate::tls::RootsError;
 use crate::token::shared::SharedStore;
 use crate::token::{Fetcher, TokenCache};
@@ -127,17 +128,25 @@ impl Proxy {
             .routes
             .iter()
             .filter_map(|spec| {
-                let client = config.clients.get(&spec.client)?.clone();
+                let credential = match (&spec.credential, &spec.client) {
+                    (Some(fixed), _) => RouteCredential::Static(StaticHeader::new(fixed.clone())),
+                    (None, name) => {
+                        let client = config.clients.get(name.as_deref()?)?.clone();
+                        RouteCredential::Token {
+                            token: tokens.route_token(&client, spec, previous),
+                            client,
+                        }
+                    }
+                };
                 Some(Arc::new(Route {
                     spec: spec.clone(),
-                    token: tokens.route_token(&client, spec, previous),
-                    client,
+                    credential,
                 }))
             })
             .collect();
         let mut identities = Vec::new();
         for spec in config.routes.iter().filter(|r| r.mtls_bound) {
-            let Some(client) = config.clients.get(&spec.client) else {
+            let Some(client) = spec.client.as_ref().and_then(|c| config.clients.get(c)) else {
                 continue;
             };
             if identities.iter().any(|(name, _)| name == &client.name) {
@@ -178,16 +187,16 @@ impl Proxy {
             .routes()
             .iter()
             .filter(|r| r.spec.prefetch)
-            .all(|r| match &r.token {
-                crate::token::RouteToken::Fixed(slot) => slot.has_usable_token(),
-                crate::token::RouteToken::PerSubject(_) => true,
+            .all(|r| match r.token() {
+                Some(crate::token::RouteToken::Fixed(slot)) => slot.has_usable_token(),
+                Some(crate::token::RouteToken::PerSubject(_)) | None => true,
             })
     }
 
     /// Starts fetching the tokens of routes marked `prefetch`, in the background.
     pub fn prefetch(&self) {
         for route in self.routes.routes().iter().filter(|r| r.spec.prefetch) {
-            if let crate::token::RouteToken::Fixed(slot) = &route.token {
+            if let Some(crate::token::RouteToken::Fixed(slot)) = route.token() {
                 let (slot, name) = (slot.clone(), route.spec.name.clone());
                 tokio::spawn(async move {
                     if let Err(err) = slot.get().await {

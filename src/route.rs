@@ -1,4 +1,4 @@
-//! The route table: which destination gets which credential.
+//! The route table: which destination gets which credential (a token or a static one).
 //!
 //! Matching is most-specific-first, in this order of precedence:
 //! 1. host: an exact host beats any wildcard; a longer wildcard suffix beats a shorter one
@@ -14,9 +14,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{ClientConfig, RouteSpec};
+use crate::config::{ClientConfig, Grant, RouteSpec};
+use http::Method;
+
+use crate::error::ProxyError;
 use crate::host::{normalize_host, HostPattern};
-use crate::token::RouteToken;
+use crate::sender::credential::StaticHeader;
+use crate::token::{RouteToken, TokenError};
 
 /// Whether `path` lies under `prefix`, segment-aware.
 fn path_under(path: &str, prefix: &str) -> bool {
@@ -25,18 +29,86 @@ fn path_under(path: &str, prefix: &str) -> bool {
             && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
 }
 
-/// A route ready to serve: its spec, its client and the token slot it draws from.
+/// A route ready to serve: its spec and the credential it injects.
 #[derive(Debug)]
 pub struct Route {
     /// What the config said.
     pub spec: RouteSpec,
-    /// The client registration.
-    pub client: Arc<ClientConfig>,
-    /// Where this route's token comes from (shared by routes asking for the same token).
-    pub token: RouteToken,
+    /// What the route injects.
+    pub credential: RouteCredential,
+}
+
+/// What a route injects: an OAuth token, or a static credential.
+#[derive(Debug)]
+pub enum RouteCredential {
+    /// A token of `client`, from its slot (shared by routes asking for the same token).
+    Token {
+        /// The client registration.
+        client: Arc<ClientConfig>,
+        /// Where this route's token comes from.
+        token: RouteToken,
+    },
+    /// A static credential (`credential = { ... }`).
+    Static(StaticHeader),
 }
 
 impl Route {
+    /// Refused on a route before any token is fetched: `TRACE` echoes the request it received
+    /// (RFC 9110 §9.3.8), so its answer would show the caller the token the proxy injected; on a
+    /// route with a `path_prefix`, a path the upstream could read as one outside it (`path.rs`).
+    pub fn refuse(
+        &self,
+        split_by_path: bool,
+        method: &Method,
+        path: &str,
+    ) -> Result<(), ProxyError> {
+        if self.spec.path_prefix.is_some() || split_by_path {
+            if let Err(why) = crate::path::check(path) {
+                return Err(ProxyError::PathRefused {
+                    route: self.spec.name.clone(),
+                    prefix: self.spec.path_prefix.clone().unwrap_or_else(|| "/".into()),
+                    why,
+                });
+            }
+        }
+        if method == Method::TRACE {
+            return Err(ProxyError::MethodNotAllowed {
+                route: self.spec.name.clone(),
+                method: method.to_string(),
+                allowed: ROUTE_ALLOW,
+            });
+        }
+        Ok(())
+    }
+
+    /// The client, on a token route.
+    pub fn client(&self) -> Option<&Arc<ClientConfig>> {
+        match &self.credential {
+            RouteCredential::Token { client, .. } => Some(client),
+            RouteCredential::Static(_) => None,
+        }
+    }
+
+    /// Where the token comes from, on a token route.
+    pub fn token(&self) -> Option<&RouteToken> {
+        match &self.credential {
+            RouteCredential::Token { token, .. } => Some(token),
+            RouteCredential::Static(_) => None,
+        }
+    }
+
+    /// A token failure on this route: the caller's (its own token refused, on a
+    /// token-exchange route) or the operator's.
+    pub fn token_error(&self, source: Arc<TokenError>) -> ProxyError {
+        let callers = refuses_callers_token(&self.spec.grant, &source);
+        let route = self.spec.name.clone();
+        if callers {
+            ProxyError::CallerTokenRefused { route, source }
+        } else {
+            ProxyError::Token { route, source }
+        }
+    }
+
     fn matches(&self, port: u16, path: &str) -> bool {
         self.spec.port.is_none_or(|p| p == port)
             && self
@@ -52,6 +124,21 @@ impl Route {
             self.spec.path_prefix.as_ref().map_or(0, |p| p.len() + 1),
         )
     }
+}
+
+/// What the `Allow` of a refused `TRACE` lists (other methods than these pass too).
+const ROUTE_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Whether `err` is the authorization server refusing the caller's own token on an
+/// on-behalf-of route: RFC 8693 §2.2.2 prescribes `invalid_request` for an invalid or
+/// unacceptable subject token, and servers also answer `invalid_grant` or `invalid_token`.
+/// Refusals that name the client, scope or target stay the operator's (502).
+fn refuses_callers_token(grant: &Grant, err: &TokenError) -> bool {
+    grant.exchanges_callers_token()
+        && matches!(
+            err.oauth_error(),
+            Some("invalid_request" | "invalid_grant" | "invalid_token")
+        )
 }
 
 /// All routes, indexed for matching.

@@ -1,11 +1,14 @@
-//! Secrets: where they come from (`{ env = "NAME" }`, `{ file = "path" }`) and how they are
-//! held (zeroized on drop, never printable).
+//! Secrets: where they come from (`{ env = "NAME" }`, `{ file = "path" }`, `{ exec = [...] }`
+//! in `exec.rs`) and how they are held (zeroized on drop, never printable).
 //!
 //! A secret is resolved every time it is used, so rotating a client secret on disk or in the
 //! environment needs no restart (the token endpoint is called rarely; reading a small file
 //! then costs nothing).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+pub mod exec;
 
 pub use secrecy::{ExposeSecret, SecretString};
 
@@ -16,6 +19,8 @@ pub enum SecretSource {
     Env(String),
     /// A file, re-read on every use; one trailing newline is ignored.
     File(PathBuf),
+    /// A command's output (`exec.rs`), cached `cache_secs`.
+    Exec(Arc<exec::Exec>),
 }
 
 impl std::fmt::Debug for SecretSource {
@@ -23,6 +28,7 @@ impl std::fmt::Debug for SecretSource {
         match self {
             Self::Env(name) => write!(f, "env:{name}"),
             Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Exec(exec) => write!(f, "exec:{}", exec.program()),
         }
     }
 }
@@ -32,6 +38,7 @@ impl std::fmt::Display for SecretSource {
         match self {
             Self::Env(name) => write!(f, "environment variable {name}"),
             Self::File(path) => write!(f, "file {}", path.display()),
+            Self::Exec(exec) => write!(f, "command {}", exec.program()),
         }
     }
 }
@@ -53,6 +60,14 @@ pub enum SecretError {
     /// The secret is empty.
     #[error("{0} is empty")]
     Empty(String),
+    /// A secret command failed (never its output).
+    #[error("secret command {program}: {reason}")]
+    Exec {
+        /// `argv[0]`.
+        program: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl SecretError {
@@ -62,6 +77,7 @@ impl SecretError {
             Self::EnvMissing(_) => "not set".into(),
             Self::File { source, .. } => source.to_string(),
             Self::Empty(_) => "empty".into(),
+            Self::Exec { reason, .. } => reason.clone(),
         }
     }
 }
@@ -71,7 +87,7 @@ impl SecretSource {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             Self::File(path) => Some(path),
-            Self::Env(_) => None,
+            Self::Env(_) | Self::Exec(_) => None,
         }
     }
 
@@ -96,6 +112,7 @@ impl SecretSource {
                 text.truncate(trimmed);
                 text
             }
+            Self::Exec(exec) => return exec.load(),
         };
         if value.is_empty() {
             return Err(SecretError::Empty(self.to_string()));

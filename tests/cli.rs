@@ -69,6 +69,36 @@ fn check_prints_the_route_table() {
 }
 
 #[test]
+fn check_validates_a_static_credential_and_names_its_route_never_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[[route]]\nname = \"vendor\"\nhost = \"api.vendor.example\"\n\
+        credential = { header = \"X-Api-Key\", value = { file = \"key\" } }\n";
+    std::fs::write(dir.path().join("routes.toml"), config).unwrap();
+    let check = || {
+        Command::new(BIN)
+            .args(["check", "-c", "routes.toml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    std::fs::write(dir.path().join("key"), "vk_live_good\n").unwrap();
+    let out = check();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("static credential in x-api-key"), "{all}");
+    assert!(!all.contains("vk_live"), "{all}");
+    std::fs::write(dir.path().join("key"), "vk_live_one\nvk_live_two").unwrap();
+    let out = check();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{all}");
+    assert!(
+        all.contains("route vendor") && all.contains("cannot go in a header"),
+        "{all}"
+    );
+    assert!(!all.contains("vk_live"), "{all}");
+}
+
+#[test]
 fn check_exits_64_naming_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let bad = r#"

@@ -85,7 +85,7 @@ client_secret = {{ file = "client-secret" }}
         previous: Option<&TokenCache>,
     ) -> Arc<TokenSlot> {
         let spec = config.routes.iter().find(|r| r.name == name).unwrap();
-        let client = config.clients[&spec.client].clone();
+        let client = config.clients[spec.client.as_deref().unwrap()].clone();
         cache
             .route_token(&client, spec, previous)
             .slot(&HeaderMap::new())

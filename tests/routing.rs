@@ -113,8 +113,8 @@ async fn routes_asking_for_the_same_token_share_one_slot() {
     let headers = http::HeaderMap::new();
     assert!(
         Arc::ptr_eq(
-            &a.token.slot(&headers).unwrap(),
-            &b.token.slot(&headers).unwrap()
+            &a.token().unwrap().slot(&headers).unwrap(),
+            &b.token().unwrap().slot(&headers).unwrap()
         ),
         "same client, scopes, audience: one token"
     );

@@ -49,7 +49,8 @@ pub(crate) async fn check(path: &std::path::Path, fetch: bool) -> Result<(), Fai
     }
     println!("routes ({}):", config.routes.len());
     for route in &config.routes {
-        println!("  {}", route_line(route, &config.clients[&route.client]));
+        let client = route.client.as_ref().and_then(|c| config.clients.get(c));
+        println!("  {}", route_line(route, client.map(|c| c.as_ref())));
     }
     print_tokens(&fetched);
     for warning in &config.warnings {
@@ -157,7 +158,7 @@ fn callers_line(config: &Config) -> String {
 }
 
 /// One route of the table: what it matches, its client and grant, and its options.
-fn route_line(route: &RouteSpec, client: &ClientConfig) -> String {
+fn route_line(route: &RouteSpec, client: Option<&ClientConfig>) -> String {
     let port = route
         .port
         .map(|p| format!(":{p}"))
@@ -167,11 +168,15 @@ fn route_line(route: &RouteSpec, client: &ClientConfig) -> String {
     if !route.scopes.is_empty() {
         extra.push_str(&format!(" scopes={}", route.scopes.join(",")));
     }
-    if let Some(a) = &route.audience {
-        extra.push_str(&format!(" audience={a}"));
+    if !route.audience.is_empty() {
+        extra.push_str(&format!(" audience={}", route.audience.join(",")));
     }
-    if let Some(r) = &route.resource {
-        extra.push_str(&format!(" resource={r}"));
+    if !route.resource.is_empty() {
+        extra.push_str(&format!(" resource={}", route.resource.join(",")));
+    }
+    if !route.token_params.is_empty() {
+        let names: Vec<&str> = route.token_params.keys().map(String::as_str).collect();
+        extra.push_str(&format!(" token_params={}", names.join(",")));
     }
     if route.upgrade_tls {
         extra.push_str(" upgrade_tls");
@@ -182,6 +187,22 @@ fn route_line(route: &RouteSpec, client: &ClientConfig) -> String {
     if let Some(callers) = &route.callers {
         extra.push_str(&format!(" callers={}", callers.join(",")));
     }
+    if let Some(h) = &route.token_placement {
+        extra.push_str(&format!(
+            " token_header={} token_scheme={:?}",
+            h.header, h.scheme
+        ));
+    }
+    let Some(client) = client else {
+        let what = route.credential.as_ref().map_or_else(
+            || "-".to_string(),
+            |c| format!("static credential in {}", c.header),
+        );
+        return format!(
+            "{:<20} {}{port}{path} -> {what}{extra}",
+            route.name, route.host
+        );
+    };
     format!(
         "{:<20} {}{port}{path} -> client {} ({}, {} at {}){extra}",
         route.name,
@@ -253,7 +274,10 @@ async fn fetch_tokens(proxy: &oauth_egress::proxy::Proxy) -> Vec<Fetched> {
 }
 
 async fn fetch_one(route: &oauth_egress::route::Route) -> FetchOutcome {
-    let slot = match route.token.slot(&http::HeaderMap::new()) {
+    let Some(token) = route.token() else {
+        return FetchOutcome::Skipped("a static credential, no token");
+    };
+    let slot = match token.slot(&http::HeaderMap::new()) {
         Ok(slot) => slot,
         Err(err) => return FetchOutcome::Failed(err.to_string()),
     };

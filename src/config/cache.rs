@@ -133,13 +133,14 @@ pub(super) fn fleet_warnings(
         return;
     }
     for route in routes {
-        let generated = clients
-            .get(&route.client)
-            .is_some_and(|c| c.dpop_key.is_none());
+        let Some(client) = &route.client else {
+            continue;
+        };
+        let generated = clients.get(client).is_some_and(|c| c.dpop_key.is_none());
         if route.dpop && generated {
             found.warn(format!(
-                "route {}: cache.backend = \"redis\" with a DPoP key generated per process: each replica gets its own token (set clients.{}.dpop_key to a file the replicas share)",
-                route.name, route.client
+                "route {}: cache.backend = \"redis\" with a DPoP key generated per process: each replica gets its own token (set clients.{client}.dpop_key to a file the replicas share)",
+                route.name
             ));
         }
     }

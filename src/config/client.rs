@@ -26,6 +26,9 @@ pub enum ClientAuth {
     TlsClientAuth,
     /// A public client: `client_id` in the body, no credential.
     None,
+    /// A JWT the platform issued to the workload (a projected service-account token, a CI
+    /// OIDC token), sent as the client's assertion (RFC 7523; federated workload identity).
+    ClientAssertion,
 }
 
 impl ClientAuth {
@@ -38,6 +41,7 @@ impl ClientAuth {
             Self::PrivateKeyJwt => "private_key_jwt",
             Self::TlsClientAuth => "tls_client_auth",
             Self::None => "none",
+            Self::ClientAssertion => "client_assertion",
         }
     }
 }
@@ -112,6 +116,24 @@ pub struct ClientConfig {
     /// Where the DPoP key lives (a file is created if absent); `None`: a key generated at
     /// start.
     pub dpop_key: Option<SecretSource>,
+    /// The workload's JWT, for `auth = "client_assertion"`: re-read on every token request
+    /// (the kubelet rotates it), its `exp` checked before it is sent.
+    pub client_assertion: Option<SecretSource>,
+    /// Extra token request parameters for every route of this client (`token_params`).
+    pub token_params: std::collections::BTreeMap<String, String>,
+    /// How `client_secret_basic` encodes the id and secret before base64.
+    pub basic_encoding: BasicEncoding,
+}
+
+/// How `client_secret_basic` writes the id and secret (`basic_encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BasicEncoding {
+    /// Form-urlencoded before base64, as RFC 6749 §2.3.1 requires.
+    #[default]
+    Form,
+    /// As they are: for servers that do not form-decode Basic credentials (Glewlwyd).
+    Raw,
 }
 
 impl ClientConfig {
@@ -151,6 +173,11 @@ pub(super) struct RawClient {
     #[serde(default)]
     dpop: bool,
     dpop_key: Option<RawSource>,
+    #[serde(default)]
+    token_params: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    basic_encoding: BasicEncoding,
+    client_assertion: Option<RawSource>,
 }
 
 /// Whether `url`'s host is `localhost` or a loopback IP: the only hosts plain http may go
@@ -215,7 +242,16 @@ pub(super) fn validate(
         client_key: source(c.client_key),
         dpop: c.dpop,
         dpop_key: source(c.dpop_key),
+        client_assertion: source(c.client_assertion),
+        token_params: c.token_params,
+        basic_encoding: c.basic_encoding,
     };
+    super::params::check_token_params(&client.token_params, &at, found);
+    if client.basic_encoding == BasicEncoding::Raw && client.auth != ClientAuth::ClientSecretBasic {
+        found.problem(format!(
+            "{at}: basic_encoding applies to auth = \"client_secret_basic\" only"
+        ));
+    }
     check_credentials(&client, &at, found);
     if client.assertion_audience == AssertionAudience::Issuer && c.issuer.is_none() {
         found.problem(format!(
@@ -267,7 +303,13 @@ fn check_credentials(c: &ClientConfig, at: &str, found: &mut Findings) {
             require(c.client_cert.is_some(), "client_cert");
             require(c.client_key.is_some(), "client_key");
         }
+        ClientAuth::ClientAssertion => require(c.client_assertion.is_some(), "client_assertion"),
         ClientAuth::None => {}
+    }
+    if c.client_assertion.is_some() && c.auth != ClientAuth::ClientAssertion {
+        found.problem(format!(
+            "{at}: client_assertion is used with auth = \"client_assertion\" only"
+        ));
     }
     if c.client_cert.is_some() != c.client_key.is_some() {
         found.problem(format!("{at}: client_cert and client_key go together"));

@@ -84,6 +84,9 @@ impl PartialEq for SecretSource {
         match (self, other) {
             (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
             (SecretSource::File(a), SecretSource::File(b)) => a == b,
+            (SecretSource::Exec(a), SecretSource::Exec(b)) => {
+                a.argv == b.argv && a.cache == b.cache
+            }
             _ => false,
         }
     }
@@ -98,6 +101,7 @@ impl std::hash::Hash for SecretSource {
         match self {
             SecretSource::Env(name) => name.hash(state),
             SecretSource::File(path) => path.hash(state),
+            SecretSource::Exec(exec) => (&exec.argv, exec.cache).hash(state),
         }
     }
 }
@@ -184,6 +188,20 @@ pub(super) struct RawGrant {
 
 impl RawGrant {
     /// Whether the subject token is the caller's own (`subject_token = "inbound"`).
+    /// Whether any key of a grant other than the default is set.
+    pub(super) fn has_keys(&self) -> bool {
+        self.subject_token.is_some()
+            || self.subject_token_type.is_some()
+            || self.actor_token.is_some()
+            || self.actor_token_type.is_some()
+            || self.requested_token_type.is_some()
+            || self.refresh_token.is_some()
+            || self.assertion_issuer.is_some()
+            || self.assertion_subject.is_some()
+            || self.assertion_audience.is_some()
+            || self.assertion_scope.is_some()
+    }
+
     pub(super) fn is_inbound(&self) -> bool {
         matches!(self.subject_token, Some(RawSubject::Inbound))
     }

@@ -4,7 +4,7 @@
 //! Every problem found is reported, each naming the key or route it is about; unknown keys
 //! are errors. Relative paths are relative to the config file's directory. One file per
 //! section: `proxy.rs` (`[proxy]`, `[admin]`), `transparent.rs`, `tokens.rs`, `limits.rs`, `client.rs` (`[clients.NAME]`),
-//! `cache.rs` (`[cache]`), `route.rs` and `grant.rs` (`[[route]]`), `caller.rs` (`[[caller]]`, `proxy.callers`), `source.rs` (keys naming a secret or a file).
+//! `cache.rs` (`[cache]`), `route.rs`, `grant.rs` and `credential.rs` (`[[route]]`), `caller.rs` (`[[caller]]`, `proxy.callers`), `source.rs` (keys naming a secret or a file).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +17,10 @@ use serde::Deserialize;
 mod cache;
 mod caller;
 mod client;
+mod credential;
 mod grant;
 mod limits;
+mod params;
 mod proxy;
 mod route;
 mod source;
@@ -28,9 +30,14 @@ mod transparent;
 pub use cache::{CacheSettings, RedisSettings, DEFAULT_KEY_PREFIX};
 pub use caller::{CallerPolicy, CallerSpec, ProxyAuth, UNIDENTIFIED};
 pub(crate) use client::is_loopback;
-pub use client::{AssertionAudience, ClientAuth, ClientConfig, Endpoint, SigningAlg};
+pub use client::{
+    AssertionAudience, BasicEncoding, ClientAuth, ClientConfig, Endpoint, SigningAlg,
+};
+pub(crate) use credential::header_safe;
+pub use credential::{CredentialForm, StaticCredential, TokenPlacement};
 pub use grant::{Grant, JwtBearer, SubjectSource, TokenExchange};
 pub use limits::LimitSettings;
+pub use params::OWNED_PARAMS;
 pub use proxy::{AdminSettings, ProxySettings, Unmatched};
 pub use route::RouteSpec;
 pub use tokens::TokenSettings;
@@ -250,7 +257,10 @@ fn validate_routes(
     let known: Vec<&str> = clients.keys().map(String::as_str).collect();
     let mut routes: Vec<RouteSpec> = Vec::new();
     for (i, raw) in raw.into_iter().enumerate() {
-        let client = clients.get(raw.client_name()).map(|c| c.as_ref());
+        let client = raw
+            .client_name()
+            .and_then(|name| clients.get(name))
+            .map(|c| c.as_ref());
         let Some(spec) = route::validate(i, raw, base, client, &known, found) else {
             continue;
         };

@@ -6,7 +6,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::client::ClientConfig;
+use super::credential::{token_placement, RawCredential, StaticCredential, TokenPlacement};
 use super::grant::{Grant, GrantName, RawGrant, RawSubject, ScopeIn};
+use super::params::{check_token_params, OneOrMany};
 use super::source::RawSource;
 use super::Findings;
 use crate::host::HostPattern;
@@ -22,16 +24,23 @@ pub struct RouteSpec {
     pub port: Option<u16>,
     /// Only paths under this prefix (segment-aware), or all.
     pub path_prefix: Option<String>,
-    /// Name of the client in `[clients]`.
-    pub client: String,
-    /// How the token is obtained.
+    /// Name of the client in `[clients]`; `None` exactly when the route has a static
+    /// `credential` instead of a token.
+    pub client: Option<String>,
+    /// A static credential injected instead of a token (`credential = { ... }`).
+    pub credential: Option<StaticCredential>,
+    /// Where the token goes when not `Authorization: Bearer` (`token_header`, `token_scheme`).
+    pub token_placement: Option<TokenPlacement>,
+    /// How the token is obtained (`client_credentials`, unused, on a `credential` route).
     pub grant: Grant,
     /// Scopes requested, sorted and deduplicated.
     pub scopes: Vec<String>,
-    /// `audience` token request parameter.
-    pub audience: Option<String>,
-    /// RFC 8707 `resource` parameter.
-    pub resource: Option<String>,
+    /// `audience` token request parameters (one or more, in order).
+    pub audience: Vec<String>,
+    /// RFC 8707 `resource` parameters (one or more, each its own `resource=`, §2).
+    pub resource: Vec<String>,
+    /// Extra token request parameters: the client's `token_params`, the route's over them.
+    pub token_params: std::collections::BTreeMap<String, String>,
     /// Send `http://` requests upstream as `https://`.
     pub upgrade_tls: bool,
     /// Allow sending the token over plain http.
@@ -60,12 +69,17 @@ pub(super) struct RawRoute {
     host: String,
     port: Option<u16>,
     path_prefix: Option<String>,
-    client: String,
+    client: Option<String>,
+    credential: Option<RawCredential>,
+    token_header: Option<String>,
+    token_scheme: Option<String>,
     grant: Option<GrantName>,
     #[serde(default)]
     scopes: Vec<String>,
-    audience: Option<String>,
-    resource: Option<String>,
+    audience: Option<OneOrMany>,
+    resource: Option<OneOrMany>,
+    #[serde(default)]
+    token_params: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     upgrade_tls: bool,
     #[serde(default)]
@@ -94,8 +108,8 @@ pub(super) struct RawRoute {
 
 impl RawRoute {
     /// The client the route names.
-    pub(super) fn client_name(&self) -> &str {
-        &self.client
+    pub(super) fn client_name(&self) -> Option<&str> {
+        self.client.as_deref()
     }
 }
 
@@ -131,13 +145,37 @@ pub(super) fn validate(
     let label = label(&r);
     let at = format!("route #{} ({label})", index + 1);
     let host = check_destination(&r, &at, found);
-    check_client(&r, client, known_clients, &at, found);
     check_transport(&r, &at, found);
-    check_token_parameters(&mut r, &at, found);
+    let audience = OneOrMany::into_vec(r.audience.take());
+    let resource = OneOrMany::into_vec(r.resource.take());
+    check_token_parameters(&mut r, &resource, &at, found);
+    check_token_params(&r.token_params, &at, found);
     let raw_grant = r.take_grant();
     raw_grant.check_misplaced(&at, found);
-    check_requirements(&r, &raw_grant, client, &at, found);
-    let grant = raw_grant.validate(&at, base, client, &r.client, found)?;
+    let (credential, grant) = match r.credential.take() {
+        Some(raw) => {
+            let targets = !audience.is_empty() || !resource.is_empty();
+            check_static(&r, &raw_grant, targets, &at, found);
+            (
+                Some(raw.validate(base, &at, found)?),
+                Grant::ClientCredentials,
+            )
+        }
+        None => {
+            check_client(&r, client, known_clients, &at, found);
+            check_requirements(&r, &raw_grant, client, &at, found);
+            let name = r.client.as_deref().unwrap_or_default();
+            (None, raw_grant.validate(&at, base, client, name, found)?)
+        }
+    };
+    let dpop = r.dpop || client.is_some_and(|c| c.dpop);
+    let token_placement = token_placement(
+        r.token_header.take(),
+        r.token_scheme.take(),
+        dpop,
+        &at,
+        found,
+    );
     Some(RouteSpec {
         name: label,
         host: host?,
@@ -150,19 +188,55 @@ pub(super) fn validate(
             }
         }),
         client: r.client,
+        credential,
+        token_placement,
         grant,
         scopes: r.scopes,
-        audience: r.audience,
-        resource: r.resource,
+        audience,
+        resource,
+        token_params: client
+            .map(|c| c.token_params.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(r.token_params)
+            .collect(),
         upgrade_tls: r.upgrade_tls,
         allow_plaintext: r.allow_plaintext,
         prefetch: r.prefetch,
-        dpop: r.dpop || client.is_some_and(|c| c.dpop),
+        dpop,
         dpop_required: r.dpop_required.unwrap_or(true),
         mtls_bound: r.mtls_bound,
         guard: r.guard,
         callers: r.callers,
     })
+}
+
+/// A route with a static `credential` has no client and none of the keys that shape a
+/// token request or its presentation.
+fn check_static(r: &RawRoute, grant: &RawGrant, targets: bool, at: &str, found: &mut Findings) {
+    let token_keys = [
+        ("client", r.client.is_some()),
+        ("grant", r.grant.is_some() || grant.has_keys()),
+        ("scopes", !r.scopes.is_empty()),
+        ("audience/resource", targets),
+        ("token_params", !r.token_params.is_empty()),
+        ("dpop", r.dpop || r.dpop_required.is_some()),
+        ("mtls_bound", r.mtls_bound),
+        ("prefetch", r.prefetch),
+        ("token_header", r.token_header.is_some()),
+        ("token_scheme", r.token_scheme.is_some()),
+    ];
+    let set: Vec<&str> = token_keys
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| *key)
+        .collect();
+    if !set.is_empty() {
+        found.problem(format!(
+            "{at}: a route with a static credential gets no token; remove {} (or remove credential)",
+            set.join(", ")
+        ));
+    }
 }
 
 /// `name`, or `host[:port][path_prefix]`.
@@ -203,10 +277,15 @@ fn check_client(
     at: &str,
     found: &mut Findings,
 ) {
+    let Some(name) = &r.client else {
+        found.problem(format!(
+            "{at}: give client = \"NAME\" (a [clients.NAME] to get a token from) or credential = {{ ... }} (a static credential)"
+        ));
+        return;
+    };
     if client.is_none() {
         found.problem(format!(
-            "{at}: client {:?} is not defined in [clients] (defined: {})",
-            r.client,
+            "{at}: client {name:?} is not defined in [clients] (defined: {})",
             if known_clients.is_empty() {
                 "none".to_string()
             } else {
@@ -242,8 +321,8 @@ fn check_transport(r: &RawRoute, at: &str, found: &mut Findings) {
 }
 
 /// `resource` is an absolute URI (RFC 8707); scopes are sorted, deduplicated scope tokens.
-fn check_token_parameters(r: &mut RawRoute, at: &str, found: &mut Findings) {
-    if let Some(resource) = &r.resource {
+fn check_token_parameters(r: &mut RawRoute, resources: &[String], at: &str, found: &mut Findings) {
+    for resource in resources {
         match reqwest::Url::parse(resource) {
             Ok(u) if u.fragment().is_none() => {}
             _ => found.problem(format!(
@@ -281,7 +360,7 @@ fn check_requirements(
     if r.mtls_bound && client.is_some_and(|c| c.client_cert.is_none()) {
         found.problem(format!(
             "{at}: mtls_bound = true needs clients.{} to have client_cert and client_key",
-            r.client
+            r.client.as_deref().unwrap_or_default()
         ));
     }
 }

@@ -17,6 +17,8 @@ use crate::secret::SecretSource;
 pub(super) enum RawSecret {
     Env(String),
     File(PathBuf),
+    /// `{ exec = [program, args...], cache_secs = N }`.
+    Exec(Vec<String>, u64),
 }
 
 impl RawSecret {
@@ -24,6 +26,9 @@ impl RawSecret {
         match self {
             RawSecret::Env(name) => SecretSource::Env(name),
             RawSecret::File(path) => SecretSource::File(resolve(base, path)),
+            RawSecret::Exec(argv, cache_secs) => SecretSource::Exec(std::sync::Arc::new(
+                crate::secret::exec::Exec::new(argv, std::time::Duration::from_secs(cache_secs)),
+            )),
         }
     }
 }
@@ -32,7 +37,7 @@ impl<'de> Deserialize<'de> for RawSecret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SecretVisitor;
         const LITERAL: &str =
-            "a secret must be a table { env = \"NAME\" } or { file = \"path\" }; \
+            "a secret must be a table { env = \"NAME\" }, { file = \"path\" } or { exec = [...] }; \
                                literal values are refused so secrets stay out of config files";
         impl<'de> Visitor<'de> for SecretVisitor {
             type Value = RawSecret;
@@ -55,20 +60,39 @@ impl<'de> Deserialize<'de> for RawSecret {
                 Err(E::custom(LITERAL))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSecret, A::Error> {
+                const KEYS: &[&str] = &["env", "file", "exec", "cache_secs"];
                 let mut found = None;
+                let mut cache_secs = None;
                 while let Some(key) = map.next_key::<String>()? {
                     let value = match key.as_str() {
                         "env" => RawSecret::Env(map.next_value()?),
                         "file" => RawSecret::File(map.next_value::<String>()?.into()),
-                        other => return Err(de::Error::unknown_field(other, &["env", "file"])),
+                        "exec" => RawSecret::Exec(map.next_value()?, 0),
+                        "cache_secs" => {
+                            cache_secs = Some(map.next_value::<u64>()?);
+                            continue;
+                        }
+                        other => return Err(de::Error::unknown_field(other, KEYS)),
                     };
                     if found.replace(value).is_some() {
                         return Err(de::Error::custom(
-                            "a secret has exactly one of `env` or `file`",
+                            "a secret has exactly one of `env`, `file` or `exec`",
                         ));
                     }
                 }
-                found.ok_or_else(|| de::Error::custom("a secret needs `env` or `file`"))
+                match (found, cache_secs) {
+                    (Some(RawSecret::Exec(argv, _)), cache) => {
+                        if argv.first().is_none_or(String::is_empty) {
+                            return Err(de::Error::custom(
+                                "exec needs the program and its arguments, e.g. exec = [\"vault\", \"kv\", \"get\", \"-field=secret\", \"kv/app\"]",
+                            ));
+                        }
+                        Ok(RawSecret::Exec(argv, cache.unwrap_or(0)))
+                    }
+                    (Some(_), Some(_)) => Err(de::Error::custom("cache_secs goes with exec only")),
+                    (Some(secret), None) => Ok(secret),
+                    (None, _) => Err(de::Error::custom("a secret needs `env`, `file` or `exec`")),
+                }
             }
         }
         deserializer.deserialize_any(SecretVisitor)

@@ -3,6 +3,7 @@
 //! request gets its credentials, for resource requests (the forwarder) and token requests
 //! (the token endpoint) alike.
 
+pub mod credential;
 pub mod dpop;
 
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Method, Uri};
 
 use dpop::{DpopError, DpopKey, NonceStore};
+
+use crate::config::TokenPlacement;
 
 /// How a token is presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,8 @@ impl TokenScheme {
 pub trait Presented {
     /// The `Authorization` value (sensitive), built once per token.
     fn authorization(&self) -> HeaderValue;
+    /// The token alone (sensitive bytes: never logged), for a route that places it itself.
+    fn bare(&self) -> &[u8];
     /// `Bearer` or `DPoP`.
     fn scheme(&self) -> TokenScheme;
     /// For a DPoP-bound token, the `ath` every proof carries.
@@ -99,18 +104,43 @@ impl<'a> Proof<'a> {
     }
 }
 
-/// Puts a request's credentials in `headers`, replacing any: `Authorization` for `token`
-/// (`Bearer` or `DPoP`, sensitive) and, with a `proof`, a fresh `DPoP` proof for `method`
-/// when the token is DPoP-bound (carrying its `ath`) or when there is no token (a token
-/// request). A `Bearer` token on a DPoP route travels without a proof.
+/// `token` as `placement` says (`token_header`, `token_scheme`): `scheme token`, or the bare
+/// token for an empty scheme; sensitive, in a buffer wiped when the last clone goes.
+pub fn placed(token: &dyn Presented, placement: &TokenPlacement) -> Result<HeaderValue, DpopError> {
+    let bare = token.bare();
+    let mut bytes =
+        zeroize::Zeroizing::new(Vec::with_capacity(placement.scheme.len() + 1 + bare.len()));
+    if !placement.scheme.is_empty() {
+        bytes.extend_from_slice(placement.scheme.as_bytes());
+        bytes.push(b' ');
+    }
+    bytes.extend_from_slice(bare);
+    let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(bytes))
+        .map_err(|_| DpopError::Crypto("the token is not a header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Puts a request's credentials in `headers`, replacing any: `token` in `Authorization`
+/// (`Bearer` or `DPoP`, sensitive) or where `placement` says, and, with a `proof`, a fresh
+/// `DPoP` proof for `method` when the token is DPoP-bound (carrying its `ath`) or when
+/// there is no token (a token request). A `Bearer` token on a DPoP route travels without a
+/// proof.
 pub fn inject(
     headers: &mut HeaderMap,
     method: &Method,
     token: Option<&dyn Presented>,
+    placement: Option<&TokenPlacement>,
     proof: Option<&Proof<'_>>,
 ) -> Result<(), DpopError> {
-    if let Some(token) = token {
-        headers.insert(AUTHORIZATION, token.authorization());
+    match (token, placement) {
+        (Some(token), None) => {
+            headers.insert(AUTHORIZATION, token.authorization());
+        }
+        (Some(token), Some(placement)) => {
+            headers.insert(placement.header.clone(), placed(token, placement)?);
+        }
+        (None, _) => {}
     }
     let Some(proof) = proof else {
         return Ok(());
@@ -172,6 +202,7 @@ mod tests {
                 &mut headers,
                 &Method::GET,
                 token.map(|t| t as &dyn Presented),
+                None,
                 proof,
             )
             .unwrap();

@@ -208,15 +208,18 @@ fn route_status(route: &Route, activity: &Activity) -> RouteStatus {
         host: spec.host.to_string(),
         port: spec.port,
         path: spec.path_prefix.clone().unwrap_or_else(|| "/".into()),
-        client: spec.client.clone(),
-        grant: spec.grant.name(),
+        client: spec.client.clone().unwrap_or_else(|| "-".into()),
+        grant: match route.token() {
+            Some(_) => spec.grant.name(),
+            None => "static_credential",
+        },
         sender: match (spec.dpop, spec.mtls_bound) {
             (false, false) => "bearer",
             (true, false) => "dpop",
             (false, true) => "mtls",
             (true, true) => "dpop+mtls",
         },
-        token: token_status(&route.token),
+        token: route.token().map_or_else(static_status, token_status),
         last_5m: activity.window(&spec.name),
     }
 }
@@ -253,6 +256,19 @@ pub fn token_status(token: &RouteToken) -> TokenStatus {
             description: e.description,
             message: e.message,
         }),
+    }
+}
+
+/// A route with a static `credential`: nothing is fetched, so it is always `valid` (an
+/// unreadable secret is refused at start and answered 502 on its route afterwards).
+fn static_status() -> TokenStatus {
+    TokenStatus {
+        kind: "static",
+        subjects: None,
+        state: TokenState::Valid,
+        expires_in_seconds: None,
+        last_fetch: None,
+        last_error: None,
     }
 }
 

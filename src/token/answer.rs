@@ -101,7 +101,7 @@ impl Answer {
         settings: &TokenSettings,
     ) -> Result<AccessToken, TokenError> {
         if !self.status.is_success() {
-            return Err(self.refusal(at));
+            return Err(basic_hint(self.refusal(at), request));
         }
         let parsed: TokenResponse = serde_json::from_slice(&self.body).map_err(|err| {
             at.unusable(Unusable::NotJson {
@@ -146,6 +146,23 @@ impl Answer {
                 bytes: self.body.len(),
             },
         })
+    }
+}
+
+/// What to say when a server refuses `client_secret_basic` credentials that form-encoding
+/// changed: the likely cause is a server that does not form-decode them.
+pub(super) const BASIC_ENCODING_HINT: &str = "the client id or secret has characters that \
+    client_secret_basic form-encodes (RFC 6749 §2.3.1) and some servers (Glewlwyd among them) \
+    do not decode; if this server is one, set basic_encoding = \"raw\" on the client";
+
+/// `error`, with [`BASIC_ENCODING_HINT`] when it refuses the client (`invalid_client` or
+/// 401) and form-encoding changed its Basic credentials.
+fn basic_hint(error: TokenError, request: &TokenRequest) -> TokenError {
+    let refused_client = error.oauth_error() == Some("invalid_client");
+    if refused_client && super::client_auth::basic_encoding_matters(&request.client) {
+        error.hinted(BASIC_ENCODING_HINT)
+    } else {
+        error
     }
 }
 

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use super::assertion::{client_assertion, SigningError, SigningKey};
-use crate::config::{AssertionAudience, ClientAuth, ClientConfig};
+use crate::config::{AssertionAudience, BasicEncoding, ClientAuth, ClientConfig};
 use crate::secret::{SecretError, SecretSource};
 
 /// Why a token request could not be built: a credential is missing, unreadable or unusable.
@@ -47,6 +47,19 @@ pub(crate) enum CredentialError {
         #[source]
         why: SigningError,
     },
+    /// The workload's assertion has expired (or expires within [`ASSERTION_MARGIN_SECS`]).
+    #[error("client_assertion ({location}) expired {ago} s ago (exp {exp}); the platform should have rotated it: check the projected token's expirationSeconds and that the file is the one it writes")]
+    AssertionExpired {
+        /// Where it lives.
+        location: SecretSource,
+        /// Its `exp`.
+        exp: u64,
+        /// How long ago (0: within the margin).
+        ago: u64,
+    },
+    /// The workload's assertion is not a JWT with an `exp`.
+    #[error("client_assertion ({0}) is not a JWT with an exp claim")]
+    AssertionNotJwt(SecretSource),
     /// The client id or secret has bytes a header cannot carry.
     #[error("client id or secret cannot go in a header")]
     NotHeaderSafe,
@@ -140,13 +153,14 @@ pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, Cr
     match client.auth {
         ClientAuth::ClientSecretBasic => {
             let secret = secret(client)?;
-            // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-            let user: String =
-                form_urlencoded::byte_serialize(client.client_id.as_bytes()).collect();
-            let pass = Zeroizing::new(
-                form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
-                    .collect::<String>(),
-            );
+            // RFC 6749 §2.3.1: both parts are form-urlencoded before base64, unless the
+            // server is known not to decode them (`basic_encoding = "raw"`).
+            let encode = |text: &str| match client.basic_encoding {
+                BasicEncoding::Form => form_urlencoded::byte_serialize(text.as_bytes()).collect(),
+                BasicEncoding::Raw => text.to_string(),
+            };
+            let user: String = encode(&client.client_id);
+            let pass = Zeroizing::new(encode(secret.expose_secret()));
             let pair = Zeroizing::new(format!("{user}:{}", pass.as_str()));
             let value = Zeroizing::new(format!(
                 "Basic {}",
@@ -172,9 +186,59 @@ pub(super) fn apply(client: &ClientConfig, endpoint: &str) -> Result<Applied, Cr
         }),
         ClientAuth::ClientSecretJwt => assertion(&SigningKey::hmac(&secret(client)?)),
         ClientAuth::PrivateKeyJwt => assertion(&private_key(client)?),
+        ClientAuth::ClientAssertion => Ok(Applied {
+            form: vec![
+                ("client_id", id()),
+                (
+                    "client_assertion_type",
+                    Zeroizing::new(ASSERTION_TYPE.into()),
+                ),
+                ("client_assertion", workload_assertion(client)?),
+            ],
+            authorization: None,
+        }),
         ClientAuth::TlsClientAuth | ClientAuth::None => Ok(Applied {
             form: vec![("client_id", id())],
             authorization: None,
         }),
     }
+}
+
+/// Whether form-encoding changes `client`'s Basic credentials: its id or secret has a
+/// character `application/x-www-form-urlencoded` escapes. A server that does not decode
+/// them (RFC 6749 §2.3.1 says it must) then refuses the client, and `basic_encoding =
+/// "raw"` is the fix. Reads the secret; `false` when it cannot be read.
+pub(super) fn basic_encoding_matters(client: &ClientConfig) -> bool {
+    let changes =
+        |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>() != text;
+    client.auth == ClientAuth::ClientSecretBasic
+        && client.basic_encoding == BasicEncoding::Form
+        && (changes(&client.client_id) || secret(client).is_ok_and(|s| changes(s.expose_secret())))
+}
+
+/// An assertion this close to its `exp` is treated as expired: it could lapse in flight.
+pub(super) const ASSERTION_MARGIN_SECS: u64 = 5;
+
+/// The workload's JWT from `client_assertion`, read now; refused before any request when it
+/// has expired (a clear error naming the file, not a round trip to a refusal).
+fn workload_assertion(client: &ClientConfig) -> Result<Zeroizing<String>, CredentialError> {
+    let source = client
+        .client_assertion
+        .as_ref()
+        .ok_or(CredentialError::Missing("client_assertion"))?;
+    let jwt = source.load()?;
+    let jwt = jwt.expose_secret().trim();
+    let exp = super::assertion::unverified_exp(jwt)
+        .ok_or_else(|| CredentialError::AssertionNotJwt(source.clone()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if exp <= now + ASSERTION_MARGIN_SECS {
+        return Err(CredentialError::AssertionExpired {
+            location: source.clone(),
+            exp,
+            ago: now.saturating_sub(exp),
+        });
+    }
+    Ok(Zeroizing::new(jwt.to_string()))
 }

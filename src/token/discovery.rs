@@ -54,7 +54,12 @@ impl Metadata {
             Some(list) => list.clone(),
             None => vec!["client_secret_basic".to_string()],
         };
-        if supported.iter().any(|s| s == auth.as_str()) {
+        // A platform-issued assertion is a `private_key_jwt` assertion to the server.
+        let name = match auth {
+            ClientAuth::ClientAssertion => "private_key_jwt",
+            other => other.as_str(),
+        };
+        if supported.iter().any(|s| s == name) {
             Ok(())
         } else {
             Err(UnsupportedAuth { auth, supported })

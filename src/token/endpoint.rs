@@ -334,6 +334,10 @@ fn form(
     for (name, value) in &fields {
         form.append_pair(name, value);
     }
+    // `token_params` last; config validation refused every name written above.
+    for (name, value) in &request.params {
+        form.append_pair(name, value);
+    }
     Ok((form.finish(), auth.authorization))
 }
 

@@ -21,6 +21,12 @@ pub struct TokenError {
     source: Option<Cause>,
 }
 
+/// What the operator can do about a refusal, when the proxy can tell: the source of an
+/// OAuth error (the server's answer is the error itself).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Hint(&'static str);
+
 /// What went wrong getting a token.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -153,6 +159,11 @@ impl TokenError {
         }
     }
 
+    /// Adds what the operator can do about it to the message.
+    pub(crate) fn hinted(self, hint: &'static str) -> TokenError {
+        self.because(Hint(hint))
+    }
+
     /// At this token endpoint.
     pub(crate) fn at(mut self, endpoint: &str) -> TokenError {
         self.endpoint = Some(endpoint.into());
@@ -257,8 +268,11 @@ impl fmt::Display for TokenError {
         match &self.kind {
             TokenErrorKind::OAuth { error, description, .. } => {
                 write!(f, "token endpoint {endpoint} refused client {client}: {error}")?;
-                match description {
-                    Some(d) => write!(f, " ({d})"),
+                if let Some(d) = description {
+                    write!(f, " ({d})")?;
+                }
+                match &self.source {
+                    Some(hint) => write!(f, "; {hint}"),
                     None => Ok(()),
                 }
             }

@@ -66,10 +66,11 @@ pub(super) fn form(
     if let (Some(scope), true) = (scope, scope_as_param) {
         form.push(("scope", Zeroizing::new(scope)));
     }
-    if let Some(audience) = &request.audience {
+    for audience in &request.audience {
         form.push(("audience", text(audience)));
     }
-    if let Some(resource) = &request.resource {
+    // RFC 8707 §2: one `resource` parameter per resource.
+    for resource in &request.resource {
         form.push(("resource", text(resource)));
     }
     Ok(form)

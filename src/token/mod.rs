@@ -48,7 +48,8 @@ pub use schedule::{schedule, Schedule, MAX_SKEW_SHARE};
 pub use subject::{RouteToken, SubjectError, SubjectSlots};
 
 use crate::config::{
-    AssertionAudience, ClientAuth, ClientConfig, Endpoint, Grant, RouteSpec, SigningAlg,
+    AssertionAudience, BasicEncoding, ClientAuth, ClientConfig, Endpoint, Grant, RouteSpec,
+    SigningAlg,
 };
 use crate::secret::SecretSource;
 use crate::sync::lock;
@@ -94,10 +95,12 @@ pub struct TokenRequest {
     pub grant: Grant,
     /// Scopes.
     pub scopes: Vec<String>,
-    /// `audience`.
-    pub audience: Option<String>,
-    /// `resource`.
-    pub resource: Option<String>,
+    /// `audience` values.
+    pub audience: Vec<String>,
+    /// `resource` values (RFC 8707: one parameter each).
+    pub resource: Vec<String>,
+    /// Extra form parameters (`token_params`, the client's and the route's merged).
+    pub params: std::collections::BTreeMap<String, String>,
     /// The subject token of a token exchange.
     pub subject: Option<Arc<SecretString>>,
     /// Its `exp` (unix seconds), when it is a JWT: the issued token never outlives it.
@@ -116,6 +119,7 @@ impl TokenRequest {
             scopes: spec.scopes.clone(),
             audience: spec.audience.clone(),
             resource: spec.resource.clone(),
+            params: spec.token_params.clone(),
             subject: None,
             subject_exp: None,
             dpop: None,
@@ -138,10 +142,12 @@ pub struct TokenKey {
     grant: Grant,
     /// Sorted, deduplicated scopes.
     scopes: Vec<String>,
-    /// `audience` parameter.
-    audience: Option<String>,
-    /// `resource` parameter.
-    resource: Option<String>,
+    /// `audience` parameters.
+    audience: Vec<String>,
+    /// `resource` parameters.
+    resource: Vec<String>,
+    /// `token_params`.
+    params: std::collections::BTreeMap<String, String>,
     /// SHA-256 of the subject token, for token exchange.
     subject: Option<[u8; 32]>,
     /// The DPoP key's thumbprint, for DPoP routes.
@@ -164,6 +170,8 @@ struct Registration {
     assertion_audience: AssertionAudience,
     client_cert: Option<SecretSource>,
     client_key: Option<SecretSource>,
+    basic_encoding: BasicEncoding,
+    client_assertion: Option<SecretSource>,
 }
 
 impl Registration {
@@ -186,6 +194,10 @@ impl Registration {
             // In the key as the DPoP key's thumbprint.
             dpop: _,
             dpop_key: _,
+            // In the key as the request's merged `params`.
+            token_params: _,
+            basic_encoding,
+            client_assertion,
         } = client;
         Registration {
             endpoint: endpoint.clone(),
@@ -198,6 +210,8 @@ impl Registration {
             assertion_audience: *assertion_audience,
             client_cert: client_cert.clone(),
             client_key: client_key.clone(),
+            basic_encoding: *basic_encoding,
+            client_assertion: client_assertion.clone(),
         }
     }
 }
@@ -212,6 +226,7 @@ impl TokenKey {
             scopes,
             audience,
             resource,
+            params,
             subject,
             // Read from the subject token, which is in the key.
             subject_exp: _,
@@ -225,6 +240,7 @@ impl TokenKey {
             scopes: scopes.clone(),
             audience: audience.clone(),
             resource: resource.clone(),
+            params: params.clone(),
             subject: subject.as_deref().map(subject_hash),
             dpop: dpop.as_ref().map(|key| key.thumbprint().to_string()),
             dpop_required: *dpop_required,
@@ -309,6 +325,14 @@ impl AccessToken {
 impl crate::sender::Presented for AccessToken {
     fn authorization(&self) -> HeaderValue {
         self.authorization.clone()
+    }
+
+    fn bare(&self) -> &[u8] {
+        // `Authorization` is `scheme SP token`.
+        let bytes = self.authorization.as_bytes();
+        bytes
+            .get(self.scheme.name().len() + 1..)
+            .unwrap_or_default()
     }
 
     fn scheme(&self) -> TokenScheme {

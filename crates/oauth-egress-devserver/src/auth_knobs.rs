@@ -59,6 +59,13 @@ impl AuthServer {
         self.shared.settings().rotate_refresh_tokens = rotate;
     }
 
+    /// Reads `client_secret_basic` credentials without form-decoding them, as Glewlwyd does
+    /// (RFC 6749 §2.3.1 says to decode): a secret with reserved characters then fails unless
+    /// the client sends it raw.
+    pub fn set_basic_raw(&self, raw: bool) {
+        self.shared.settings().basic_raw = raw;
+    }
+
     /// Sets `fields` in the next `n` success answers of any grant, after the grant ran (a
     /// refresh token is rotated all the same); a `null` field is removed. Simulates servers
     /// whose answers are odd: `expires_in: 0`, an unknown `token_type`, a huge body.

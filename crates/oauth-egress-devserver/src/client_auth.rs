@@ -239,8 +239,11 @@ fn check_assertion(
 }
 
 /// Parses `Authorization: Basic ...` where id and secret are each form-urlencoded
-/// before base64 (RFC 6749 §2.3.1).
-pub(super) fn parse_basic(value: &HeaderValue) -> Result<(String, String), &'static str> {
+/// before base64 (RFC 6749 §2.3.1), or taken as they are with `raw` (Glewlwyd's way).
+pub(super) fn parse_basic(
+    value: &HeaderValue,
+    raw: bool,
+) -> Result<(String, String), &'static str> {
     let text = value
         .to_str()
         .map_err(|_| "malformed Authorization header")?;
@@ -257,6 +260,9 @@ pub(super) fn parse_basic(value: &HeaderValue) -> Result<(String, String), &'sta
     let (id, secret) = decoded
         .split_once(':')
         .ok_or("Basic credentials lack a ':'")?;
+    if raw {
+        return Ok((id.to_string(), secret.to_string()));
+    }
     let id = form_decode(id).ok_or("Basic user is not form-urlencoded")?;
     let secret = form_decode(secret).ok_or("Basic password is not form-urlencoded")?;
     Ok((id, secret))

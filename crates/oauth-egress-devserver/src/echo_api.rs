@@ -57,6 +57,8 @@ pub struct Seen {
     pub hosts: Vec<String>,
     /// How many `DPoP` request headers arrived (a proxy sends one only with a DPoP token).
     pub dpop_headers: usize,
+    /// Every request header, as (name, value) pairs (values lossily as text).
+    pub headers: Vec<(String, String)>,
     /// The request trailers, as (name, value) pairs.
     pub trailers: Vec<(String, String)>,
     /// The `Proxy-Authorization` header, if any (a proxy must never forward it).
@@ -223,6 +225,16 @@ async fn handle(shared: &Shared, mut req: Request<Incoming>) -> HttpResponse {
             .collect(),
         trailers: Vec::new(),
         proxy_authorization: header(hyper::header::PROXY_AUTHORIZATION),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
         dpop_headers: req.headers().get_all(DPOP).iter().count(),
     };
     let dpop_values: Vec<HeaderValue> = req.headers().get_all(DPOP).iter().cloned().collect();

@@ -203,7 +203,11 @@ pub(super) async fn token(shared: &Shared, req: Request<Incoming>, endpoint: &st
             v.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
-    let basic = req.headers().get(AUTHORIZATION).map(parse_basic);
+    let raw = shared.settings().basic_raw;
+    let basic = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|v| parse_basic(v, raw));
     let dpop_values: Vec<HeaderValue> = req.headers().get_all(DPOP).iter().cloned().collect();
     let proof = shared.dpop.observe(&dpop_values);
     let body = Limited::new(req.into_body(), MAX_FORM_BYTES)
@@ -278,8 +282,13 @@ fn dispatch(
     form: &Form,
     arrival: &Arrival<'_>,
 ) -> Result<HttpResponse, OAuthError> {
+    // RFC 6749 §3.2: no parameter twice, except `resource` (RFC 8707 §2: one per resource).
     let mut names = HashSet::new();
-    if let Some((name, _)) = form.0.iter().find(|(name, _)| !names.insert(name.as_str())) {
+    if let Some((name, _)) = form
+        .0
+        .iter()
+        .find(|(name, _)| name != "resource" && !names.insert(name.as_str()))
+    {
         return Err(OAuthError::invalid_request(format!(
             "parameter {name} is repeated"
         )));
