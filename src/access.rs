@@ -19,6 +19,11 @@ use crate::proxy::Proxy;
 use crate::route::Route;
 use crate::token::Lookup;
 
+/// The caller's address, carried on each request as an extension by the listener that read
+/// it (absolute-form, intercepted tunnel, transparent), for the access line.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// The header.
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -58,6 +63,8 @@ pub(crate) struct Access<'a> {
     pub(crate) target: &'a Target,
     /// The caller's name, or `unidentified` (bounded: a metric label too).
     pub(crate) caller: &'a str,
+    /// The caller's address, when the listener recorded it.
+    peer: Option<std::net::SocketAddr>,
     pub(crate) method: Method,
     pub(crate) path: String,
     pub(crate) request_id: String,
@@ -70,6 +77,7 @@ impl<'a> Access<'a> {
         Access {
             target,
             caller,
+            peer: req.extensions().get::<Peer>().map(|p| p.0),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             request_id: request_id(req.headers_mut()),
@@ -109,6 +117,7 @@ impl<'a> Access<'a> {
             target: "access",
             route = route_label,
             caller = self.caller,
+            peer = %self.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
             host = %self.target.authority,
             method = %self.method,
             path = %self.path,

@@ -155,7 +155,7 @@ pub async fn handle(
         return response;
     }
     if req.method() == Method::CONNECT {
-        return match connect(proxy, shared, req, caller.clone(), drain).await {
+        return match connect(proxy, shared, req, caller.clone(), peer, drain).await {
             Ok(response) => response,
             Err(err) => {
                 tracing::info!(caller = caller.label(), error = %err, "CONNECT refused");
@@ -165,6 +165,8 @@ pub async fn handle(
             }
         };
     }
+    let mut req = req;
+    req.extensions_mut().insert(crate::access::Peer(peer));
     match absolute_form(&proxy, req, &caller).await {
         Ok(response) => response,
         Err(err) => {
@@ -180,6 +182,7 @@ async fn connect(
     shared: SharedProxy,
     req: Request<Incoming>,
     caller: Identity,
+    peer: SocketAddr,
     drain: Drain,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = req
@@ -211,6 +214,7 @@ async fn connect(
                             TokioIo::new(upgraded),
                             target,
                             caller,
+                            peer,
                             drain,
                         )
                         .await

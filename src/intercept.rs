@@ -41,9 +41,16 @@ use crate::proxy::{Proxy, SharedProxy};
 
 /// Serves an intercepted tunnel until the caller closes it: `io` is the caller's side, a
 /// `CONNECT` tunnel or a redirected connection (transparent mode) whose ClientHello is
-/// replayed. `caller` is who opened it (its identity holds for every request inside).
-pub async fn serve<I>(shared: SharedProxy, io: I, target: Target, caller: Identity, drain: Drain)
-where
+/// replayed. `caller` is who opened it (its identity holds for every request inside), from
+/// `peer` (named in each request's access line).
+pub async fn serve<I>(
+    shared: SharedProxy,
+    io: I,
+    target: Target,
+    caller: Identity,
+    peer: std::net::SocketAddr,
+    drain: Drain,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = shared.load_full();
@@ -65,7 +72,8 @@ where
     drop(proxy);
     let in_flight = crate::idle::InFlight::new();
     let requests = in_flight.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(crate::access::Peer(peer));
         // Each request sees the configuration in force when it arrives.
         let proxy = shared.load_full();
         let target = target.clone();

@@ -377,6 +377,9 @@ fn the_access_log_names_the_caller_and_never_its_credential() {
     let access = next("/logged", &mut lines);
     assert_eq!(access["target"], "access", "{access}");
     assert_eq!(access["caller"], "billing", "{access}");
+    // The caller's address too, so a failure can be traced to the connection.
+    let peer = access["peer"].as_str().unwrap_or_default();
+    assert!(peer.starts_with("127.0.0.1:"), "{access}");
     let heads = received.join().unwrap();
     assert!(!heads[0].contains("proxy-authorization"), "{}", heads[0]);
     let encoded = basic();

@@ -161,7 +161,7 @@ pub async fn tls_connection(conn: Connection) {
             crate::metrics::connect("intercept");
             tracing::info!(target: "access", %peer, host = %target.authority, %original, "transparent: intercepted");
             drop(proxy);
-            crate::intercept::serve(shared, client, target, identity, drain).await;
+            crate::intercept::serve(shared, client, target, identity, peer, drain).await;
         }
         sni => {
             let host = sni.unwrap_or_else(|| original.ip().to_string());

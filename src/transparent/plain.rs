@@ -74,7 +74,7 @@ pub async fn http_connection(conn: Connection) {
             tracing::debug!(%peer, host = %target.authority, %original, "transparent: routed plain http");
             drop(proxy);
             let conn = serve
-                .serve_connection(TokioIo::new(client), routed(shared, target, identity))
+                .serve_connection(TokioIo::new(client), routed(shared, target, identity, peer))
                 .with_upgrades();
             if let Err(err) = drain.serve(conn).await {
                 crate::listener::ended(&err, peer);
@@ -103,6 +103,7 @@ fn routed(
     shared: SharedProxy,
     target: Target,
     identity: Identity,
+    peer: std::net::SocketAddr,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -110,7 +111,8 @@ fn routed(
     Future = impl Send,
 > {
     let target = Arc::new(target);
-    service_fn(move |req| {
+    service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(crate::access::Peer(peer));
         let proxy = shared.load_full();
         let target = target.clone();
         let identity = identity.clone();
