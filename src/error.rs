@@ -91,8 +91,9 @@ pub enum ProxyError {
         /// Route name.
         route: String,
     },
-    /// Inside an intercepted tunnel, the request names another host than the CONNECT did.
-    #[error("this tunnel was opened for {expected}, but the request's {what} names {got}; open a tunnel to that host instead")]
+    /// Inside an intercepted tunnel (or a redirected connection), the request names another
+    /// host than the CONNECT (or the SNI / first `Host`) did.
+    #[error("this connection is bound to {expected} (its CONNECT, or the SNI / first Host of a redirected connection), but the request's {what} names {got}; open a new connection to that host instead")]
     Misdirected {
         /// The CONNECT authority.
         expected: String,
