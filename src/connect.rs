@@ -195,13 +195,8 @@ async fn connect(
     let target = Target::new(Scheme::HTTPS, authority.host(), port)?;
 
     let settings = &proxy.config.proxy;
-    let admission = admit(
-        &proxy.routes,
-        &target.host,
-        port,
-        Form::Connect,
-        &settings.unmatched,
-    );
+    let unmatched = &settings.unmatched;
+    let admission = admit(&proxy.routes, &target.host, port, Form::Connect, unmatched);
     match admission {
         Admission::Intercept => {
             crate::metrics::connect("intercept");
