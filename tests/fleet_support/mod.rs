@@ -294,3 +294,88 @@ impl Drop for Replica {
         self.kill();
     }
 }
+
+/// Whether `redis-cli` (Debian's redis-tools, a dependency of redis-server) runs here.
+pub fn have_redis_cli() -> bool {
+    Command::new("redis-cli")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A Redis Cluster of three primaries (no replicas) on free loopback ports, made with
+/// `redis-cli --cluster create`; each node killed by PID on drop.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    /// Starts three `--cluster-enabled` nodes (bus ports chosen free too: port + 10000 may not
+    /// exist), joins them, and waits (bounded) until every node reports `cluster_state:ok`.
+    pub fn start() -> Cluster {
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| {
+                let bus = free_port().to_string();
+                Redis::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !cluster.ok() {
+            assert!(Instant::now() < deadline, "the cluster never reported ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn ok(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            let mut conn = n.connection(None);
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query::<String>(&mut conn)
+                .is_ok_and(|info| info.contains("cluster_state:ok"))
+        })
+    }
+
+    /// `redis+cluster://` naming every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// Every key and value, node by node (each node holds its own slots' keys).
+    pub fn dumps(&self) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.nodes.iter().map(|n| n.dump(None)).collect()
+    }
+}
