@@ -652,7 +652,8 @@ async fn tls_to_redis_is_verified_and_shares() {
 /// `url = "redis+cluster://..."`: a real 3-primary Redis Cluster on loopback (made with
 /// `redis-cli --cluster create`), 3 replicas. A cold burst on four routes (four hash tags,
 /// spread over the nodes' slots) asks once per route; a revocation costs the fleet one new
-/// token and reaches the other replicas over the cluster's pub/sub; `check --fetch` answers.
+/// token and reaches the other replicas over the cluster's pub/sub, also after a node drops
+/// their subscriptions (they move to another node); `check --fetch` answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_cluster_shares_tokens_and_revocations_like_one_redis() {
     if !fleet_support::have_redis_cli() {
@@ -713,6 +714,33 @@ async fn a_redis_cluster_shares_tokens_and_revocations_like_one_redis() {
         5,
         "one new token after the revocation"
     );
+
+    // A dropped subscription moves to another node and still hears the fleet.
+    let channel = "oauth-egress:invalidate";
+    let subs = cluster.subscribers(channel);
+    println!("subscribers per cluster node: {subs:?}");
+    assert_eq!(subs.iter().sum::<i64>(), 3, "{subs:?}");
+    let busiest = (0..3).max_by_key(|i| subs[*i]).unwrap();
+    cluster.kick_subscribers(busiest);
+    let moved = eventually(Duration::from_secs(10), || {
+        let now = cluster.subscribers(channel);
+        now.iter().sum::<i64>() == 3 && now[busiest] == 0
+    })
+    .await;
+    assert!(moved, "{:?}", cluster.subscribers(channel));
+    // (Route b: a slot forgets a refused token at most once per invalidate_cooldown_secs.)
+    let old = jti(&s, &fleet[0], "/b/jti").await;
+    s.api.revoke(&old);
+    assert_eq!(burst(&s, &[&fleet[0]], "/b/again", 1).await, vec![200]);
+    assert_eq!(s.auth.token_requests(), 6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(all_ok(&burst(&s, &refs[1..], "/b/told-again", 10).await));
+    for r in &fleet[1..] {
+        let resent = r
+            .metric("oauth_egress_retries_total", "reason=\"401\"")
+            .await;
+        assert_eq!(resent, 0.0, "{} sent the second revoked token", r.name);
+    }
 
     let dir = s.dir.path().join("r1");
     let (code, all) = tokio::task::spawn_blocking(move || {

@@ -374,6 +374,33 @@ impl Cluster {
         format!("redis+cluster://{}", nodes.join(","))
     }
 
+    /// How many subscribers `channel` has on each node (a node counts only its own).
+    pub fn subscribers(&self, channel: &str) -> Vec<i64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mut conn = n.connection(None);
+                let reply: (String, i64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(channel)
+                    .query(&mut conn)
+                    .unwrap();
+                reply.1
+            })
+            .collect()
+    }
+
+    /// Closes every pub/sub connection to node `i` (`CLIENT KILL TYPE pubsub`).
+    pub fn kick_subscribers(&self, i: usize) {
+        let mut conn = self.nodes[i].connection(None);
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query::<i64>(&mut conn)
+            .unwrap();
+    }
+
     /// Every key and value, node by node (each node holds its own slots' keys).
     pub fn dumps(&self) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
         self.nodes.iter().map(|n| n.dump(None)).collect()
