@@ -83,12 +83,12 @@ impl Breaker {
 /// (`redis+cluster://`) and a plain client per listed node for pub/sub (a `PUBLISH` reaches
 /// every node of a cluster, so one node's subscription hears every replica).
 pub enum Dialer {
-    /// One Redis.
-    One(Client),
+    /// One Redis (boxed, like the cluster: both are large).
+    One(Box<Client>),
     /// A Redis Cluster.
     Cluster {
-        /// Routes each command to the node serving its key's slot.
-        cluster: ClusterClient,
+        /// Routes each command to the node serving its key's slot (boxed: it is large).
+        cluster: Box<ClusterClient>,
         /// One client per node listed in the URL.
         nodes: Vec<Client>,
     },
@@ -98,7 +98,7 @@ impl Dialer {
     /// The clients an invalidation listener may subscribe with, tried in turn.
     pub fn pubsub_clients(&self) -> Vec<Client> {
         match self {
-            Dialer::One(client) => vec![client.clone()],
+            Dialer::One(client) => vec![Client::clone(client)],
             Dialer::Cluster { nodes, .. } => nodes.clone(),
         }
     }

@@ -26,7 +26,8 @@ pub(super) fn client(
     roots_pem: Option<Vec<u8>>,
 ) -> Result<Dialer, SharedError> {
     let Some(urls) = cluster_nodes(&settings.url) else {
-        return node_client(&settings.url, settings, password, roots_pem).map(Dialer::One);
+        return node_client(&settings.url, settings, password, roots_pem)
+            .map(|c| Dialer::One(Box::new(c)));
     };
     let nodes = urls
         .iter()
@@ -48,7 +49,7 @@ pub(super) fn client(
             root_cert: roots_pem,
         });
     }
-    let cluster = builder.build().map_err(url_error)?;
+    let cluster = Box::new(builder.build().map_err(url_error)?);
     Ok(Dialer::Cluster { cluster, nodes })
 }
 
