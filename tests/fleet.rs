@@ -751,3 +751,43 @@ async fn a_redis_cluster_shares_tokens_and_revocations_like_one_redis() {
     assert_eq!(code, Some(0), "{all}");
     assert!(all.contains("cache: Redis answers"), "{all}");
 }
+
+/// `rediss+cluster://`: a 3-primary cluster serving TLS only (`--tls-cluster yes`), its
+/// certificate verified against `proxy.upstream_roots` (a test CA) on every node the client
+/// learns from the cluster; two replicas share one token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_to_a_redis_cluster_is_verified_and_shares() {
+    if !fleet_support::have_redis_cli() {
+        eprintln!("SKIPPED tls_to_a_redis_cluster_is_verified_and_shares: no redis-cli (apt-get install redis-tools)");
+        return;
+    }
+    let s = servers().await;
+    let (chain, key) = s.pki.leaf(&["127.0.0.1"]).unwrap();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (bus_chain, bus_key) = s.pki.client_leaf(&["redis-node"]).unwrap();
+    let paths =
+        ["redis.crt", "redis.key", "bus.crt", "bus.key", "ca.crt"].map(|f| tls_dir.path().join(f));
+    std::fs::write(&paths[0], pem("CERTIFICATE", &chain[0])).unwrap();
+    std::fs::write(&paths[1], pem("PRIVATE KEY", key.secret_der())).unwrap();
+    std::fs::write(&paths[2], pem("CERTIFICATE", &bus_chain[0])).unwrap();
+    std::fs::write(&paths[3], pem("PRIVATE KEY", bus_key.secret_der())).unwrap();
+    std::fs::write(&paths[4], s.pki.ca_cert_pem()).unwrap();
+    let [c, k, bc, bk, a] = paths.map(|p| p.display().to_string());
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start_tls(&c, &k, &bc, &bk, &a))
+        .await
+        .unwrap();
+    let cfg = config(&s, &cluster.tls_url(), "", "timeout_ms = 1000");
+    let (r1, r2) = (
+        replica(&s, "ctls1", &cfg, &s.key),
+        replica(&s, "ctls2", &cfg, &s.key),
+    );
+    for route in ["a", "b", "c"] {
+        let path = format!("/{route}/tls");
+        assert!(all_ok(&burst(&s, &[&r1, &r2], &path, 40).await), "{path}");
+    }
+    assert_eq!(s.auth.token_requests(), 3, "shared over TLS, one per route");
+    for r in [&r1, &r2] {
+        let errors = r.metric("oauth_egress_shared_cache_errors_total", "").await;
+        assert_eq!(errors, 0.0, "{}", r.name);
+    }
+}

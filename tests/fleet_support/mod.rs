@@ -315,10 +315,47 @@ impl Cluster {
     /// Starts three `--cluster-enabled` nodes (bus ports chosen free too: port + 10000 may not
     /// exist), joins them, and waits (bounded) until every node reports `cluster_state:ok`.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[], &[])
+    }
+
+    /// Like [`Cluster::start`], over TLS only (`--tls-cluster yes`, the bus too): `cert`,
+    /// `key` and `ca` are PEM files; clients are not asked for certificates, but the nodes
+    /// always are on the bus (`client_cert`, `client_key`: a clientAuth certificate).
+    pub fn start_tls(
+        cert: &str,
+        key: &str,
+        client_cert: &str,
+        client_key: &str,
+        ca: &str,
+    ) -> Cluster {
+        let server = [
+            "--port",
+            "0",
+            "--tls-port",
+            "{PORT}",
+            "--tls-cluster",
+            "yes",
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-client-cert-file",
+            client_cert,
+            "--tls-client-key-file",
+            client_key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        Cluster::start_with(&server, &["--tls", "--cacert", ca])
+    }
+
+    fn start_with(server: &[&str], cli: &[&str]) -> Cluster {
         let nodes: Vec<Redis> = (0..3)
             .map(|_| {
                 let bus = free_port().to_string();
-                Redis::start(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -327,14 +364,19 @@ impl Cluster {
                     &bus,
                     "--cluster-node-timeout",
                     "2000",
-                ])
+                ];
+                args.extend_from_slice(server);
+                Redis::start(&args)
             })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        // Bounded: `--cluster create` waits forever for nodes that cannot meet on the bus.
+        let out = Command::new("timeout")
+            .args(["30", "redis-cli"])
+            .args(cli)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -342,25 +384,34 @@ impl Cluster {
             .expect("redis-cli");
         assert!(
             out.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
         let cluster = Cluster { nodes };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !cluster.ok() {
+        while !cluster.ok(cli) {
             assert!(Instant::now() < deadline, "the cluster never reported ok");
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster
     }
 
-    fn ok(&self) -> bool {
+    /// Whether every node says `cluster_state:ok` (asked with `redis-cli`, TLS or not).
+    fn ok(&self, cli: &[&str]) -> bool {
         self.nodes.iter().all(|n| {
-            let mut conn = n.connection(None);
-            redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query::<String>(&mut conn)
-                .is_ok_and(|info| info.contains("cluster_state:ok"))
+            Command::new("redis-cli")
+                .args(cli)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &n.port.to_string(),
+                    "cluster",
+                    "info",
+                ])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
         })
     }
 
@@ -372,6 +423,11 @@ impl Cluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// `rediss+cluster://` naming every node.
+    pub fn tls_url(&self) -> String {
+        self.url().replacen("redis+", "rediss+", 1)
     }
 
     /// How many subscribers `channel` has on each node (a node counts only its own).
