@@ -10,7 +10,7 @@ use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, TestPki};
 use tokio::net::TcpListener;
 
 mod fleet_support;
-use fleet_support::{Redis, Replica};
+use fleet_support::{Cluster, Redis, Replica};
 
 const SECRET: &str = "fleet-secret-0123456789";
 
@@ -455,6 +455,8 @@ fn check_names_every_cache_problem_without_echoing_secrets() {
         ("backend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nencryption_key = { file = \"short.key\" }\ntimeout_ms = 0", "cache.timeout_ms must be between 1 and 5000"),
         ("backend = \"memcached\"", "cache.backend must be \"memory\" or \"redis\""),
         ("backend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nencryption_key = \"literal\"", "literal values are refused"),
+        ("backend = \"redis\"\nurl = \"redis+cluster://127.0.0.1:1,,127.0.0.1:2\"\nencryption_key = { file = \"short.key\" }", "an empty node in redis+cluster://"),
+        ("backend = \"redis\"\nurl = \"rediss+cluster://127.0.0.1:1/3\"\nencryption_key = { file = \"short.key\" }", "Redis Cluster has only database 0"),
     ];
     for (cache, want) in cases {
         let text = format!("[cache]\n{cache}\n{base}");
@@ -645,4 +647,147 @@ async fn tls_to_redis_is_verified_and_shares() {
             .await
             == 0.0
     );
+}
+
+/// `url = "redis+cluster://..."`: a real 3-primary Redis Cluster on loopback (made with
+/// `redis-cli --cluster create`), 3 replicas. A cold burst on four routes (four hash tags,
+/// spread over the nodes' slots) asks once per route; a revocation costs the fleet one new
+/// token and reaches the other replicas over the cluster's pub/sub, also after a node drops
+/// their subscriptions (they move to another node); `check --fetch` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_shares_tokens_and_revocations_like_one_redis() {
+    if !fleet_support::have_redis_cli() {
+        eprintln!("SKIPPED a_redis_cluster_shares_tokens_and_revocations_like_one_redis: no redis-cli (apt-get install redis-tools)");
+        return;
+    }
+    let s = servers().await;
+    s.auth.set_token_lifetime(120);
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let cfg = config(
+        &s,
+        &cluster.url(),
+        "request_timeout_ms = 5000",
+        "timeout_ms = 1000",
+    );
+    let fleet = three(&s, &cfg);
+    let refs: Vec<&Replica> = fleet.iter().collect();
+
+    for (i, route) in ["a", "b", "c", "d"].iter().enumerate() {
+        let statuses = burst(&s, &refs, &format!("/{route}/cold"), 90).await;
+        assert!(all_ok(&statuses), "/{route}: {statuses:?}");
+        assert_eq!(
+            s.auth.token_requests(),
+            i + 1,
+            "90 cold requests on /{route}"
+        );
+    }
+    let dumps = cluster.dumps();
+    let entries: Vec<usize> = dumps
+        .iter()
+        .map(|d| d.iter().filter(|(k, _)| k.ends_with(b":tok")).count())
+        .collect();
+    println!("entries per cluster node: {entries:?}");
+    assert_eq!(entries.iter().sum::<usize>(), 4, "{entries:?}");
+    for (k, v) in dumps.iter().flatten() {
+        for needle in [&b"eyJ"[..], b"fleet", SECRET.as_bytes(), b"scope-"] {
+            let shown = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+            assert!(!shown(k) && !shown(v), "{:?}", String::from_utf8_lossy(k));
+        }
+    }
+
+    let old = jti(&s, &fleet[0], "/a/jti").await;
+    s.api.revoke(&old);
+    assert_eq!(burst(&s, &[&fleet[0]], "/a/first", 1).await, vec![200]);
+    assert_eq!(s.auth.token_requests(), 5);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(all_ok(&burst(&s, &refs[1..], "/a/told", 10).await));
+    for r in &fleet[1..] {
+        let resent = r
+            .metric("oauth_egress_retries_total", "reason=\"401\"")
+            .await;
+        assert_eq!(resent, 0.0, "{} sent the revoked token", r.name);
+    }
+    let statuses = burst(&s, &refs, "/a/after", 60).await;
+    assert!(all_ok(&statuses), "{statuses:?}");
+    assert_eq!(
+        s.auth.token_requests(),
+        5,
+        "one new token after the revocation"
+    );
+
+    // A dropped subscription moves to another node and still hears the fleet.
+    let channel = "oauth-egress:invalidate";
+    let subs = cluster.subscribers(channel);
+    println!("subscribers per cluster node: {subs:?}");
+    assert_eq!(subs.iter().sum::<i64>(), 3, "{subs:?}");
+    let busiest = (0..3).max_by_key(|i| subs[*i]).unwrap();
+    cluster.kick_subscribers(busiest);
+    let moved = eventually(Duration::from_secs(10), || {
+        let now = cluster.subscribers(channel);
+        now.iter().sum::<i64>() == 3 && now[busiest] == 0
+    })
+    .await;
+    assert!(moved, "{:?}", cluster.subscribers(channel));
+    // (Route b: a slot forgets a refused token at most once per invalidate_cooldown_secs.)
+    let old = jti(&s, &fleet[0], "/b/jti").await;
+    s.api.revoke(&old);
+    assert_eq!(burst(&s, &[&fleet[0]], "/b/again", 1).await, vec![200]);
+    assert_eq!(s.auth.token_requests(), 6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(all_ok(&burst(&s, &refs[1..], "/b/told-again", 10).await));
+    for r in &fleet[1..] {
+        let resent = r
+            .metric("oauth_egress_retries_total", "reason=\"401\"")
+            .await;
+        assert_eq!(resent, 0.0, "{} sent the second revoked token", r.name);
+    }
+
+    let dir = s.dir.path().join("r1");
+    let (code, all) = tokio::task::spawn_blocking(move || {
+        oauth_egress(&dir, &["check", "--fetch", "-c", "routes.toml"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("cache: Redis answers"), "{all}");
+}
+
+/// `rediss+cluster://`: a 3-primary cluster serving TLS only (`--tls-cluster yes`), its
+/// certificate verified against `proxy.upstream_roots` (a test CA) on every node the client
+/// learns from the cluster; two replicas share one token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_to_a_redis_cluster_is_verified_and_shares() {
+    if !fleet_support::have_redis_cli() {
+        eprintln!("SKIPPED tls_to_a_redis_cluster_is_verified_and_shares: no redis-cli (apt-get install redis-tools)");
+        return;
+    }
+    let s = servers().await;
+    let (chain, key) = s.pki.leaf(&["127.0.0.1"]).unwrap();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (bus_chain, bus_key) = s.pki.client_leaf(&["redis-node"]).unwrap();
+    let paths =
+        ["redis.crt", "redis.key", "bus.crt", "bus.key", "ca.crt"].map(|f| tls_dir.path().join(f));
+    std::fs::write(&paths[0], pem("CERTIFICATE", &chain[0])).unwrap();
+    std::fs::write(&paths[1], pem("PRIVATE KEY", key.secret_der())).unwrap();
+    std::fs::write(&paths[2], pem("CERTIFICATE", &bus_chain[0])).unwrap();
+    std::fs::write(&paths[3], pem("PRIVATE KEY", bus_key.secret_der())).unwrap();
+    std::fs::write(&paths[4], s.pki.ca_cert_pem()).unwrap();
+    let [c, k, bc, bk, a] = paths.map(|p| p.display().to_string());
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start_tls(&c, &k, &bc, &bk, &a))
+        .await
+        .unwrap();
+    let cfg = config(&s, &cluster.tls_url(), "", "timeout_ms = 1000");
+    let (r1, r2) = (
+        replica(&s, "ctls1", &cfg, &s.key),
+        replica(&s, "ctls2", &cfg, &s.key),
+    );
+    for route in ["a", "b", "c"] {
+        let path = format!("/{route}/tls");
+        assert!(all_ok(&burst(&s, &[&r1, &r2], &path, 40).await), "{path}");
+    }
+    assert_eq!(s.auth.token_requests(), 3, "shared over TLS, one per route");
+    for r in [&r1, &r2] {
+        let errors = r.metric("oauth_egress_shared_cache_errors_total", "").await;
+        assert_eq!(errors, 0.0, "{}", r.name);
+    }
 }

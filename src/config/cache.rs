@@ -146,8 +146,27 @@ pub(super) fn fleet_warnings(
     }
 }
 
-/// Why `url` cannot name the shared Redis, if it cannot. Never echoes a password written
-/// in the URL.
+/// The node URLs a Redis Cluster `url` names (`redis+cluster://a:6379,b:6379` gives
+/// `redis://a:6379` and `redis://b:6379`; `rediss+cluster://` gives `rediss://` nodes), or
+/// `None` when `url` names one Redis. The cluster client learns the other nodes from these.
+pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let node_scheme = match scheme {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ => return None,
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    Some(
+        authority
+            .split(',')
+            .map(|node| format!("{node_scheme}://{}", node.trim()))
+            .collect(),
+    )
+}
+
+/// Why `url` cannot name the shared Redis (or Redis Cluster), if it cannot. Never echoes a
+/// password written in the URL.
 fn url_problem(url: &str) -> Option<String> {
     if url.is_empty() {
         return Some(
@@ -155,18 +174,17 @@ fn url_problem(url: &str) -> Option<String> {
         );
     }
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Some("cache.url must start with redis:// or rediss://".into());
+        return Some(
+            "cache.url must start with redis://, rediss://, redis+cluster:// or rediss+cluster://"
+                .into(),
+        );
     };
-    match scheme {
-        "redis" | "rediss" => {}
-        "redis+cluster" | "rediss+cluster" => {
-            return Some(
-                "cache.url: Redis Cluster (redis+cluster://) is not supported by this build yet; point it at one Redis (or a proxy in front of the cluster)".into(),
-            )
-        }
-        _ => return Some(format!("cache.url must start with redis:// or rediss://, not {scheme}://")),
-    }
-    let authority = rest.split('/').next().unwrap_or_default();
+    let cluster = match scheme {
+        "redis" | "rediss" => false,
+        "redis+cluster" | "rediss+cluster" => true,
+        _ => return Some(format!("cache.url must start with redis://, rediss://, redis+cluster:// or rediss+cluster://, not {scheme}://")),
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     if authority.contains('@') {
         return Some(
             "cache.url must not carry credentials; use cache.username and cache.password = { env = \"...\" }".into(),
@@ -174,6 +192,19 @@ fn url_problem(url: &str) -> Option<String> {
     }
     if authority.is_empty() {
         return Some("cache.url needs a host, e.g. redis://127.0.0.1:6379".into());
+    }
+    if !cluster {
+        return None;
+    }
+    if authority.split(',').any(|node| node.trim().is_empty()) {
+        return Some(format!(
+            "cache.url: an empty node in {scheme}://{authority}; list them as host:port,host:port"
+        ));
+    }
+    if !matches!(path, "" | "0") {
+        return Some(format!(
+            "cache.url: Redis Cluster has only database 0, not /{path}; drop the /{path}"
+        ));
     }
     None
 }
@@ -195,7 +226,16 @@ mod tests {
                 Some("must not carry credentials"),
             ),
             ("redis:///0", Some("needs a host")),
-            ("redis+cluster://a,b,c", Some("Cluster")),
+            ("redis+cluster://a:7000,b:7001,c:7002", None),
+            ("rediss+cluster://a:7000/0", None),
+            ("redis+cluster://a:7000,,c:7002", Some("an empty node")),
+            ("redis+cluster://a:7000/2", Some("only database 0")),
+            (
+                "redis+cluster://u:hunter2@a:7000,b:7001",
+                Some("must not carry credentials"),
+            ),
+            ("redis+cluster://", Some("needs a host")),
+            ("valkey://x", Some("not valkey://")),
         ];
         for (url, want) in cases {
             let got = url_problem(url);
@@ -207,6 +247,24 @@ mod tests {
                     assert!(!got.contains("hunter2"), "{got}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn cluster_urls_name_their_nodes() {
+        let cases: [(&str, Option<&[&str]>); 4] = [
+            ("redis://a:6379", None),
+            (
+                "redis+cluster://a:7000, b:7001,c:7002",
+                Some(&["redis://a:7000", "redis://b:7001", "redis://c:7002"]),
+            ),
+            ("rediss+cluster://a:7000/0", Some(&["rediss://a:7000"])),
+            ("rediss://a:7000", None),
+        ];
+        for (url, want) in cases {
+            let got = cluster_nodes(url);
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(got, want, "{url}");
         }
     }
 }

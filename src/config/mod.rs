@@ -27,7 +27,7 @@ mod source;
 mod tokens;
 mod transparent;
 
-pub use cache::{CacheSettings, RedisSettings, DEFAULT_KEY_PREFIX};
+pub use cache::{cluster_nodes, CacheSettings, RedisSettings, DEFAULT_KEY_PREFIX};
 pub use caller::{CallerPolicy, CallerSpec, ProxyAuth, UNIDENTIFIED};
 pub(crate) use client::is_loopback;
 pub use client::{

@@ -294,3 +294,171 @@ impl Drop for Replica {
         self.kill();
     }
 }
+
+/// Whether `redis-cli` (Debian's redis-tools, a dependency of redis-server) runs here.
+pub fn have_redis_cli() -> bool {
+    Command::new("redis-cli")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A Redis Cluster of three primaries (no replicas) on free loopback ports, made with
+/// `redis-cli --cluster create`; each node killed by PID on drop.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    /// Starts three `--cluster-enabled` nodes (bus ports chosen free too: port + 10000 may not
+    /// exist), joins them, and waits (bounded) until every node reports `cluster_state:ok`.
+    pub fn start() -> Cluster {
+        Cluster::start_with(&[], &[])
+    }
+
+    /// Like [`Cluster::start`], over TLS only (`--tls-cluster yes`, the bus too): `cert`,
+    /// `key` and `ca` are PEM files; clients are not asked for certificates, but the nodes
+    /// always are on the bus (`client_cert`, `client_key`: a clientAuth certificate).
+    pub fn start_tls(
+        cert: &str,
+        key: &str,
+        client_cert: &str,
+        client_key: &str,
+        ca: &str,
+    ) -> Cluster {
+        let server = [
+            "--port",
+            "0",
+            "--tls-port",
+            "{PORT}",
+            "--tls-cluster",
+            "yes",
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-client-cert-file",
+            client_cert,
+            "--tls-client-key-file",
+            client_key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        Cluster::start_with(&server, &["--tls", "--cacert", ca])
+    }
+
+    fn start_with(server: &[&str], cli: &[&str]) -> Cluster {
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| {
+                let bus = free_port().to_string();
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "2000",
+                ];
+                args.extend_from_slice(server);
+                Redis::start(&args)
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        // Bounded: `--cluster create` waits forever for nodes that cannot meet on the bus.
+        let out = Command::new("timeout")
+            .args(["30", "redis-cli"])
+            .args(cli)
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Cluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !cluster.ok(cli) {
+            assert!(Instant::now() < deadline, "the cluster never reported ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// Whether every node says `cluster_state:ok` (asked with `redis-cli`, TLS or not).
+    fn ok(&self, cli: &[&str]) -> bool {
+        self.nodes.iter().all(|n| {
+            Command::new("redis-cli")
+                .args(cli)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &n.port.to_string(),
+                    "cluster",
+                    "info",
+                ])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        })
+    }
+
+    /// `redis+cluster://` naming every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// `rediss+cluster://` naming every node.
+    pub fn tls_url(&self) -> String {
+        self.url().replacen("redis+", "rediss+", 1)
+    }
+
+    /// How many subscribers `channel` has on each node (a node counts only its own).
+    pub fn subscribers(&self, channel: &str) -> Vec<i64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mut conn = n.connection(None);
+                let reply: (String, i64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(channel)
+                    .query(&mut conn)
+                    .unwrap();
+                reply.1
+            })
+            .collect()
+    }
+
+    /// Closes every pub/sub connection to node `i` (`CLIENT KILL TYPE pubsub`).
+    pub fn kick_subscribers(&self, i: usize) {
+        let mut conn = self.nodes[i].connection(None);
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query::<i64>(&mut conn)
+            .unwrap();
+    }
+
+    /// Every key and value, node by node (each node holds its own slots' keys).
+    pub fn dumps(&self) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.nodes.iter().map(|n| n.dump(None)).collect()
+    }
+}

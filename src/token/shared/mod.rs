@@ -162,9 +162,9 @@ impl SharedStore {
             Some(source) => Some(read("password", source)?),
             None => None,
         };
-        let client = wire::client(settings, password.as_ref(), roots_pem)?;
+        let dialer = wire::client(settings, password.as_ref(), roots_pem)?;
         Ok(Arc::new(SharedStore {
-            backend: redis::Backend::new(client, settings.timeout),
+            backend: redis::Backend::new(dialer, settings.timeout),
             sealer,
             prefix: settings.key_prefix.clone(),
             lock_ttl: tokens.request_timeout + tokens.retry_max_elapsed,
@@ -426,7 +426,7 @@ impl SharedStore {
         if !self.subscribed.swap(true, Ordering::SeqCst) {
             wire::listen(
                 Arc::downgrade(self),
-                self.backend.client().clone(),
+                self.backend.dialer().pubsub_clients(),
                 self.channel(),
             );
         }

@@ -8,12 +8,18 @@
 //! `backend = "memory"`. A probe is let through after each pause, so a Redis that answers
 //! again is rejoined within 5 s. The connection is made lazily (a Redis down at start does
 //! not stop `run`), and dropped after a failure so the next probe dials afresh.
+//!
+//! The store is one Redis or a Redis Cluster ([`Dialer`]); the operations are the same on
+//! both, because every key an operation (or its Lua script) touches shares one hash tag, so
+//! one slot.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Client, Script};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Client, Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::time::Instant;
 
 use crate::sync::lock;
@@ -73,11 +79,73 @@ impl Breaker {
     }
 }
 
-/// One Redis, its connection, and the breaker in front of it.
+/// Where the shared store lives: one Redis (`redis://`), or a Redis Cluster
+/// (`redis+cluster://`) and a plain client per listed node for pub/sub (a `PUBLISH` reaches
+/// every node of a cluster, so one node's subscription hears every replica).
+pub enum Dialer {
+    /// One Redis (boxed, like the cluster: both are large).
+    One(Box<Client>),
+    /// A Redis Cluster.
+    Cluster {
+        /// Routes each command to the node serving its key's slot (boxed: it is large).
+        cluster: Box<ClusterClient>,
+        /// One client per node listed in the URL.
+        nodes: Vec<Client>,
+    },
+}
+
+impl Dialer {
+    /// The clients an invalidation listener may subscribe with, tried in turn.
+    pub fn pubsub_clients(&self) -> Vec<Client> {
+        match self {
+            Dialer::One(client) => vec![Client::clone(client)],
+            Dialer::Cluster { nodes, .. } => nodes.clone(),
+        }
+    }
+}
+
+/// A connection to one Redis or to a cluster; commands run the same on either.
+#[derive(Clone)]
+pub enum Conn {
+    /// One Redis, reconnecting on its own.
+    One(ConnectionManager),
+    /// A cluster, following its slot map.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// One Redis (or cluster), its connection, and the breaker in front of it.
 pub struct Backend {
-    client: Client,
+    dialer: Dialer,
     timeout: Duration,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
     breaker: Mutex<Breaker>,
 }
 
@@ -90,19 +158,19 @@ return 0
 "#;
 
 impl Backend {
-    /// A backend for `client`, each operation bounded by `timeout`.
-    pub fn new(client: Client, timeout: Duration) -> Backend {
+    /// A backend for `dialer`, each operation bounded by `timeout`.
+    pub fn new(dialer: Dialer, timeout: Duration) -> Backend {
         Backend {
-            client,
+            dialer,
             timeout,
             conn: tokio::sync::Mutex::new(None),
             breaker: Mutex::new(Breaker::new()),
         }
     }
 
-    /// The client (for the pub/sub connection).
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// Where the store lives (for the pub/sub connection).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// Whether operations are attempted now (the breaker is closed or a probe is due).
@@ -131,20 +199,22 @@ impl Backend {
     }
 
     /// A connection: the cached one, or a new one (one task dials, the others wait for it).
-    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+    async fn connection(&self) -> redis::RedisResult<Conn> {
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = self
-            .client
-            .get_connection_manager_with_config(config)
-            .await?;
+        let conn = match &self.dialer {
+            Dialer::One(client) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                Conn::One(client.get_connection_manager_with_config(config).await?)
+            }
+            Dialer::Cluster { cluster, .. } => Conn::Cluster(cluster.get_async_connection().await?),
+        };
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -153,7 +223,7 @@ impl Backend {
     /// the timeout.
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, Down>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if !self.available() {

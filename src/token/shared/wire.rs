@@ -13,23 +13,59 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+use super::redis::Dialer;
 use super::{SharedError, SharedStore};
-use crate::config::RedisSettings;
+use crate::config::{cluster_nodes, RedisSettings};
 use crate::token::{AccessToken, TokenScheme};
 
-/// The Redis client for `settings`.
+/// The Redis (or Redis Cluster) client for `settings`: the URL's node(s), the ACL user and
+/// password, and for `rediss://` / `rediss+cluster://` the trusted roots.
 pub(super) fn client(
+    settings: &RedisSettings,
+    password: Option<&SecretString>,
+    roots_pem: Option<Vec<u8>>,
+) -> Result<Dialer, SharedError> {
+    let Some(urls) = cluster_nodes(&settings.url) else {
+        return node_client(&settings.url, settings, password, roots_pem)
+            .map(|c| Dialer::One(Box::new(c)));
+    };
+    let nodes = urls
+        .iter()
+        .map(|url| node_client(url, settings, password, roots_pem.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut builder = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+        .connection_timeout(settings.timeout)
+        .response_timeout(settings.timeout)
+        .retries(1);
+    if let Some(user) = &settings.username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = password {
+        builder = builder.password(password.expose_secret());
+    }
+    if settings.url.starts_with("rediss+") {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: roots_pem,
+        });
+    }
+    let cluster = Box::new(builder.build().map_err(url_error)?);
+    Ok(Dialer::Cluster { cluster, nodes })
+}
+
+fn url_error(err: redis::RedisError) -> SharedError {
+    SharedError::Url(err.to_string())
+}
+
+/// The client for one Redis at `url`.
+fn node_client(
+    url: &str,
     settings: &RedisSettings,
     password: Option<&SecretString>,
     roots_pem: Option<Vec<u8>>,
 ) -> Result<redis::Client, SharedError> {
     use redis::IntoConnectionInfo;
-    let url_error = |err: redis::RedisError| SharedError::Url(err.to_string());
-    let info = settings
-        .url
-        .as_str()
-        .into_connection_info()
-        .map_err(url_error)?;
+    let info = url.into_connection_info().map_err(url_error)?;
     let mut redis_info = info.redis_settings().clone();
     if let Some(user) = &settings.username {
         redis_info = redis_info.set_username(user);
@@ -38,7 +74,7 @@ pub(super) fn client(
         redis_info = redis_info.set_password(password.expose_secret());
     }
     let info = info.set_redis_settings(redis_info);
-    if settings.url.starts_with("rediss://") {
+    if url.starts_with("rediss://") {
         let certs = redis::TlsCertificates {
             client_tls: None,
             root_cert: roots_pem,
@@ -119,11 +155,18 @@ pub(super) fn decode(plain: &[u8]) -> Option<AccessToken> {
 }
 
 /// Listens for invalidations on `channel` for as long as `store` lives, reconnecting after
-/// a pause when Redis goes away.
-pub(super) fn listen(store: Weak<SharedStore>, client: redis::Client, channel: String) {
+/// a pause when Redis goes away; with a cluster, each reconnection tries the next listed
+/// node (a `PUBLISH` on any node reaches every node's subscribers), starting at one picked
+/// by the process id so a fleet's subscriptions spread over the nodes.
+pub(super) fn listen(store: Weak<SharedStore>, clients: Vec<redis::Client>, channel: String) {
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(200);
+        let mut turn = std::process::id() as usize;
         while store.strong_count() > 0 {
+            let Some(client) = clients.get(turn % clients.len().max(1)) else {
+                return;
+            };
+            turn = turn.wrapping_add(1);
             if let Ok(Ok(mut pubsub)) =
                 tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await
             {
