@@ -947,4 +947,12 @@ fn main() {
     sanity(&rt, &mut world);
     let results = measure(&rt, &world, &settings);
     print_tables(&results, &world, &settings);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "compare: load average at the end {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }
