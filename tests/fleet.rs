@@ -6,45 +6,14 @@
 
 use std::time::Duration;
 
-use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, TestPki};
-use tokio::net::TcpListener;
-
 mod fleet_support;
-use fleet_support::{Cluster, Redis, Replica};
+use fleet_support::{Cluster, Redis, Replica, Servers};
 
 const SECRET: &str = "fleet-secret-0123456789";
 
-struct Servers {
-    pki: TestPki,
-    auth: AuthServer,
-    api: EchoApi,
-    dir: tempfile::TempDir,
-    key: String,
-}
-
+/// The dev authorization server and echo API the replicas use (client `fleet-client`).
 async fn servers() -> Servers {
-    let pki = TestPki::new("fleet upstream CA").unwrap();
-    let tls = pki.server_config(&["localhost"]).unwrap();
-    let client = DevClient {
-        id: "fleet-client".into(),
-        secret: SECRET.into(),
-        allowed_scopes: None,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let auth = AuthServer::start(listener, tls.clone(), "localhost", vec![client])
-        .await
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = EchoApi::start(listener, Some(tls), Some(auth.verifier()), None, None)
-        .await
-        .unwrap();
-    Servers {
-        pki,
-        auth,
-        api,
-        dir: tempfile::tempdir().unwrap(),
-        key: oauth_egress::token::shared::generate_key().unwrap(),
-    }
+    fleet_support::servers("fleet", SECRET).await
 }
 
 /// A replica's config: routes `/a` to `/d` (each its own scope, so its own token), the

@@ -462,3 +462,42 @@ impl Cluster {
         self.nodes.iter().map(|n| n.dump(None)).collect()
     }
 }
+
+/// The servers a fleet test's replicas talk to, in the test's process.
+pub struct Servers {
+    pub pki: oauth_egress_devserver::TestPki,
+    pub auth: oauth_egress_devserver::AuthServer,
+    pub api: oauth_egress_devserver::EchoApi,
+    pub dir: tempfile::TempDir,
+    /// A fresh `cache.encryption_key`.
+    pub key: String,
+}
+
+/// A development authorization server (one client, `{name}-client` with `secret`) and an
+/// echo API verifying its tokens, both on `127.0.0.1:0` over TLS from a fresh test CA.
+pub async fn servers(name: &str, secret: &str) -> Servers {
+    use oauth_egress_devserver::{AuthServer, DevClient, EchoApi, TestPki};
+    use tokio::net::TcpListener;
+    let pki = TestPki::new(&format!("{name} upstream CA")).unwrap();
+    let tls = pki.server_config(&["localhost"]).unwrap();
+    let client = DevClient {
+        id: format!("{name}-client"),
+        secret: secret.into(),
+        allowed_scopes: None,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let auth = AuthServer::start(listener, tls.clone(), "localhost", vec![client])
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = EchoApi::start(listener, Some(tls), Some(auth.verifier()), None, None)
+        .await
+        .unwrap();
+    Servers {
+        pki,
+        auth,
+        api,
+        dir: tempfile::tempdir().unwrap(),
+        key: oauth_egress::token::shared::generate_key().unwrap(),
+    }
+}
